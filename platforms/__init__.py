@@ -1,0 +1,1 @@
+"""FPGA platforms and open synthesis / place-and-route flows."""

@@ -1,0 +1,1 @@
+"""Simulation harnesses, runners and benchmarks for the generated accelerator."""
