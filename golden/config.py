@@ -54,7 +54,8 @@ class AccelConfig:
         ``K * ceil(N / cols)`` words. ``0`` (the default) sizes it for the largest ViT layer
         allowed by ``max_dim``/``max_hidden``/``max_tokens``.
     out_fifo_depth : int
-        Rows of ``cols`` outputs buffered after the epilogue. ``0`` picks ``2 * rows``.
+        Rows of ``cols`` outputs buffered after the GEMM epilogue. ``0`` (the default) lets the
+        engine size it for its pipeline so that output credits never stall (see ``rtl.gemm``).
     """
 
     rows: int = 8
@@ -86,11 +87,9 @@ class AccelConfig:
         if self.weight_buffer_depth == 0:
             object.__setattr__(self, "weight_buffer_depth", self._largest_layer_words())
         _check_int("out_fifo_depth", self.out_fifo_depth, 0, 4096)
-        if self.out_fifo_depth == 0:
-            object.__setattr__(self, "out_fifo_depth", 2 * self.rows)
-        if self.out_fifo_depth < self.rows:
-            raise ValueError(f"out_fifo_depth must be in the range [{self.rows}, 4096] "
-                             f"(at least rows), not {self.out_fifo_depth}")
+        if 0 < self.out_fifo_depth < self.rows:
+            raise ValueError(f"out_fifo_depth must be 0 (automatic) or in the range "
+                             f"[{self.rows}, 4096] (at least rows), not {self.out_fifo_depth}")
 
     # -- derived quantities -----------------------------------------------------------------
 
@@ -184,7 +183,7 @@ def get_config(spec: "str | AccelConfig | None" = None) -> AccelConfig:
             raise ValueError(f"config file {spec!r} is not valid JSON: {exc}") from None
         if isinstance(values, dict) and "preset" in values:
             base = get_config(values.pop("preset"))
-            merged = {**base.to_dict(), "weight_buffer_depth": 0, "out_fifo_depth": 0}
+            merged = {**base.to_dict(), "weight_buffer_depth": 0}
             merged.update(name=path.stem)
             unknown = sorted(set(values) - set(merged))
             if unknown:

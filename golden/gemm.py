@@ -54,6 +54,9 @@ def check_gemm_operands(cfg: AccelConfig, a, b):
                             ("n", n, cfg.max_gemm_dim)):
         if not 1 <= value <= hi:
             raise ValueError(f"{name} must be in the range [1, {hi}], not {value}")
+    if cfg.weight_words(k, n) > cfg.weight_buffer_depth:
+        raise ValueError(f"weights of {k} x {n} need {cfg.weight_words(k, n)} words of the weight "
+                         f"buffer; weight_buffer_depth is {cfg.weight_buffer_depth}")
     a = check_int_array("a", a, cfg.act_width)
     b = check_int_array("b", b, cfg.weight_width)
     return a, b

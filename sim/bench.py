@@ -11,13 +11,13 @@ whose module is absent are not offered. Common options: ``--config`` (preset nam
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
 import json
 import sys
 import time
 
+from golden.cli import ArgumentParser, fail
 from golden.config import get_config, preset_names
 
 __all__ = ["KERNELS", "main", "format_result"]
@@ -48,16 +48,11 @@ def format_result(result: dict) -> str:
     return "\n".join(lines)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit status 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def main(argv=None):
     kernels = _available()
-    parser = _Parser(prog="python -m sim.bench", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m sim.bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="kernel", required=True, metavar="KERNEL",
-                                parser_class=_Parser)
+                                parser_class=ArgumentParser)
     modules = {}
     for name, modname in kernels.items():
         mod = importlib.import_module(modname)
@@ -75,8 +70,7 @@ def main(argv=None):
         result = modules[args.kernel].run(args)
         result.setdefault("sim_seconds", round(time.monotonic() - start, 2))
     except (ValueError, TypeError) as exc:
-        print(f"python -m sim.bench {args.kernel}: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(f"python -m sim.bench {args.kernel}", exc)
     print(json.dumps(result) if args.json else format_result(result))
     return 0 if result.get("bit_exact", True) else 1
 

@@ -1,0 +1,397 @@
+"""GEMM engine: tiled int8 matrix product on the systolic array, with the requantize epilogue.
+
+Computes ``O = sat8(round_shift((A @ B + bias) * M, S))`` for ``A: m x k`` (activations),
+``B: k x n`` (weights) and per-column ``bias``, ``M``, ``S`` -- bit-exactly
+:func:`golden.gemm.gemm`. ``m``, ``k`` and ``n`` are given at run time and need not be multiples
+of the array shape.
+
+Data flow
+---------
+1. ``cmd`` gives ``m, k, n`` and whether to load new weights. Invalid commands are dropped and
+   raise ``error`` (see below).
+2. Weights (when ``load_weights``): ``k * ceil(n / cols)`` beats on ``w``, each one row segment
+   ``B[kk, tj*cols : (tj+1)*cols]``, ordered ``for tj: for kk`` (column tile major). Lanes past
+   ``n`` are ignored. Then ``ceil(n / cols)`` beats on ``ep`` with the epilogue parameters of
+   each column tile. Both stay resident: a later command with ``load_weights = 0`` and the same
+   ``k`` and ``n`` reuses them (e.g. the next image).
+3. Activations: ``ceil(m / rows) * k`` beats on ``a``, each one column segment
+   ``A[ti*rows : (ti+1)*rows, kk]``, ordered ``for ti: for kk``. Lanes past ``m`` are ignored.
+   Tile row ``ti`` is held in one half of a double buffer and reused for every column tile, so
+   the next tile row loads while this one computes.
+4. Outputs: one beat on ``o`` per valid output row of each tile, ordered ``for ti: for tj: for r``
+   (``r < min(rows, m - ti*rows)``), each the row segment ``O[ti*rows + r, tj*cols : ...]``;
+   lanes past ``n`` are zero.
+
+Output-stationary tiles stream through the array back to back: the ``last`` beat of one tile is
+followed directly by the ``first`` beat of the next, and finished rows drain through the
+epilogue while the next tile accumulates. A tile therefore occupies the array for
+``max(k, rows, cols)`` cycles (the drain needs ``rows`` cycles, the array's read-out ``cols``).
+Output back-pressure is handled by credits: a tile starts only when the output FIFO has room
+for all its rows, so the array never needs to stall.
+
+Cycle count of one command (no stalls, weights loaded):
+``setup + k*nt + nt + mt*nt*max(k, rows, cols) + latency`` with ``mt = ceil(m/rows)``,
+``nt = ceil(n/cols)``, ``setup = nt + 2`` (validation) -- see ``docs/gemm.md``.
+
+Errors: ``m``, ``k`` or ``n`` outside ``[1, max]``, a weight matrix larger than the weight
+buffer, or ``load_weights = 0`` without matching resident weights. The command is consumed and
+ignored (no data beats are taken) and ``error`` goes high until the next accepted command.
+"""
+
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, fifo, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from golden.config import AccelConfig
+
+from .pe import Control
+from .systolic import SystolicArray
+
+__all__ = ["GemmEngine", "command_layout", "epilogue_layout", "engine_latency",
+           "default_fifo_depth"]
+
+FEED_STAGES = 1       # command issue -> operands at the array (synchronous buffer read)
+EPILOGUE_STAGES = 5   # bias, multiply, round, shift, saturate
+FIFO_STAGES = 2       # SyncFIFOBuffered: write to readable
+
+
+def engine_latency(cfg: AccelConfig) -> int:
+    """Cycles from the issue of a tile's ``last`` beat to its first row on ``o``."""
+    return FEED_STAGES + SystolicArray.array_latency(cfg) + EPILOGUE_STAGES + FIFO_STAGES
+
+
+def default_fifo_depth(cfg: AccelConfig) -> int:
+    period = max(cfg.rows, cfg.cols)
+    return cfg.rows * (-(-(engine_latency(cfg) + cfg.rows) // period) + 1)
+
+
+def command_layout(cfg: AccelConfig) -> data.StructLayout:
+    return data.StructLayout({
+        "m": unsigned(cfg.max_tokens.bit_length()),
+        "k": unsigned(cfg.max_gemm_dim.bit_length()),
+        "n": unsigned(cfg.max_gemm_dim.bit_length()),
+        "load_weights": 1,
+    })
+
+
+def epilogue_layout(cfg: AccelConfig) -> data.StructLayout:
+    return data.StructLayout({
+        "bias": data.ArrayLayout(signed(cfg.acc_width), cfg.cols),
+        "mult": data.ArrayLayout(unsigned(cfg.mult_width), cfg.cols),
+        "shift": data.ArrayLayout(unsigned(cfg.shift_width), cfg.cols),
+    })
+
+
+class GemmEngine(wiring.Component):
+    """Tiled GEMM with bias + requantize epilogue on a ``rows x cols`` systolic array.
+
+    Latency (:attr:`latency`): from the cycle the ``last`` beat of a tile is issued to the array
+    until its first output row is valid on ``o``: ``FEED + (cols + 2) + EPILOGUE + FIFO``.
+    Throughput: ``rows * cols`` MACs per cycle while ``k >= max(rows, cols)``; a tile with a
+    shorter ``k`` occupies ``max(rows, cols)`` cycles. Stalls: any input may stall (the engine
+    idles); ``o`` back-pressure stalls new tiles via output credits.
+
+    Members
+    -------
+    cmd : In(stream.Signature(command_layout))
+    w : In(stream.Signature(ArrayLayout(signed(weight_width), cols)))
+    ep : In(stream.Signature(epilogue_layout))
+    a : In(stream.Signature(ArrayLayout(signed(act_width), rows)))
+    o : Out(stream.Signature(ArrayLayout(signed(act_width), cols)))
+    error : Out(1)
+        The last command was rejected.
+    busy : Out(1)
+        A command is in progress or results are still in the pipeline or output FIFO.
+    cycles : Out(32)
+        Number of cycles ``busy`` has been high since reset (wraps).
+    """
+
+    def __init__(self, cfg: AccelConfig):
+        if not isinstance(cfg, AccelConfig):
+            raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
+        self._cfg = cfg
+        self._array = SystolicArray(cfg)
+        super().__init__({
+            "cmd": In(stream.Signature(command_layout(cfg))),
+            "w": In(stream.Signature(data.ArrayLayout(signed(cfg.weight_width), cfg.cols))),
+            "ep": In(stream.Signature(epilogue_layout(cfg))),
+            "a": In(stream.Signature(data.ArrayLayout(signed(cfg.act_width), cfg.rows))),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(cfg.act_width), cfg.cols))),
+            "error": Out(1),
+            "busy": Out(1),
+            "cycles": Out(32),
+        })
+
+    @property
+    def config(self) -> AccelConfig:
+        return self._cfg
+
+    @property
+    def latency(self) -> int:
+        return engine_latency(self._cfg)
+
+    @property
+    def out_fifo_depth(self) -> int:
+        """Rows of output buffering: ``cfg.out_fifo_depth``, or (when 0) enough for every row
+        that can be in flight after its tile's ``last`` beat, so that credits never stall a
+        consumer that is always ready."""
+        return self._cfg.out_fifo_depth or default_fifo_depth(self._cfg)
+
+    @property
+    def tile_period(self) -> int:
+        """Minimum cycles between the ``last`` beats of consecutive tiles."""
+        return max(self._cfg.rows, self._cfg.cols)
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._cfg
+        R, C = cfg.rows, cfg.cols
+        kmax = cfg.max_gemm_dim
+        ntmax = -(-kmax // C)
+        m.submodules.array = array = self._array
+
+        # ---- buffers -----------------------------------------------------------------------
+        m.submodules.wbuf = wbuf = memory.Memory(
+            shape=data.ArrayLayout(signed(cfg.weight_width), C),
+            depth=cfg.weight_buffer_depth, init=[])
+        m.submodules.abuf = abuf = memory.Memory(
+            shape=data.ArrayLayout(signed(cfg.act_width), R), depth=2 * kmax, init=[])
+        m.submodules.epbuf = epbuf = memory.Memory(
+            shape=epilogue_layout(cfg), depth=ntmax, init=[])
+        w_wr, w_rd = wbuf.write_port(), wbuf.read_port()
+        a_wr, a_rd = abuf.write_port(), abuf.read_port()
+        ep_wr, ep_rd = epbuf.write_port(), epbuf.read_port()
+        m.submodules.tags = tags = fifo.SyncFIFO(
+            width=ceil_log2(ntmax + 1) + ceil_log2(C + 1) + ceil_log2(R + 1), depth=4)
+        m.submodules.ofifo = ofifo = fifo.SyncFIFOBuffered(
+            width=cfg.act_width * C, depth=self.out_fifo_depth)
+
+        # ---- command: latch, validate (computes nt = ceil(n/C) and words = k*nt) -------------
+        cm = Signal(command_layout(cfg).members["m"])
+        ck = Signal(range(kmax + 1))
+        cn = Signal(range(kmax + 1))
+        cload = Signal()
+        nt = Signal(range(ntmax + 1))
+        words = Signal(range(kmax * ntmax + 1))
+        n_left = Signal(signed(cn.shape().width + 2))
+        loaded_k = Signal.like(ck)
+        loaded_n = Signal.like(cn)
+        weights_valid = Signal()
+        start = Signal()           # pulses when a validated command starts
+        feed_done = Signal()
+        pipeline_empty = Signal()
+
+        with m.FSM(name="ctrl"):
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(pipeline_empty)
+                with m.If(self.cmd.valid & pipeline_empty):
+                    p = self.cmd.payload
+                    m.d.sync += [cm.eq(p.m), ck.eq(p.k), cn.eq(p.n), cload.eq(p.load_weights),
+                                 nt.eq(0), words.eq(0), n_left.eq(p.n)]
+                    bad = ((p.m == 0) | (p.m > cfg.max_tokens) | (p.k == 0) | (p.k > kmax)
+                           | (p.n == 0) | (p.n > kmax)
+                           | (~p.load_weights & (~weights_valid | (p.k != loaded_k)
+                                                  | (p.n != loaded_n))))
+                    with m.If(bad):
+                        m.d.sync += self.error.eq(1)
+                    with m.Else():
+                        m.next = "CHECK"
+            with m.State("CHECK"):
+                with m.If(n_left > 0):
+                    m.d.sync += [n_left.eq(n_left - C), nt.eq(nt + 1), words.eq(words + ck)]
+                with m.Elif(words > cfg.weight_buffer_depth):
+                    m.d.sync += self.error.eq(1)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.sync += self.error.eq(0)
+                    m.d.comb += start.eq(1)
+                    with m.If(cload):
+                        m.d.sync += [weights_valid.eq(0), loaded_k.eq(ck), loaded_n.eq(cn)]
+                    m.next = "RUN"
+            with m.State("RUN"):
+                with m.If(feed_done):
+                    m.next = "IDLE"
+
+        # ---- weight and epilogue-parameter loader ------------------------------------------
+        w_addr = Signal(range(cfg.weight_buffer_depth + 1))
+        ep_addr = Signal(range(ntmax + 1))
+        weights_ready = Signal()
+        with m.FSM(name="wload"):
+            with m.State("IDLE"):
+                with m.If(start):
+                    m.d.sync += [w_addr.eq(0), ep_addr.eq(0)]
+                    with m.If(cload):
+                        m.next = "W"
+                    with m.Else():
+                        m.d.comb += weights_ready.eq(1)
+                        m.next = "READY"
+            with m.State("W"):
+                m.d.comb += [self.w.ready.eq(1), w_wr.addr.eq(w_addr),
+                             w_wr.data.eq(self.w.payload), w_wr.en.eq(self.w.valid)]
+                with m.If(self.w.valid):
+                    m.d.sync += w_addr.eq(w_addr + 1)
+                    with m.If(w_addr == words - 1):
+                        m.next = "EP"
+            with m.State("EP"):
+                m.d.comb += [self.ep.ready.eq(1), ep_wr.addr.eq(ep_addr),
+                             ep_wr.data.eq(self.ep.payload), ep_wr.en.eq(self.ep.valid)]
+                with m.If(self.ep.valid):
+                    m.d.sync += ep_addr.eq(ep_addr + 1)
+                    with m.If(ep_addr == nt - 1):
+                        m.d.sync += weights_valid.eq(1)
+                        m.next = "READY"
+            with m.State("READY"):
+                m.d.comb += weights_ready.eq(1)
+                with m.If(feed_done):
+                    m.next = "IDLE"
+
+        # ---- activation loader: tile rows into the two halves of the A buffer --------------
+        a_full = Signal(2)
+        a_set = Signal(2)
+        a_clr = Signal(2)
+        m.d.sync += a_full.eq((a_full | a_set) & ~a_clr)
+        ld_half = Signal()
+        ld_k = Signal(range(kmax))
+        ld_rows_left = Signal(range(cfg.max_tokens + 1))
+        with m.FSM(name="aload"):
+            with m.State("IDLE"):
+                with m.If(start):
+                    m.d.sync += [ld_half.eq(0), ld_k.eq(0), ld_rows_left.eq(cm)]
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                # Accept beats whenever the half being filled is free.
+                free = ~a_full.bit_select(ld_half, 1)
+                m.d.comb += [self.a.ready.eq(free),
+                             a_wr.addr.eq(Mux(ld_half, kmax + ld_k, ld_k)),
+                             a_wr.data.eq(self.a.payload), a_wr.en.eq(self.a.valid & free)]
+                with m.If(self.a.valid & free):
+                    m.d.sync += ld_k.eq(ld_k + 1)
+                    with m.If(ld_k == ck - 1):
+                        m.d.comb += a_set.eq(Mux(ld_half, 0b10, 0b01))
+                        m.d.sync += [ld_k.eq(0), ld_half.eq(~ld_half),
+                                     ld_rows_left.eq(ld_rows_left - R)]
+                        with m.If(ld_rows_left <= R):
+                            m.next = "IDLE"
+
+        # ---- feeder: issues one reduction step per cycle to the array ----------------------
+        credits = Signal(range(self.out_fifo_depth + 1), init=self.out_fifo_depth)
+        reserve = Signal(range(R + 1))
+        release = Signal()
+        m.d.sync += credits.eq(credits - reserve + release)
+        m.d.comb += release.eq(self.o.valid & self.o.ready)
+
+        gap = Signal(range(self.tile_period + 1), init=self.tile_period)
+        issue = Signal()
+        issue_last = Signal()
+        with m.If(issue_last):
+            m.d.sync += gap.eq(1)
+        with m.Elif(gap != self.tile_period):
+            m.d.sync += gap.eq(gap + 1)
+
+        f_half = Signal()
+        f_k = Signal(range(kmax))
+        f_waddr = Signal(range(cfg.weight_buffer_depth + 1))
+        f_tj = Signal(range(ntmax + 1))
+        f_rows_left = Signal(range(cfg.max_tokens + 1))
+        f_cols_left = Signal(range(kmax + 1))
+        rv = Mux(f_rows_left < R, f_rows_left, R)
+        cv = Mux(f_cols_left < C, f_cols_left, C)
+        is_first = f_k == 0
+        is_last = f_k == ck - 1
+        ctl = Signal(Control)
+        m.d.sync += [ctl.valid.eq(issue), ctl.first.eq(is_first), ctl.last.eq(is_last)]
+        m.d.comb += [
+            a_rd.addr.eq(Mux(f_half, kmax + f_k, f_k)),
+            w_rd.addr.eq(f_waddr),
+            array.a.eq(a_rd.data),
+            array.b.eq(w_rd.data),
+            array.ctl.eq(ctl),
+        ]
+        tag_w = data.StructLayout({"tj": unsigned(ceil_log2(ntmax + 1)),
+                                   "cv": unsigned(ceil_log2(C + 1)),
+                                   "rv": unsigned(ceil_log2(R + 1))})
+        tag_in = Signal(tag_w)
+        m.d.comb += [tag_in.tj.eq(f_tj), tag_in.cv.eq(cv), tag_in.rv.eq(rv),
+                     tags.w_data.eq(tag_in.as_value()), tags.w_en.eq(issue & is_last)]
+
+        with m.FSM(name="feed"):
+            with m.State("IDLE"):
+                with m.If(start):
+                    m.d.sync += [f_half.eq(0), f_k.eq(0), f_waddr.eq(0), f_tj.eq(0),
+                                 f_rows_left.eq(cm), f_cols_left.eq(cn)]
+                    m.next = "WAIT"
+            with m.State("WAIT"):
+                with m.If(weights_ready & a_full.bit_select(f_half, 1)):
+                    m.next = "RUN"
+            with m.State("RUN"):
+                # A tile's rows are reserved in the output FIFO when its last beat issues.
+                can = ~is_last | ((gap == self.tile_period) & (credits >= rv))
+                m.d.comb += issue.eq(can)
+                with m.If(can):
+                    m.d.sync += [f_k.eq(f_k + 1), f_waddr.eq(f_waddr + 1)]
+                    with m.If(is_last):
+                        m.d.comb += [issue_last.eq(1), reserve.eq(rv)]
+                        m.d.sync += [f_k.eq(0), f_tj.eq(f_tj + 1), f_cols_left.eq(f_cols_left - C)]
+                        with m.If(f_tj == nt - 1):       # tile row finished
+                            m.d.comb += a_clr.eq(Mux(f_half, 0b10, 0b01))
+                            m.d.sync += [f_half.eq(~f_half), f_tj.eq(0), f_waddr.eq(0),
+                                         f_cols_left.eq(cn), f_rows_left.eq(f_rows_left - R)]
+                            with m.If(f_rows_left <= R):
+                                m.d.comb += feed_done.eq(1)
+                                m.next = "IDLE"
+                            with m.Elif(~a_full.bit_select(~f_half, 1)):
+                                m.next = "WAIT"      # next tile row not loaded yet
+
+        # ---- epilogue: bias, multiply, round, shift, saturate; lanes past n are zeroed -------
+        head = Signal(tag_w)
+        m.d.comb += [head.eq(tags.r_data), ep_rd.addr.eq(head.tj),
+                     tags.r_en.eq(array.out_valid & (array.out_row == R - 1))]
+        aw, accw = cfg.act_width, cfg.acc_width
+        lo, hi = -(1 << (aw - 1)), (1 << (aw - 1)) - 1
+
+        v1 = Signal()
+        acc1 = Signal(data.ArrayLayout(signed(accw), C))
+        keep1 = Signal(C)
+        m.d.sync += [v1.eq(array.out_valid & (array.out_row < head.rv)), acc1.eq(array.out_data)]
+        for c in range(C):
+            m.d.sync += keep1[c].eq(head.cv > c)
+        v2, v3, v4, v5 = Signal(), Signal(), Signal(), Signal()
+        keep2, keep3, keep4, keep5 = Signal(C), Signal(C), Signal(C), Signal(C)
+        m.d.sync += [v2.eq(v1), v3.eq(v2), v4.eq(v3), v5.eq(v4),
+                     keep2.eq(keep1), keep3.eq(keep2), keep4.eq(keep3), keep5.eq(keep4)]
+        prod_w = accw + 1 + cfg.mult_width + 1
+        out_row = Signal(data.ArrayLayout(signed(aw), C))
+        for c in range(C):
+            par = ep_rd.data
+            s2 = Signal(signed(accw + 1), name=f"biased_{c}")
+            mult2 = Signal(unsigned(cfg.mult_width), name=f"mult_{c}")
+            sh2 = Signal(unsigned(cfg.shift_width), name=f"shift2_{c}")
+            m.d.sync += [s2.eq(acc1[c] + par.bias[c]), mult2.eq(par.mult[c]),
+                         sh2.eq(par.shift[c])]
+            p3 = Signal(signed(prod_w), name=f"prod_{c}")
+            sh3 = Signal.like(sh2, name=f"shift3_{c}")
+            m.d.sync += [p3.eq(s2 * mult2), sh3.eq(sh2)]
+            r4 = Signal(signed(prod_w + 1), name=f"rounded_{c}")
+            sh4 = Signal.like(sh2, name=f"shift4_{c}")
+            half = Mux(sh3 == 0, 0, (Const(1, prod_w) << (sh3 - 1)[:cfg.shift_width])[:prod_w])
+            m.d.sync += [r4.eq(p3 + half), sh4.eq(sh3)]
+            q5 = Signal(signed(prod_w + 1), name=f"shifted_{c}")
+            m.d.sync += q5.eq(r4 >> sh4)
+            sat = Mux(q5 > hi, hi, Mux(q5 < lo, lo, q5[:aw]))
+            m.d.comb += out_row[c].eq(Mux(keep5[c], sat, 0))
+        m.d.comb += [ofifo.w_data.eq(out_row.as_value()), ofifo.w_en.eq(v5)]
+
+        m.d.comb += [
+            self.o.valid.eq(ofifo.r_rdy),
+            self.o.payload.eq(ofifo.r_data),
+            ofifo.r_en.eq(self.o.ready),
+        ]
+
+        # ---- status --------------------------------------------------------------------------
+        in_flight = tags.r_rdy | v1 | v2 | v3 | v4 | v5 | array.out_valid
+        m.d.comb += [pipeline_empty.eq(~in_flight),
+                     self.busy.eq(~self.cmd.ready | in_flight | (ofifo.w_level != 0))]
+        with m.If(self.busy):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+        return m
