@@ -109,6 +109,7 @@ class GemmEngine(wiring.Component):
 
     def __init__(self, cfg: AccelConfig):
         if not isinstance(cfg, AccelConfig):
+            self._MustUse__silence = True       # never elaborated: no "unused" warning
             raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
         self._cfg = cfg
         self._array = SystolicArray(cfg)
