@@ -68,7 +68,7 @@ _HEADER = struct.Struct("<4sBBHHHIII")
 HEADER_BYTES = _HEADER.size  # 24
 #: Column masks follow every index (hierarchical pruning).
 FLAG_HIERARCHICAL = 0x01
-#: Every block-row holds the same number of kept blocks (checked by the decoder).
+#: Set if and only if every block-row holds the same number of kept blocks (checked).
 FLAG_BALANCED = 0x02
 _KNOWN_FLAGS = FLAG_HIERARCHICAL | FLAG_BALANCED
 _MAX_FEATURES = (1 << 32) - 1
@@ -163,7 +163,8 @@ def decode(data) -> Decoded:
         header field, a count larger than the number of block-columns, a block-column index out
         of range or not strictly increasing, an empty or out-of-range column mask, a truncated
         index list or payload, nonzero padding, a kept-block count that disagrees with the
-        header, a balanced flag with uneven block-rows, or trailing bytes.
+        header, a balanced flag that disagrees with the counts, or trailing bytes. A stream
+        that decodes is canonical: ``encode(*decode(data)[:2]) == data``.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes, not {type(data).__name__}")
@@ -250,9 +251,10 @@ def decode(data) -> Decoded:
         raise ValueError(f"compressed weights: {len(rd.data) - rd.pos} trailing bytes after "
                          f"the last block-row")
     counts = blocks.sum(axis=1)
-    if flags & FLAG_BALANCED and not np.all(counts == counts[0]):
-        raise ValueError(f"compressed weights: flags say balanced but block-rows keep "
-                         f"between {counts.min()} and {counts.max()} blocks")
+    even = bool(np.all(counts == counts[0]))
+    if bool(flags & FLAG_BALANCED) != even:
+        raise ValueError(f"compressed weights: balanced flag is {int(not even)} but block-rows "
+                         f"keep between {counts.min()} and {counts.max()} blocks")
     pattern = BlockPattern((n, k), (br, bc), blocks, columns if hier else None)
     return Decoded(weights[:n, :k], pattern, flags)
 
