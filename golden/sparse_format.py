@@ -38,13 +38,14 @@ import numpy as np
 
 from .config import AccelConfig
 from .fixedpoint import check_int_array
-from .pruning import MAX_BLOCK, BlockPattern
+from .pruning import MAX_BLOCK, BlockPattern, block_prune, hierarchical_prune
 
 __all__ = [
     "FLAG_BALANCED",
     "FLAG_HIERARCHICAL",
     "HEADER_BYTES",
     "MAGIC",
+    "MAX_WEIGHTS",
     "VERSION",
     "Decoded",
     "compressed_bytes",
@@ -57,6 +58,7 @@ __all__ = [
     "mask_bytes",
     "schedule_cycles",
     "schedule_imbalance",
+    "size_table",
     "sparse_gemm_acc",
     "tile_schedule",
     "tile_weight_words",
@@ -73,6 +75,9 @@ FLAG_BALANCED = 0x02
 _KNOWN_FLAGS = FLAG_HIERARCHICAL | FLAG_BALANCED
 _MAX_FEATURES = (1 << 32) - 1
 _MAX_BLOCK_COLS = (1 << 16) - 1
+#: Largest matrix the golden decoder materialises (a corrupted header cannot make it allocate
+#: more); 30x DeiT-Base's largest layer.
+MAX_WEIGHTS = 1 << 26
 
 
 class Decoded(NamedTuple):
@@ -190,6 +195,12 @@ def decode(data) -> Decoded:
     nbr, nbc = -(-n // br), -(-k // bc)
     if nbc > _MAX_BLOCK_COLS:
         raise ValueError(f"compressed weights: {nbc} block-columns exceed {_MAX_BLOCK_COLS}")
+    if n * k > MAX_WEIGHTS:
+        raise ValueError(f"compressed weights: out_features x in_features = {n} x {k} exceeds "
+                         f"{MAX_WEIGHTS} weights")
+    if len(rd.data) < HEADER_BYTES + 2 * nbr:
+        raise ValueError(f"compressed weights: truncated stream: {nbr} block-rows need at least "
+                         f"{HEADER_BYTES + 2 * nbr} bytes, the stream has {len(rd.data)}")
     hier = bool(flags & FLAG_HIERARCHICAL)
     mb = mask_bytes(bc)
     entry = 2 + (mb if hier else 0)
@@ -347,3 +358,35 @@ def sparse_gemm_acc(a, w, schedule, cfg: AccelConfig) -> np.ndarray:
     for tj, (ks, word) in enumerate(zip(schedule, words)):
         acc[:, tj * cfg.cols:(tj + 1) * cfg.cols] = a[:, ks] @ word
     return acc[:, :n]
+
+
+def size_table(shapes=((192, 192), (768, 192)), densities=(1.0, 0.5, 0.25), block=16,
+               seed: int = 0) -> list[dict]:
+    """Compressed bytes vs dense int8 bytes for random int8 matrices (the table of
+    ``docs/sparse_format.md``). Hierarchical rows use ``block_density = min(1, 2 * density)``,
+    i.e. half of the columns of every kept block."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for shape in shapes:
+        w = rng.integers(-128, 128, size=shape)
+        for kind in ("block", "hierarchical"):
+            for density in densities:
+                if kind == "block":
+                    p = block_prune(w, density, block)
+                elif density < 1.0:
+                    p = hierarchical_prune(w, density, block, block_density=min(1.0, 2 * density))
+                else:
+                    continue
+                size = compressed_bytes(p)
+                rows.append({"shape": shape, "kind": kind, "density": p.density, "bytes": size,
+                             "dense_bytes": dense_bytes(shape),
+                             "ratio": size / dense_bytes(shape)})
+    return rows
+
+
+if __name__ == "__main__":
+    print("| W [out, in] | pruning | density | compressed bytes | dense bytes | ratio |")
+    print("|---|---|---|---|---|---|")
+    for row in size_table():
+        print(f"| {row['shape'][0]}x{row['shape'][1]} | {row['kind']} | {row['density']:.2f} "
+              f"| {row['bytes']:,} | {row['dense_bytes']:,} | {row['ratio']:.4f} |")

@@ -168,6 +168,9 @@ def patch(data, offset, fmt, value):
     (6, "<H", 0, r"block_rows must be in the range \[1, 1024\], not 0"),
     (8, "<H", 2000, r"block_cols must be in the range \[1, 1024\], not 2000"),
     (12, "<I", 0, r"out_features must be at least 1, not 0"),
+    (12, "<I", 1 << 30, r"out_features x in_features = 1073741824 x 12 exceeds 67108864"),
+    (12, "<I", 400, (r"truncated stream: 100 block-rows need at least 224 bytes, the stream "
+                    r"has 82")),
     (24, "<H", 4, r"block-row 0: count 4 larger than the number of block-columns 3"),
     (28, "<H", 3, r"block-row 0: block-column index 3 out of range \[0, 3\)"),
     (28, "<H", 0, r"block-row 0: block-column indices not strictly increasing \(0 after 0\)"),
@@ -190,6 +193,9 @@ def test_truncated_and_trailing(stream):
     with pytest.raises(ValueError, match=r"truncated payload of block \(0, 0\)"):
         decode(stream[:40])
     with pytest.raises(ValueError, match=r"truncated index list of block-row 0"):
+        decode(stream[:29])
+    with pytest.raises(ValueError, match=r"truncated stream: 2 block-rows need at least 28 "
+                                         r"bytes, the stream has 27"):
         decode(stream[:27])
     with pytest.raises(ValueError, match=r"truncated count of block-row 1"):
         decode(stream[:62])
