@@ -24,7 +24,8 @@ whole matrix; block-rows then differ (possibly keeping none). ``density`` counts
 **Hierarchical pruning** (:func:`hierarchical_prune`) is the project's two-level scheme: block
 pruning at ``block_density`` (default ``sqrt(density)``), then inside every kept block only a
 subset of its ``b_c`` input columns (``k`` indices) is kept, ranked by the L2 norm of the
-column's ``b_r`` weights. A removed column is a skipped cycle of the output-stationary array, so
+column's ``b_r`` weights, at ``column_density = density / achieved block density`` (so that
+the column level makes up for the rounding of the block count). A removed column is a skipped cycle of the output-stationary array, so
 the finer level saves time as well as storage. (An N:M pattern along ``k`` would save storage
 but no cycles on this array, because every ``k`` step still feeds all the tile's output
 channels; N:M along the output channels cannot be skipped either. Column masks are therefore
@@ -354,7 +355,8 @@ def hierarchical_prune(w, density, block=(16, 16), balanced: bool = True,
         ``max(1, round(column_density * C))`` of the ``C`` real columns of the kept blocks.
     block_density : float in [density, 1], optional
         Density of the block level; default ``sqrt(density)``. ``column_density`` is
-        ``density / block_density``.
+        ``density`` divided by the block density actually achieved (after rounding the kept
+        block count), at most 1.
 
     Returns
     -------
@@ -367,11 +369,12 @@ def hierarchical_prune(w, density, block=(16, 16), balanced: bool = True,
     if block_density < density:
         raise ValueError(f"block_density must be in the range [{density}, 1] (at least "
                          f"density), not {block_density}")
-    col_density = density / block_density
     br, bc = block = check_block(block)
     w = _as_matrix(w)
     blocks = _block_mask(block_scores(w, block), block_density, balanced)
     base = BlockPattern(w.shape, block, blocks)
+    # The column level makes up for the rounding of the block level.
+    col_density = min(1.0, density / base.block_density)
     # Squared norm of every block column segment: [nbr, nbc, bc].
     p = _squares(_pad(w, block))
     seg = p.reshape(base.n_block_rows, br, base.n_block_cols, bc).sum(axis=1)

@@ -58,6 +58,7 @@ __all__ = [
     "mask_bytes",
     "schedule_cycles",
     "schedule_imbalance",
+    "schedule_report",
     "size_table",
     "sparse_gemm_acc",
     "tile_schedule",
@@ -333,6 +334,24 @@ def schedule_imbalance(schedule) -> float:
     lengths = np.array([len(ks) for ks in schedule], float)
     mean = lengths.mean()
     return float(lengths.max() / mean) if mean else 1.0
+
+
+def schedule_report(pattern: BlockPattern, cfg: AccelConfig, m: int) -> dict:
+    """Schedule-level figures of a sparse GEMM with ``m`` tokens (no pipeline overheads):
+    ``cycles``, ``dense_cycles``, ``ideal_cycles``, ``speedup``, ``utilization`` (ideal /
+    cycles), ``density``, ``kept_blocks``, ``block_imbalance`` (:meth:`BlockPattern.imbalance`)
+    and ``tile_imbalance`` (:func:`schedule_imbalance`)."""
+    sched = tile_schedule(pattern, cfg)
+    cycles = schedule_cycles(sched, cfg, m)
+    dense = dense_cycles(cfg, m, pattern.shape[1], pattern.shape[0])
+    ideal = ideal_cycles(pattern, cfg, m)
+    return {
+        "cycles": cycles, "dense_cycles": dense, "ideal_cycles": ideal,
+        "speedup": dense / cycles if cycles else float("inf"),
+        "utilization": ideal / cycles if cycles else 1.0,
+        "density": pattern.density, "kept_blocks": pattern.kept_blocks,
+        "block_imbalance": pattern.imbalance(), "tile_imbalance": schedule_imbalance(sched),
+    }
 
 
 def tile_weight_words(w, schedule, cfg: AccelConfig) -> list[np.ndarray]:

@@ -277,6 +277,18 @@ def test_hierarchical_block_density(rng):
     assert p.column_mask()[p.blocks].all()
 
 
+@pytest.mark.parametrize("balanced", [True, False])
+def test_hierarchical_density(balanced, rng):
+    w = rng.normal(size=(192, 192))
+    for density in (0.5, 0.25, 0.125):  # achievable exactly with 16x16 blocks on 192
+        assert hierarchical_prune(w, density, 16, balanced).density == density
+    for density in rng.uniform(0.05, 1.0, size=10):
+        p = hierarchical_prune(w, density, 16, balanced)
+        # Columns are rounded per block (balanced) or globally (unbalanced).
+        assert abs(p.density - density) <= p.block_density / 32 + 1e-12
+        assert p.block_density >= density - 1e-12
+
+
 def test_hierarchical_unbalanced(rng):
     w = rng.normal(size=(64, 96)) * rng.lognormal(size=(64, 1))
     p = hierarchical_prune(w, 0.2, 16, balanced=False, block_density=0.5)

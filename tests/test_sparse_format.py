@@ -23,6 +23,7 @@ from golden.sparse_format import (
     mask_bytes,
     schedule_cycles,
     schedule_imbalance,
+    schedule_report,
     sparse_gemm_acc,
     tile_schedule,
     tile_weight_words,
@@ -363,6 +364,10 @@ def test_cycles_and_ideal():
         assert schedule_imbalance(sched) == 1.0
         assert kept_macs(p, m) == m * density * 192 * 192
         assert ideal_cycles(p, cfg, m) == kept_macs(p, m) / 64
+    rep = schedule_report(block_prune(w, 0.25, 16), cfg, m)
+    assert rep["cycles"] == 28_800 and rep["dense_cycles"] == 115_200
+    assert rep["speedup"] == 4.0 and rep["utilization"] == pytest.approx(197 / 200)
+    assert rep["ideal_cycles"] == 197 * 192 * 48 / 64 and rep["tile_imbalance"] == 1.0
     p = block_prune(w * np.arange(1, 193)[:, None] // 192, 0.25, 16, balanced=False)
     assert p.imbalance() > 1.0
     assert schedule_imbalance(tile_schedule(p, cfg)) == pytest.approx(p.imbalance())
