@@ -56,6 +56,11 @@ class AccelConfig:
     out_fifo_depth : int
         Rows of ``cols`` outputs buffered after the GEMM epilogue. ``0`` (the default) lets the
         engine size it for its pipeline so that output credits never stall (see ``rtl.gemm``).
+    sparse_block : int
+        Block size of static weight sparsity (``docs/sparse_format.md``). ``0`` (the default)
+        ties it to the array: blocks of ``cols`` output channels x ``rows`` input channels.
+        Otherwise square ``sparse_block x sparse_block`` blocks; the size must be a multiple or
+        a divisor of ``cols`` so that block-rows and output tiles nest.
     """
 
     rows: int = 8
@@ -69,6 +74,7 @@ class AccelConfig:
     max_hidden: int = 768
     weight_buffer_depth: int = 0
     out_fifo_depth: int = 0
+    sparse_block: int = 0
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self):
@@ -90,6 +96,10 @@ class AccelConfig:
         if 0 < self.out_fifo_depth < self.rows:
             raise ValueError(f"out_fifo_depth must be 0 (automatic) or in the range "
                              f"[{self.rows}, 4096] (at least rows), not {self.out_fifo_depth}")
+        _check_int("sparse_block", self.sparse_block, 0, 1024)
+        if self.sparse_block and self.sparse_block % self.cols and self.cols % self.sparse_block:
+            raise ValueError(f"sparse_block must be 0, a multiple or a divisor of cols "
+                             f"({self.cols}), not {self.sparse_block}")
 
     # -- derived quantities -----------------------------------------------------------------
 
