@@ -56,13 +56,13 @@ def ensure_yosys() -> str:
 def emit(cfg: AccelConfig | str | None = None, fmt: str = "verilog",
          name: str = TOP_NAME) -> str:
     """Return the top for ``cfg`` as Verilog or RTLIL text."""
+    if fmt not in ("verilog", "rtlil"):
+        raise ValueError(f"format must be one of verilog, rtlil; not {fmt!r}")
     top = build_top(cfg)
     if fmt == "rtlil":
         return rtlil.convert(top, name=name)
-    if fmt == "verilog":
-        ensure_yosys()
-        return verilog.convert(top, name=name)
-    raise ValueError(f"format must be one of verilog, rtlil; not {fmt!r}")
+    ensure_yosys()
+    return verilog.convert(top, name=name)
 
 
 def main(argv=None) -> int:
