@@ -55,6 +55,9 @@ class AccelConfig:
         allowed by ``max_dim``/``max_hidden``/``max_tokens``.
     out_fifo_depth : int
         Rows of ``cols`` outputs buffered after the epilogue. ``0`` picks ``2 * rows``.
+    score_width : int
+        Width of the unsigned token-importance score the top-k token selector ranks; its
+        histogram has ``2**score_width`` bins (see ``docs/token_pruning.md``).
     """
 
     rows: int = 8
@@ -68,6 +71,7 @@ class AccelConfig:
     max_hidden: int = 768
     weight_buffer_depth: int = 0
     out_fifo_depth: int = 0
+    score_width: int = 8
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self):
@@ -91,6 +95,7 @@ class AccelConfig:
         if self.out_fifo_depth < self.rows:
             raise ValueError(f"out_fifo_depth must be in the range [{self.rows}, 4096] "
                              f"(at least rows), not {self.out_fifo_depth}")
+        _check_int("score_width", self.score_width, 1, 12)
 
     # -- derived quantities -----------------------------------------------------------------
 
