@@ -59,6 +59,7 @@ __all__ = [
     "PROB_BITS",
     "TokenPruneResult",
     "cls_scores",
+    "compact_tokens",
     "keep_count",
     "merge_package",
     "package_reciprocal",
@@ -171,11 +172,31 @@ def prune_tokens_attention(x, cls_probs, keep_rate: float | None = None, cfg: Ac
         k = keep_count(n_tokens, keep_rate)
     scores = cls_scores(probs, cfg.score_width)
     idx, mask = topk_select(scores, k, cfg.score_width)
+    out, weight = compact_tokens(x, mask, scores, cfg)
     kept = np.concatenate([[0], idx + 1]).astype(np.int64)
-    rows = [x[kept]]
+    return TokenPruneResult(out, scores, k, kept, mask, weight)
+
+
+def compact_tokens(x, mask, weights, cfg: AccelConfig = None) -> tuple[np.ndarray, int]:
+    """Gather CLS and the kept rows of ``x``; fuse the pruned rows into a package token.
+
+    ``mask`` and ``weights`` cover the ``N - 1`` non-CLS rows. Returns ``(rows, weight)``:
+    ``rows`` is CLS, the kept rows in order and, if any row is pruned, the package token
+    (:func:`merge_package` with the pruned rows' weights); ``weight`` is its total weight.
+    """
+    cfg = cfg if cfg is not None else AccelConfig()
+    x = check_int_array("x", x, cfg.act_width)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"x must have shape (N >= 2, D), not {x.shape}")
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != (x.shape[0] - 1,):
+        raise ValueError(f"mask must have shape ({x.shape[0] - 1},), not {mask.shape}")
+    w = check_int_array("weights", weights, cfg.score_width, signed=False,
+                        shape=(x.shape[0] - 1,))
+    rows = [x[:1], x[1:][mask]]
     weight = 0
-    if k < n_tokens - 1:
-        pkg, weight = merge_package(x[1:][~mask], scores[~mask], act_width=cfg.act_width,
+    if not mask.all():
+        pkg, weight = merge_package(x[1:][~mask], w[~mask], act_width=cfg.act_width,
                                     mult_width=cfg.mult_width, weight_bits=cfg.score_width)
         rows.append(pkg[None, :])
-    return TokenPruneResult(np.concatenate(rows), scores, k, kept, mask, weight)
+    return np.concatenate(rows), weight
