@@ -31,13 +31,13 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In, Out, connect, flipped
 from amaranth.utils import bits_for, ceil_log2
 
 from golden.config import AccelConfig
-from rtl.topk import token_layout
+from rtl.topk import PROB_BITS, ClsScore, TopK, token_layout
 
-__all__ = ["TokenCompaction", "row_stride"]
+__all__ = ["TokenCompaction", "TokenPrune", "row_stride"]
 
 
 def row_stride(cfg: AccelConfig) -> int:
@@ -207,17 +207,16 @@ class TokenCompaction(wiring.Component):
         m.d.comb += take.eq(self.sel.valid & self.sel.ready)
 
         with m.FSM(name="fsm"):
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    bad = (self.segs == 0) | (self.segs > stride)
-                    m.d.sync += [
-                        self.error.eq(bad), segs.eq(self.segs),
-                        cur_valid.eq(~bad), cur_row.eq(0), cur_out.eq(0), cur_keep.eq(1),
-                        seg.eq(0), seen_last.eq(0), expect.eq(0), out_next.eq(1),
-                        pruned.eq(0), total_w.eq(0),
-                    ]
-                    with m.If(~bad):
-                        m.next = "ROWS"
+            with m.State("IDLE"), m.If(self.start):
+                bad = (self.segs == 0) | (self.segs > stride)
+                m.d.sync += [
+                    self.error.eq(bad), segs.eq(self.segs),
+                    cur_valid.eq(~bad), cur_row.eq(0), cur_out.eq(0), cur_keep.eq(1),
+                    seg.eq(0), seen_last.eq(0), expect.eq(0), out_next.eq(1),
+                    pruned.eq(0), total_w.eq(0),
+                ]
+                with m.If(~bad):
+                    m.next = "ROWS"
 
             with m.State("ROWS"):
                 m.d.comb += [
@@ -285,4 +284,117 @@ class TokenCompaction(wiring.Component):
                 with m.Else():                  # the last package segment is written now
                     m.d.sync += [self.rows.eq(out_next + 1), self.done.eq(1)]
                     m.next = "IDLE"
+        return m
+
+
+class TokenPrune(wiring.Component):
+    """Attention-score token pruning: CLS score, top-k selection, compaction, package token.
+
+    Chains :class:`rtl.topk.ClsScore` -> :class:`rtl.topk.TopK` -> :class:`TokenCompaction`
+    (equal to :func:`golden.token_prune.prune_tokens_attention` with ``k`` given). The CLS
+    row is copied while the scores stream in; the selector's emit phase runs at the pace of
+    the compaction (one row per ``segs`` cycles).
+
+    Parameters
+    ----------
+    cfg : AccelConfig
+        As for :class:`TokenCompaction` and :class:`rtl.topk.TopK`.
+    heads : int
+        Attention heads whose CLS-row probabilities are summed into the score.
+
+    Members
+    -------
+    start : In(1)
+        Pulse (while not ``busy``) to begin; ``n_tokens``, ``k`` and ``segs`` are sampled.
+    n_tokens : In(unsigned)
+        Token count ``N`` including CLS, valid range ``[2, max_tokens]``.
+    k : In(unsigned)
+        Non-CLS tokens to keep, valid range ``[1, N - 1]``.
+    segs : In(unsigned)
+        Row segments, ``[1, stride]``.
+    probs : In(stream.Signature(data.ArrayLayout(unsigned(8), heads)))
+        CLS-row probabilities of tokens ``1 .. N - 1``, one beat per token (all heads).
+    src, dst, rows, package_weight, busy, done :
+        As for :class:`TokenCompaction`.
+    error : Out(1)
+        Set by a ``start`` with any parameter out of range (nothing runs); cleared by the next
+        ``start``.
+
+    Throughput and stalls: one probability beat per cycle while loading, one row segment per
+    cycle while compacting; stalls on ``probs`` delay the run. Without stalls a run takes
+    :meth:`cycles` ``= (N - 1) (1 + segs) + 2**score_width + 5`` cycles from ``start`` to
+    ``done``, plus ``mult_width + segs + 1`` if any token is pruned (when
+    ``segs <= N + 2**score_width``, so that the CLS row is copied while the scores load).
+    """
+
+    def __init__(self, cfg: AccelConfig, heads: int):
+        if isinstance(heads, bool) or not isinstance(heads, int):
+            raise TypeError(f"heads must be an integer, not {heads!r}")
+        if not 1 <= heads <= 64:
+            raise ValueError(f"heads must be in the range [1, 64], not {heads}")
+        if not isinstance(cfg, AccelConfig):
+            raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
+        self.compaction = TokenCompaction(cfg)
+        self.score = ClsScore(cfg, heads)
+        self.topk = TopK(cfg)
+        self.cfg = cfg
+        self.heads = heads
+        comp = self.compaction
+        cnt = unsigned(bits_for(cfg.max_tokens))
+        super().__init__({
+            "start": In(1),
+            "n_tokens": In(cnt),
+            "k": In(cnt),
+            "segs": In(unsigned(bits_for(comp.stride))),
+            "probs": In(stream.Signature(data.ArrayLayout(unsigned(PROB_BITS), heads))),
+            "src": In(memory.ReadPort.Signature(addr_width=comp.addr_width,
+                                                shape=comp.row_layout)),
+            "dst": In(memory.WritePort.Signature(addr_width=comp.addr_width,
+                                                 shape=comp.row_layout)),
+            "rows": Out(unsigned(bits_for(cfg.max_tokens))),
+            "package_weight": Out(unsigned(comp.weight_total_width)),
+            "busy": Out(1),
+            "done": Out(1),
+            "error": Out(1),
+        })
+
+    def cycles(self, n_tokens: int, segs: int, pruned: int) -> int:
+        """Cycles from ``start`` to ``done`` without stalls."""
+        total = (n_tokens - 1) * (1 + segs) + (1 << self.cfg.score_width) + 5
+        if pruned:
+            total += self.cfg.mult_width + segs + 1
+        return total
+
+    def ideal_cycles(self, n_tokens: int, segs: int, pruned: int) -> int:
+        """One score per cycle, then one row segment per cycle for the rows after CLS."""
+        return (n_tokens - 1) + (n_tokens - 1) * segs + (segs if pruned else 0)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.score = score = self.score
+        m.submodules.topk = topk = self.topk
+        m.submodules.compaction = comp = self.compaction
+        connect(m, flipped(self.probs), score.i)
+        connect(m, score.o, topk.i)
+        connect(m, topk.o, comp.sel)
+        connect(m, flipped(self.src), comp.src)
+        connect(m, flipped(self.dst), comp.dst)
+
+        bad_args = Signal()
+        m.d.comb += bad_args.eq((self.n_tokens < 2) | (self.n_tokens > self.cfg.max_tokens)
+                                | (self.k == 0) | (self.k >= self.n_tokens)
+                                | (self.segs == 0) | (self.segs > comp.stride))
+        go = self.start & ~self.busy
+        m.d.comb += [
+            topk.n.eq(self.n_tokens - 1), topk.k.eq(self.k), comp.segs.eq(self.segs),
+            topk.start.eq(go & ~bad_args), comp.start.eq(go & ~bad_args),
+            self.busy.eq(topk.busy | comp.busy),
+            self.done.eq(comp.done),
+            self.rows.eq(comp.rows),
+            self.package_weight.eq(comp.package_weight),
+        ]
+        start_error = Signal()
+        with m.If(go):
+            m.d.sync += start_error.eq(bad_args)
+        m.d.comb += self.error.eq(start_error | topk.error | comp.error)
         return m

@@ -10,7 +10,6 @@ from golden.topk import check_topk_args, topk_select, topk_threshold
 from rtl.topk import ClsScore, TopK
 from sim.streams import run_simulation, stream_recv, stream_send
 
-
 # -- golden model ---------------------------------------------------------------------------
 
 def _reference_topk(scores, k):
