@@ -7,16 +7,19 @@ and the CLS row of the attention probabilities of every head, ``cls_probs`` (``H
 unsigned ``prob_bits`` = 8-bit, scale ``2**-8``: the softmax unit's output format).
 
 1. **Score** (:func:`cls_scores`). The published score is the head-mean of the CLS row over the
-   non-CLS tokens. In hardware it is the head *sum*, reduced to the selector's
-   ``score_width`` bits (``AccelConfig.score_width``)::
+   non-CLS tokens. In hardware it is the head *sum* (the mean times ``H``, which ranks the same),
+   saturated to the selector's ``score_width`` bits (``AccelConfig.score_width``)::
 
        raw_i   = sum_h cls_probs[h, i + 1]                      (i = 0 .. N - 2)
-       shift   = max(0, prob_bits + ceil_log2(H) - score_width)
+       shift   = max(0, prob_bits - score_width)
        score_i = min(round_shift(raw_i, shift), 2**score_width - 1)
 
-   Dividing by ``2**ceil_log2(H)`` instead of ``H`` is a monotonic rescaling, so it does not
-   change the ranking; the rounding merges nearly equal scores into ties, which the
-   deterministic tie-break resolves (lower index wins).
+   Saturating rather than shifting the sum keeps the full resolution of the *small* scores,
+   where the keep/prune boundary lies (197 tokens share a probability mass of 1 per head, so
+   most 8-bit probabilities are a few LSBs); only tokens whose head-sum reaches about one full
+   probability saturate, and those are kept unless ``k`` is smaller than their number (at most
+   ``H`` of them can exceed ``1/H`` in every head). Saturation and rounding turn nearly equal
+   scores into ties, which the deterministic tie-break resolves (lower index wins).
 2. **Selection** (:func:`keep_count`, :func:`golden.topk.topk_select`): keep
    ``k = ceil(keep_rate * (N - 1))`` tokens, CLS always kept, original order preserved.
 3. **Fusion** (:func:`merge_package`): the pruned tokens are fused into one *package token*,
@@ -72,8 +75,14 @@ PROB_BITS = 8
 
 
 def score_shift(heads: int, score_width: int, prob_bits: int = PROB_BITS) -> int:
-    """Right shift that reduces a sum of ``heads`` probabilities to ``score_width`` bits."""
-    return max(0, prob_bits + (heads - 1).bit_length() - score_width)
+    """Right shift applied to the head sum before saturation to ``score_width`` bits.
+
+    Non-zero only when a score is narrower than one probability; ``heads`` is accepted for
+    symmetry with the hardware parameter and does not change the shift.
+    """
+    if heads < 1:
+        raise ValueError(f"heads must be at least 1, not {heads}")
+    return max(0, prob_bits - score_width)
 
 
 def cls_scores(cls_probs, score_width: int = 8, prob_bits: int = PROB_BITS) -> np.ndarray:

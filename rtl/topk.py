@@ -245,8 +245,8 @@ class ClsScore(wiring.Component):
     """Reduces the CLS-row probabilities of all heads of one token to its selector score.
 
     ``score = min(round_shift(sum_h p_h, shift), 2**score_width - 1)`` with
-    ``shift = max(0, 8 + ceil_log2(heads) - score_width)``, as in
-    :func:`golden.token_prune.cls_scores`.
+    ``shift = max(0, 8 - score_width)``, as in :func:`golden.token_prune.cls_scores`: the head
+    sum saturates, keeping full resolution where the keep/prune boundary lies.
 
     Parameters
     ----------
@@ -274,7 +274,7 @@ class ClsScore(wiring.Component):
             raise ValueError(f"heads must be in the range [1, 64], not {heads}")
         self.cfg = cfg
         self.heads = heads
-        self.shift = max(0, PROB_BITS + ceil_log2(heads) - cfg.score_width)
+        self.shift = max(0, PROB_BITS - cfg.score_width)
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(unsigned(PROB_BITS), heads))),
             "o": Out(stream.Signature(unsigned(cfg.score_width))),

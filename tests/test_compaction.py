@@ -218,3 +218,11 @@ def test_bad_elaboration_parameters():
     with pytest.raises(ValueError, match=r"mult_width must be in the range \[2, "):
         TokenCompaction(_cfg(mult_width=1))
     assert row_stride(_cfg(max_dim=17)) == 5
+
+
+def test_verilog_emission():
+    from amaranth.back import verilog
+
+    from rtl.compaction import TokenPrune
+    text = verilog.convert(TokenPrune(_cfg(), 3), name="token_prune")
+    assert "module token_prune" in text

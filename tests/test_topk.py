@@ -120,8 +120,8 @@ def _beats(raw):
 
 def test_cycle_formula_and_latency(rng):
     cfg = _cfg()
-    for n, k in [(1, 1), (20, 7), (32, 32)]:
-        scores = rng.integers(0, 16, n)
+    for n, k, hi in [(1, 1, 16), (20, 7, 16), (32, 32, 16), (32, 9, 1)]:
+        scores = rng.integers(0, hi, n)            # hi = 1: one bin hit every cycle
         beats, bits, cycles, err, dut = run_topk(cfg, scores, k)
         assert not err
         _check(cfg, scores, k, _beats(beats), bits)
