@@ -80,8 +80,8 @@ class TokenCompaction(wiring.Component):
 
     Latency, throughput and stalls: one row segment per cycle; a row whose ``sel`` beat is not
     yet valid stalls the unit (no segment moves) until it arrives. Without stalls a run takes
-    :meth:`cycles` cycles from ``start`` to ``done``; :attr:`latency` (2) is the number of
-    cycles from a segment's read address to its write into the destination buffer.
+    :meth:`cycles` cycles from ``start`` to ``done``; :attr:`latency` (1) is the number of
+    cycles from a segment's source read address to its destination write (``dst.en``).
     """
 
     def __init__(self, cfg: AccelConfig):
@@ -118,7 +118,7 @@ class TokenCompaction(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from a segment's source read address to its destination write."""
-        return 2
+        return 1
 
     def cycles(self, n_rows: int, segs: int, pruned: int) -> int:
         """Cycles from ``start`` to ``done`` without stalls (``n_rows`` includes CLS)."""

@@ -1,6 +1,9 @@
 # amaranth: UnusedElaboratable=no
 """rtl.compaction.TokenCompaction against golden.token_prune.compact_tokens."""
 
+import functools
+import operator
+
 import numpy as np
 import pytest
 from amaranth.hdl import Elaboratable, Module
@@ -14,7 +17,7 @@ from sim.streams import run_simulation, stream_send
 
 
 def _cfg(**kw):
-    base = dict(rows=4, cols=4, max_tokens=16, max_dim=16, max_hidden=64, score_width=8)
+    base = {"rows": 4, "cols": 4, "max_tokens": 16, "max_dim": 16, "max_hidden": 64, "score_width": 8}
     base.update(kw)
     return AccelConfig(**base)
 
@@ -59,7 +62,7 @@ def run_compaction(cfg, x, mask, weights, *, rng=None, stall=0.0, segs=None, bea
     dut = h.dut
     n = x.shape[0] - 1
     if beats is None:
-        beats = [dict(index=i, score=int(weights[i]), keep=int(mask[i]), last=int(i == n - 1))
+        beats = [{"index": i, "score": int(weights[i]), "keep": int(mask[i]), "last": int(i == n - 1)}
                  for i in range(n)]
     res = {}
 
@@ -140,7 +143,7 @@ def test_edge_cases(kind, rng):
     elif kind == "one_pruned":
         mask[:] = True
         mask[3] = False
-    res, dut = run_compaction(cfg, x, mask, weights, rng=rng, stall=0.2)
+    res, _dut = run_compaction(cfg, x, mask, weights, rng=rng, stall=0.2)
     out, weight = _expect(cfg, x, mask, weights)
     assert not res["error"] and res["rows"] == len(out) and res["weight"] == weight
     np.testing.assert_array_equal(res["out"], out)
@@ -154,9 +157,34 @@ def test_max_tokens_segs1_back_to_back_accumulate(rng):
     mask[[2, 9]] = True
     weights = rng.integers(0, 256, 15)
     res, dut = run_compaction(cfg, x, mask, weights)
-    out, weight = _expect(cfg, x, mask, weights)
+    out, _weight = _expect(cfg, x, mask, weights)
     np.testing.assert_array_equal(res["out"], out)
     assert res["cycles"] == dut.cycles(16, 1, 13)
+
+
+def test_latency_measured(rng):
+    cfg = _cfg()
+    x = rng.integers(-128, 128, (3, 16))
+    h = Harness(cfg, _pad(x, cfg.cols)[0])
+    dut = h.dut
+    seen = {}
+
+    async def bench(ctx):
+        ctx.set(dut.segs, 4)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        for cycle in range(1, 10):
+            if "read" not in seen and ctx.get(dut.busy):
+                seen["read"] = (cycle, ctx.get(dut.src.addr))
+            if ctx.get(dut.dst.en):
+                seen["write"] = (cycle, ctx.get(dut.dst.addr))
+                return
+            await ctx.tick()
+
+    run_simulation(h, [bench], max_cycles=20)
+    assert seen["read"][1] == seen["write"][1] == 0
+    assert seen["write"][0] - seen["read"][0] == dut.latency == 1
 
 
 def test_two_runs_clear_accumulator(rng):
@@ -175,12 +203,12 @@ def test_two_runs_clear_accumulator(rng):
             ctx.set(dut.start, 1)
             await ctx.tick()
             ctx.set(dut.start, 0)
-            await stream_send(ctx, dut.sel, [dict(index=i, score=int(w[i]), keep=int(mask[i]),
-                                                  last=int(i == 8)) for i in range(9)])
+            await stream_send(ctx, dut.sel, [{"index": i, "score": int(w[i]), "keep": int(mask[i]),
+                                                  "last": int(i == 8)} for i in range(9)])
             while not ctx.get(dut.done):
                 await ctx.tick()
             rows = ctx.get(dut.rows)
-            got.append(np.array([sum((list(ctx.get(h.dst.data[r * dut.stride + j]))
+            got.append(np.array([functools.reduce(operator.iadd, (list(ctx.get(h.dst.data[r * dut.stride + j]))
                                       for j in range(segs)), []) for r in range(rows)]))
             await ctx.tick()
 
@@ -203,9 +231,9 @@ def test_bad_sel_stream_raises_error(bad, rng):
     cfg = _cfg()
     x = rng.integers(-128, 128, (4, 16))
     if bad == "skipped_index":
-        beats = [dict(index=0, score=1, keep=1, last=0), dict(index=2, score=1, keep=0, last=1)]
+        beats = [{"index": 0, "score": 1, "keep": 1, "last": 0}, {"index": 2, "score": 1, "keep": 0, "last": 1}]
     else:
-        beats = [dict(index=i, score=1, keep=1, last=int(i == 15)) for i in range(16)]
+        beats = [{"index": i, "score": 1, "keep": 1, "last": int(i == 15)} for i in range(16)]
     res, _ = run_compaction(cfg, x, None, None, beats=beats)
     assert res["error"] == 1
 

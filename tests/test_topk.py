@@ -114,7 +114,7 @@ def _check(cfg, scores, k, beats, bits, kept_only=False):
 
 
 def _beats(raw):
-    return [dict(index=b["index"], score=b["score"], keep=b["keep"], last=b["last"])
+    return [{"index": b["index"], "score": b["score"], "keep": b["keep"], "last": b["last"]}
             for b in raw]
 
 
@@ -288,4 +288,24 @@ def test_cls_score(heads, score_width, rng):
 
     _, got = run_simulation(dut, [send, recv], max_cycles=400)
     assert got == expect
-    assert dut.latency == 1
+
+
+def test_cls_score_latency():
+    dut = ClsScore(_cfg(score_width=8), 2)
+    seen = {}
+
+    async def bench(ctx):
+        ctx.set(dut.o.ready, 1)
+        ctx.set(dut.i.payload, [3, 4])
+        ctx.set(dut.i.valid, 1)
+        await ctx.tick()
+        ctx.set(dut.i.valid, 0)
+        for cycle in range(1, 5):
+            if ctx.get(dut.o.valid):
+                seen["cycle"] = cycle
+                seen["score"] = ctx.get(dut.o.payload)
+                return
+            await ctx.tick()
+
+    run_simulation(dut, [bench], max_cycles=10)
+    assert seen == {"cycle": dut.latency, "score": 7} and dut.latency == 1
