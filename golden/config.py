@@ -49,6 +49,9 @@ class AccelConfig:
         Largest embedding dimension.
     max_hidden : int
         Largest MLP hidden dimension.
+    score_width : int
+        Width of the unsigned token-importance score the top-k token selector ranks; its
+        histogram has ``2**score_width`` bins (see ``docs/token_pruning.md``).
     weight_buffer_depth : int
         Words of ``cols`` weights in the GEMM engine's weight buffer; a GEMM needs
         ``K * ceil(N / cols)`` words. ``0`` (the default) sizes it for the largest ViT layer
@@ -75,6 +78,7 @@ class AccelConfig:
     weight_buffer_depth: int = 0
     out_fifo_depth: int = 0
     sparse_block: int = 0
+    score_width: int = 8
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self):
@@ -85,6 +89,7 @@ class AccelConfig:
         _check_int("max_tokens", self.max_tokens, 1, 4096)
         _check_int("max_dim", self.max_dim, 1, 8192)
         _check_int("max_hidden", self.max_hidden, 1, 32768)
+        _check_int("score_width", self.score_width, 1, 12)
         need = self.act_width + self.weight_width - 1 + math.ceil(math.log2(self.max_gemm_dim))
         _check_int("acc_width", self.acc_width, max(need, 2), 48)
         # (acc + bias) * M must fit the golden model's int64 arithmetic with room to round.

@@ -13,6 +13,7 @@ fails with :class:`SimulationTimeout` instead of spinning forever.
 
 from __future__ import annotations
 
+from amaranth.lib import data
 from amaranth.sim import Simulator
 
 __all__ = ["stream_send", "stream_recv", "stream_put", "stream_get", "run_simulation",
@@ -26,9 +27,14 @@ class SimulationTimeout(AssertionError):
 
 
 def _as_payload(value):
-    """Convert a Const view (or plain int) read from the simulator into Python values."""
+    """Convert a Const view (or plain int) read from the simulator into Python values.
+
+    Array layouts become lists, struct layouts dicts of their fields.
+    """
     if isinstance(value, int):
         return value
+    if isinstance(value, data.Const) and isinstance(value.shape(), data.StructLayout):
+        return {name: _as_payload(value[name]) for name, _ in value.shape()}
     try:
         return [_as_payload(v) for v in value]
     except TypeError:

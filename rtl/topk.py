@@ -1,0 +1,304 @@
+"""Exact top-k token selector in O(N) cycles, and the CLS-attention score reducer.
+
+:class:`TopK` ranks ``n`` unsigned ``score_width``-bit scores (``n`` and ``k`` given at run
+time) and streams out every token's index with its keep bit, in ascending index order. The
+selection equals :func:`golden.topk.topk_select`: the ``k`` largest scores, ties to the lower
+index.
+
+Algorithm (three phases, one memory access per cycle each):
+
+1. **Load** (``n`` cycles): one score per cycle is written to a score memory and counted in a
+   ``2**score_width``-bin histogram (read-modify-write pipelined over two cycles; the read port
+   is transparent to the write port, which forwards a count written in the same cycle).
+2. **Scan** (``2**score_width + 1`` cycles): the histogram is read from the top bin down,
+   accumulating the number of scores above the current bin; the first bin at which that count
+   reaches ``k`` is the threshold ``T``, and ``ties = k - count(> T)`` scores equal to ``T`` are
+   kept. Every bin is cleared as it is read, so the next run starts from an empty histogram.
+3. **Emit** (``n`` cycles): the scores are read back in index order; token ``i`` is kept if
+   ``s_i > T``, or ``s_i == T`` while the tie budget lasts (lower index wins).
+
+Without stalls a run takes ``2 n + 2**score_width + 3`` cycles from ``start`` to ``done``
+(:meth:`TopK.cycles`), 771 for ``n = 196``, ``score_width = 8``. The trade-off against a sorting
+network or a k-deep insertion queue: cost independent of ``k``, one adder and two small memories
+instead of ``O(k)`` comparators, at the price of the fixed ``2**score_width`` scan, which is why
+``score_width`` stays small (8 bits: softmax probabilities are 8-bit).
+
+:class:`ClsScore` turns the CLS-row probabilities of every head into the score
+(:func:`golden.token_prune.cls_scores`).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import bits_for, ceil_log2
+
+from golden.config import AccelConfig
+
+__all__ = ["PROB_BITS", "ClsScore", "TopK", "token_layout"]
+
+#: Width of one softmax probability (unsigned, scale 2**-8); equals golden.token_prune.PROB_BITS.
+PROB_BITS = 8
+
+
+def token_layout(max_tokens: int, score_width: int) -> data.StructLayout:
+    """Payload of the selector's output: one token's index, score and keep decision.
+
+    ``last`` marks the final beat of a run.
+    """
+    return data.StructLayout({
+        "index": unsigned(bits_for(max(max_tokens - 1, 1))),
+        "score": unsigned(score_width),
+        "keep": unsigned(1),
+        "last": unsigned(1),
+    })
+
+
+def _check_cfg(cfg):
+    if not isinstance(cfg, AccelConfig):
+        raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
+
+
+class TopK(wiring.Component):
+    """Exact top-k selector: ``k`` largest of ``n`` streamed scores, lower index wins ties.
+
+    Parameters
+    ----------
+    cfg : AccelConfig
+        Uses ``max_tokens`` (largest ``n``) and ``score_width``.
+    kept_only : bool
+        If false (default) ``o`` carries one beat per token (``keep`` set on the kept ones),
+        which is what the token compaction unit consumes. If true, ``o`` carries only the kept
+        tokens (``keep`` always 1) and ``last`` marks the ``k``-th.
+
+    Members
+    -------
+    start : In(1)
+        Pulse (while not ``busy``) to begin a run with ``n`` and ``k``, sampled in that cycle.
+    n, k : In(unsigned)
+        Number of scores and number to keep; valid iff ``1 <= k <= n <= max_tokens``.
+    i : In(stream.Signature(unsigned(score_width)))
+        The ``n`` scores, in token order. Accepted one per cycle during the load phase.
+    o : Out(stream.Signature(token_layout(...)))
+        Tokens in ascending index order with their score and keep bit.
+    mask : Out(max_tokens)
+        Keep mask, bit ``i`` for token ``i``; complete when ``done`` pulses (bits ``>= n`` are 0).
+    busy : Out(1)
+        High from the cycle after ``start`` until the run ends.
+    done : Out(1)
+        One-cycle pulse after the last beat of ``o`` has been transferred.
+    error : Out(1)
+        Set by a ``start`` with invalid ``n``/``k`` (no run happens, ``i`` is not accepted);
+        cleared by the next ``start``.
+
+    Latency, throughput and stalls: one score per cycle in, one token per cycle out. Without
+    stalls a run takes :meth:`cycles` ``(n) = 2 n + 2**score_width + 3`` cycles from ``start``
+    to ``done``; the first output beat is valid :attr:`latency` ``= 2**score_width + 3``
+    cycles after the last score is accepted. A stalled input (``valid`` low) or output
+    (``ready`` low) delays the run by the stalled cycles and loses nothing.
+    """
+
+    def __init__(self, cfg: AccelConfig, *, kept_only: bool = False):
+        _check_cfg(cfg)
+        if not isinstance(kept_only, bool):
+            raise TypeError(f"kept_only must be a bool, not {kept_only!r}")
+        self.cfg = cfg
+        self.kept_only = kept_only
+        self.score_width = cfg.score_width
+        self.max_tokens = cfg.max_tokens
+        cnt = unsigned(bits_for(cfg.max_tokens))
+        super().__init__({
+            "start": In(1),
+            "n": In(cnt),
+            "k": In(cnt),
+            "i": In(stream.Signature(unsigned(cfg.score_width))),
+            "o": Out(stream.Signature(token_layout(cfg.max_tokens, cfg.score_width))),
+            "mask": Out(cfg.max_tokens),
+            "busy": Out(1),
+            "done": Out(1),
+            "error": Out(1),
+        })
+
+    @property
+    def latency(self) -> int:
+        """Cycles from the last accepted score to the first valid output beat."""
+        return (1 << self.score_width) + 3
+
+    def cycles(self, n: int) -> int:
+        """Cycles from ``start`` to ``done`` for ``n`` scores without stalls."""
+        return 2 * n + (1 << self.score_width) + 3
+
+    def elaborate(self, platform):
+        m = Module()
+        sw = self.score_width
+        bins = 1 << sw
+        cnt_shape = unsigned(bits_for(self.max_tokens))
+
+        m.submodules.scores = scores = memory.Memory(
+            shape=unsigned(sw), depth=self.max_tokens, init=[])
+        m.submodules.hist = hist = memory.Memory(shape=cnt_shape, depth=bins, init=[])
+        s_wr = scores.write_port()
+        s_rd = scores.read_port()
+        h_wr = hist.write_port()
+        h_rd = hist.read_port(transparent_for=(h_wr,))
+
+        n = Signal(cnt_shape)
+        k = Signal(cnt_shape)
+        count = Signal(cnt_shape)        # scores loaded / tokens emitted
+        above = Signal(cnt_shape)        # scores above the bin being scanned
+        thresh = Signal(sw)
+        ties = Signal(cnt_shape)         # scores equal to thresh still to keep
+        kept = Signal(cnt_shape)
+        found = Signal()
+        inc_valid = Signal()             # load stage 1: increment bin inc_bin
+        inc_bin = Signal(sw)
+        scan_valid = Signal()            # scan stage: h_rd.data is the count of bin scan_bin
+        scan_bin = Signal(sw)
+        scan_addr = Signal(sw)
+        o_valid = Signal()               # emit output register
+        o_index = Signal(cnt_shape)
+
+        m.d.sync += [self.done.eq(0), inc_valid.eq(0), scan_valid.eq(0)]
+
+        with m.If(inc_valid):
+            m.d.comb += [h_wr.addr.eq(inc_bin), h_wr.data.eq(h_rd.data + 1), h_wr.en.eq(1)]
+        with m.If(scan_valid):
+            total = above + h_rd.data
+            m.d.comb += [h_wr.addr.eq(scan_bin), h_wr.data.eq(0), h_wr.en.eq(1)]
+            with m.If(~found):
+                with m.If(total >= k):
+                    m.d.sync += [found.eq(1), thresh.eq(scan_bin), ties.eq(k - above)]
+                with m.Else():
+                    m.d.sync += above.eq(total)
+
+        with m.FSM(name="fsm"):
+            with m.State("IDLE"), m.If(self.start):
+                bad = ((self.n == 0) | (self.n > self.max_tokens) | (self.k == 0)
+                       | (self.k > self.n))
+                m.d.sync += [
+                    self.error.eq(bad), n.eq(self.n), k.eq(self.k), count.eq(0),
+                    above.eq(0), found.eq(0), kept.eq(0), scan_addr.eq(bins - 1),
+                    self.mask.eq(0),
+                ]
+                with m.If(~bad):
+                    m.next = "LOAD"
+
+            with m.State("LOAD"):
+                accept = self.i.valid & self.i.ready
+                m.d.comb += [
+                    self.busy.eq(1),
+                    self.i.ready.eq(count != n),
+                    s_wr.addr.eq(count), s_wr.data.eq(self.i.payload), s_wr.en.eq(accept),
+                    h_rd.addr.eq(self.i.payload),
+                ]
+                m.d.sync += [inc_valid.eq(accept), inc_bin.eq(self.i.payload)]
+                with m.If(accept):
+                    m.d.sync += count.eq(count + 1)
+                    with m.If(count == n - 1):
+                        m.next = "SCAN"
+
+            with m.State("SCAN"):
+                m.d.comb += [self.busy.eq(1), h_rd.addr.eq(scan_addr)]
+                m.d.sync += [scan_valid.eq(1), scan_bin.eq(scan_addr),
+                             scan_addr.eq(scan_addr - 1)]
+                with m.If(scan_valid & (scan_bin == 0)):      # last bin is processed now
+                    m.d.sync += [scan_valid.eq(0), count.eq(0), o_valid.eq(0)]
+                    m.next = "EMIT"
+
+            with m.State("EMIT"):
+                keep = Signal()
+                equal = s_rd.data == thresh
+                m.d.comb += [
+                    self.busy.eq(1),
+                    keep.eq((s_rd.data > thresh) | (equal & (ties != 0))),
+                    self.o.payload.index.eq(o_index),
+                    self.o.payload.score.eq(s_rd.data),
+                    self.o.payload.keep.eq(keep),
+                ]
+                if self.kept_only:
+                    m.d.comb += [self.o.payload.last.eq(kept == k - 1),
+                                 self.o.valid.eq(o_valid & keep)]
+                    advance = ~o_valid | self.o.ready | ~keep
+                else:
+                    m.d.comb += [self.o.payload.last.eq(o_index == n - 1),
+                                 self.o.valid.eq(o_valid)]
+                    advance = ~o_valid | self.o.ready
+                m.d.comb += [s_rd.addr.eq(count), s_rd.en.eq(advance)]
+                with m.If(advance):
+                    m.d.sync += [o_valid.eq(count != n), o_index.eq(count)]
+                    with m.If(count != n):
+                        m.d.sync += count.eq(count + 1)
+                with m.If(o_valid & advance):                 # token o_index leaves
+                    m.d.sync += self.mask.bit_select(o_index, 1).eq(keep)
+                    with m.If(keep):
+                        m.d.sync += kept.eq(kept + 1)
+                    with m.If(equal & (ties != 0)):
+                        m.d.sync += ties.eq(ties - 1)
+                    with m.If(o_index == n - 1):
+                        m.d.sync += [o_valid.eq(0), self.done.eq(1)]
+                        m.next = "IDLE"
+        return m
+
+
+class ClsScore(wiring.Component):
+    """Reduces the CLS-row probabilities of all heads of one token to its selector score.
+
+    ``score = min(round_shift(sum_h p_h, shift), 2**score_width - 1)`` with
+    ``shift = max(0, 8 - score_width)``, as in :func:`golden.token_prune.cls_scores`: the head
+    sum saturates, keeping full resolution where the keep/prune boundary lies.
+
+    Parameters
+    ----------
+    cfg : AccelConfig
+        Uses ``score_width``.
+    heads : int
+        Number of attention heads, 1 to 64.
+
+    Members
+    -------
+    i : In(stream.Signature(data.ArrayLayout(unsigned(8), heads)))
+        One token's probabilities, one per head.
+    o : Out(stream.Signature(unsigned(score_width)))
+        Its score.
+
+    Latency 1 cycle, throughput one token per cycle; ``i.ready`` follows ``o.ready`` when the
+    output register is full (a stalled output stalls the input).
+    """
+
+    def __init__(self, cfg: AccelConfig, heads: int):
+        _check_cfg(cfg)
+        if isinstance(heads, bool) or not isinstance(heads, int):
+            raise TypeError(f"heads must be an integer, not {heads!r}")
+        if not 1 <= heads <= 64:
+            raise ValueError(f"heads must be in the range [1, 64], not {heads}")
+        self.cfg = cfg
+        self.heads = heads
+        self.shift = max(0, PROB_BITS - cfg.score_width)
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(unsigned(PROB_BITS), heads))),
+            "o": Out(stream.Signature(unsigned(cfg.score_width))),
+        })
+
+    @property
+    def latency(self) -> int:
+        return 1
+
+    def elaborate(self, platform):
+        m = Module()
+        sw = self.cfg.score_width
+        raw = Signal(PROB_BITS + ceil_log2(self.heads) + 1)
+        m.d.comb += raw.eq(sum(self.i.payload[h] for h in range(self.heads)))
+        rounded = Signal(len(raw) + 1)
+        if self.shift:
+            m.d.comb += rounded.eq((raw + (1 << (self.shift - 1))) >> self.shift)
+        else:
+            m.d.comb += rounded.eq(raw)
+        top = (1 << sw) - 1
+        score = Mux(rounded > top, top, rounded[:sw])
+        m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(score)]
+        with m.Elif(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        return m

@@ -1,0 +1,256 @@
+# amaranth: UnusedElaboratable=no
+"""rtl.compaction.TokenCompaction against golden.token_prune.compact_tokens."""
+
+import functools
+import operator
+
+import numpy as np
+import pytest
+from amaranth.hdl import Elaboratable, Module
+from amaranth.lib import memory
+from amaranth.lib.wiring import connect
+
+from golden.config import AccelConfig
+from golden.token_prune import compact_tokens
+from rtl.compaction import TokenCompaction, row_stride
+from sim.streams import run_simulation, stream_send
+
+
+def _cfg(**kw):
+    base = {"rows": 4, "cols": 4, "max_tokens": 16, "max_dim": 16, "max_hidden": 64, "score_width": 8}
+    base.update(kw)
+    return AccelConfig(**base)
+
+
+class Harness(Elaboratable):
+    """Source and destination activation buffers around the unit."""
+
+    def __init__(self, cfg, x_padded):
+        self.dut = TokenCompaction(cfg)
+        stride = self.dut.stride
+        words = []
+        for r in range(cfg.max_tokens):
+            for j in range(stride):
+                if r < len(x_padded) and j * cfg.cols < x_padded.shape[1]:
+                    words.append(x_padded[r, j * cfg.cols:(j + 1) * cfg.cols].tolist())
+                else:
+                    words.append([0] * cfg.cols)
+        self.src = memory.Memory(shape=self.dut.row_layout, depth=self.dut.depth, init=words)
+        self.dst = memory.Memory(shape=self.dut.row_layout, depth=self.dut.depth, init=[])
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dut = self.dut
+        m.submodules.src = self.src
+        m.submodules.dst = self.dst
+        connect(m, self.dut.src, self.src.read_port())
+        connect(m, self.dut.dst, self.dst.write_port())
+        return m
+
+
+def _pad(x, cols):
+    segs = -(-x.shape[1] // cols)
+    out = np.zeros((x.shape[0], segs * cols), dtype=np.int64)
+    out[:, :x.shape[1]] = x
+    return out, segs
+
+
+def run_compaction(cfg, x, mask, weights, *, rng=None, stall=0.0, segs=None, beats=None):
+    xp, nsegs = _pad(x, cfg.cols)
+    segs = nsegs if segs is None else segs
+    h = Harness(cfg, xp)
+    dut = h.dut
+    n = x.shape[0] - 1
+    if beats is None:
+        beats = [{"index": i, "score": int(weights[i]), "keep": int(mask[i]), "last": int(i == n - 1)}
+                 for i in range(n)]
+    res = {}
+
+    async def control(ctx):
+        ctx.set(dut.segs, segs)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        cycles = 1
+        while not ctx.get(dut.done) and not ctx.get(dut.error):
+            await ctx.tick()
+            cycles += 1
+        res.update(cycles=cycles, rows=ctx.get(dut.rows), error=ctx.get(dut.error),
+                   weight=ctx.get(dut.package_weight))
+        out = []
+        for r in range(res["rows"] if not res["error"] else 0):
+            row = []
+            for j in range(segs):
+                row += list(ctx.get(h.dst.data[r * dut.stride + j]))
+            out.append(row)
+        res["out"] = np.array(out, dtype=np.int64).reshape(len(out), segs * cfg.cols)
+
+    async def send(ctx):
+        if not res.get("skip_send"):
+            await stream_send(ctx, dut.sel, beats, rng=rng, stall=stall)
+
+    if (segs < 1 or segs > dut.stride):
+        run_simulation(h, [control], max_cycles=50)
+    else:
+        budget = (len(beats) + 2) * (segs + 2) * (1 + 6 * stall) + 100
+        run_simulation(h, [control, send], max_cycles=int(budget))
+    return res, dut
+
+
+def _expect(cfg, x, mask, weights):
+    xp, _ = _pad(x, cfg.cols)
+    return compact_tokens(xp, mask, weights, cfg)
+
+
+@pytest.mark.parametrize("d, stall", [(16, 0.0), (16, 0.3), (6, 0.3), (4, 0.0)])
+def test_random_masks(d, stall, rng):
+    cfg = _cfg()
+    n_tokens = 12
+    x = rng.integers(-128, 128, (n_tokens, d))
+    mask = rng.random(n_tokens - 1) < 0.5
+    weights = rng.integers(0, 256, n_tokens - 1)
+    res, dut = run_compaction(cfg, x, mask, weights, rng=rng, stall=stall)
+    out, weight = _expect(cfg, x, mask, weights)
+    assert not res["error"]
+    assert res["rows"] == len(out) and res["weight"] == weight
+    np.testing.assert_array_equal(res["out"], out)
+    if stall == 0:
+        segs = -(-d // cfg.cols)
+        assert res["cycles"] == dut.cycles(n_tokens, segs, int((~mask).sum()))
+
+
+@pytest.mark.parametrize("kind", ["keep_all", "keep_none", "zero_weights", "extremes",
+                                  "one_pruned"])
+def test_edge_cases(kind, rng):
+    cfg = _cfg()
+    n_tokens = 9
+    x = rng.integers(-128, 128, (n_tokens, 8))
+    weights = rng.integers(0, 256, n_tokens - 1)
+    mask = rng.random(n_tokens - 1) < 0.5
+    if kind == "keep_all":
+        mask[:] = True
+    elif kind == "keep_none":
+        mask[:] = False
+    elif kind == "zero_weights":
+        mask[:] = False
+        mask[0] = True
+        weights[:] = 0
+    elif kind == "extremes":
+        mask[:] = False
+        x[:, :4] = -128
+        x[:, 4:] = 127
+        weights[:] = 255
+    elif kind == "one_pruned":
+        mask[:] = True
+        mask[3] = False
+    res, _dut = run_compaction(cfg, x, mask, weights, rng=rng, stall=0.2)
+    out, weight = _expect(cfg, x, mask, weights)
+    assert not res["error"] and res["rows"] == len(out) and res["weight"] == weight
+    np.testing.assert_array_equal(res["out"], out)
+
+
+def test_max_tokens_segs1_back_to_back_accumulate(rng):
+    """N = max_tokens, one segment per row: the accumulator is read-modify-written every cycle."""
+    cfg = _cfg(max_tokens=16, max_dim=4)
+    x = rng.integers(-128, 128, (16, 4))
+    mask = np.zeros(15, dtype=bool)
+    mask[[2, 9]] = True
+    weights = rng.integers(0, 256, 15)
+    res, dut = run_compaction(cfg, x, mask, weights)
+    out, _weight = _expect(cfg, x, mask, weights)
+    np.testing.assert_array_equal(res["out"], out)
+    assert res["cycles"] == dut.cycles(16, 1, 13)
+
+
+def test_latency_measured(rng):
+    cfg = _cfg()
+    x = rng.integers(-128, 128, (3, 16))
+    h = Harness(cfg, _pad(x, cfg.cols)[0])
+    dut = h.dut
+    seen = {}
+
+    async def bench(ctx):
+        ctx.set(dut.segs, 4)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        for cycle in range(1, 10):
+            if "read" not in seen and ctx.get(dut.busy):
+                seen["read"] = (cycle, ctx.get(dut.src.addr))
+            if ctx.get(dut.dst.en):
+                seen["write"] = (cycle, ctx.get(dut.dst.addr))
+                return
+            await ctx.tick()
+
+    run_simulation(h, [bench], max_cycles=20)
+    assert seen["read"][1] == seen["write"][1] == 0
+    assert seen["write"][0] - seen["read"][0] == dut.latency == 1
+
+
+def test_two_runs_clear_accumulator(rng):
+    cfg = _cfg()
+    x = rng.integers(-128, 128, (10, 16))
+    masks = [rng.random(9) < 0.3, rng.random(9) < 0.6]
+    weights = [rng.integers(0, 256, 9), rng.integers(0, 256, 9)]
+    xp, segs = _pad(x, cfg.cols)
+    h = Harness(cfg, xp)
+    dut = h.dut
+    got = []
+
+    async def bench(ctx):
+        for mask, w in zip(masks, weights):
+            ctx.set(dut.segs, segs)
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            await stream_send(ctx, dut.sel, [{"index": i, "score": int(w[i]), "keep": int(mask[i]),
+                                                  "last": int(i == 8)} for i in range(9)])
+            while not ctx.get(dut.done):
+                await ctx.tick()
+            rows = ctx.get(dut.rows)
+            got.append(np.array([functools.reduce(operator.iadd, (list(ctx.get(h.dst.data[r * dut.stride + j]))
+                                      for j in range(segs)), []) for r in range(rows)]))
+            await ctx.tick()
+
+    run_simulation(h, [bench], max_cycles=600)
+    for (mask, w), g in zip(zip(masks, weights), got):
+        out, _ = _expect(cfg, x, mask, w)
+        np.testing.assert_array_equal(g, out)
+
+
+@pytest.mark.parametrize("segs", [0, 5])
+def test_bad_segs_raise_error(segs, rng):
+    cfg = _cfg()       # stride = 16 / 4 = 4
+    x = rng.integers(-128, 128, (4, 16))
+    res, _ = run_compaction(cfg, x, np.ones(3, bool), np.zeros(3, int), segs=segs)
+    assert res["error"] == 1 and res["cycles"] <= 2
+
+
+@pytest.mark.parametrize("bad", ["skipped_index", "row_out_of_range"])
+def test_bad_sel_stream_raises_error(bad, rng):
+    cfg = _cfg()
+    x = rng.integers(-128, 128, (4, 16))
+    if bad == "skipped_index":
+        beats = [{"index": 0, "score": 1, "keep": 1, "last": 0}, {"index": 2, "score": 1, "keep": 0, "last": 1}]
+    else:
+        beats = [{"index": i, "score": 1, "keep": 1, "last": int(i == 15)} for i in range(16)]
+    res, _ = run_compaction(cfg, x, None, None, beats=beats)
+    assert res["error"] == 1
+
+
+def test_bad_elaboration_parameters():
+    with pytest.raises(TypeError, match="cfg must be an AccelConfig"):
+        TokenCompaction(None)
+    with pytest.raises(ValueError, match=r"max_tokens must be in the range \[2, 4096\]"):
+        TokenCompaction(_cfg(max_tokens=1))
+    with pytest.raises(ValueError, match=r"mult_width must be in the range \[2, "):
+        TokenCompaction(_cfg(mult_width=1))
+    assert row_stride(_cfg(max_dim=17)) == 5
+
+
+def test_verilog_emission():
+    from amaranth.back import verilog
+
+    from rtl.compaction import TokenPrune
+    text = verilog.convert(TokenPrune(_cfg(), 3), name="token_prune")
+    assert "module token_prune" in text
