@@ -40,8 +40,16 @@ import numpy as np
 
 from .fixedpoint import check_int_array, quantize_multiplier, requantize
 
-__all__ = ["A", "B", "MAX_IN_BITS", "GeluParams", "gelu_params", "gelu_int", "gelu_poly_float",
-           "check_in_bits"]
+__all__ = [
+    "MAX_IN_BITS",
+    "A",
+    "B",
+    "GeluParams",
+    "check_in_bits",
+    "gelu_int",
+    "gelu_params",
+    "gelu_poly_float",
+]
 
 A = -0.2888
 B = -1.769
@@ -78,8 +86,8 @@ class GeluParams:
         self.in_bits = in_bits
 
     def as_dict(self):
-        return dict(b_int=self.b_int, c_int=self.c_int, one_int=self.one_int, mult=self.mult,
-                    shift=self.shift)
+        return {"b_int": self.b_int, "c_int": self.c_int, "one_int": self.one_int, "mult": self.mult,
+                    "shift": self.shift}
 
     def __repr__(self):
         return f"GeluParams({self.as_dict()})"

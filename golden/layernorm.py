@@ -30,8 +30,20 @@ import numpy as np
 
 from .fixedpoint import check_int_array, quantize_multiplier, requantize, round_shift
 
-__all__ = ["NORM_FRAC", "INV_FRAC", "GAMMA_BITS", "BETA_BITS", "EPS_BITS", "SHIFT_MAX",
-           "LnParams", "ln_params", "layernorm_row", "layernorm_int", "isqrt", "var_bits"]
+__all__ = [
+    "BETA_BITS",
+    "EPS_BITS",
+    "GAMMA_BITS",
+    "INV_FRAC",
+    "NORM_FRAC",
+    "SHIFT_MAX",
+    "LnParams",
+    "isqrt",
+    "layernorm_int",
+    "layernorm_row",
+    "ln_params",
+    "var_bits",
+]
 
 NORM_FRAC = 10
 INV_FRAC = 15
@@ -87,7 +99,7 @@ def ln_params(gamma, beta, *, n, scale_in, scale_out, eps=1e-6, mult_width=16) -
     s_zg = s_g * 2.0 ** -NORM_FRAC               # scale of z * gamma (and of beta)
     b_int = np.clip(np.rint(beta / s_zg), -(1 << (BETA_BITS - 1)), (1 << (BETA_BITS - 1)) - 1)
     mult, shift = quantize_multiplier(s_zg / scale_out, mult_width, SHIFT_MAX)
-    eps_int = min(int(round(eps * n * n / (scale_in * scale_in))), (1 << EPS_BITS) - 1)
+    eps_int = min(round(eps * n * n / (scale_in * scale_in)), (1 << EPS_BITS) - 1)
     return LnParams(g_int, b_int.astype(np.int64), mult, shift, eps_int,
                     mult_width=mult_width)
 

@@ -27,8 +27,16 @@ import numpy as np
 
 from .fixedpoint import check_int_array, round_shift
 
-__all__ = ["OUT_BITS", "OUT_FRAC", "MAX_FRAC", "SEGMENTS", "sigmoid_int", "plan_float",
-           "check_in_bits", "check_frac"]
+__all__ = [
+    "MAX_FRAC",
+    "OUT_BITS",
+    "OUT_FRAC",
+    "SEGMENTS",
+    "check_frac",
+    "check_in_bits",
+    "plan_float",
+    "sigmoid_int",
+]
 
 OUT_BITS = 8
 OUT_FRAC = 8

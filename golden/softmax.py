@@ -35,9 +35,25 @@ import numpy as np
 from .fixedpoint import check_int_array, round_shift
 
 __all__ = [
-    "IN_BITS", "IN_FRAC", "OUT_BITS", "OUT_FRAC", "LN2_Q", "EXP_B", "EXP_C", "E_MAX", "E_BITS",
-    "ND_MAX", "RECIP", "RECIP_SHIFT", "RECIP_BITS", "FACTOR_BITS", "exp_int", "softmax_int",
-    "softmax_row", "sum_bits", "check_row_length",
+    "EXP_B",
+    "EXP_C",
+    "E_BITS",
+    "E_MAX",
+    "FACTOR_BITS",
+    "IN_BITS",
+    "IN_FRAC",
+    "LN2_Q",
+    "ND_MAX",
+    "OUT_BITS",
+    "OUT_FRAC",
+    "RECIP",
+    "RECIP_BITS",
+    "RECIP_SHIFT",
+    "check_row_length",
+    "exp_int",
+    "softmax_int",
+    "softmax_row",
+    "sum_bits",
 ]
 
 IN_BITS = 16

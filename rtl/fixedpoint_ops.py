@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Mux, Value
 
-__all__ = ["round_shift", "saturate", "check_width"]
+__all__ = ["check_width", "round_shift", "saturate"]
 
 
 def check_width(name, value, lo, hi):

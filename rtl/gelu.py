@@ -9,6 +9,8 @@ requantization multiplier per lane, in a 6-stage pipeline that accepts one beat 
 
 from __future__ import annotations
 
+import itertools
+
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -85,7 +87,7 @@ class Gelu(wiring.Component):
         m.d.comb += [adv.eq(~self.o.valid | self.o.ready), self.i.ready.eq(adv)]
         with m.If(adv):
             m.d.sync += valid[0].eq(self.i.valid)
-            for a, b in zip(valid, valid[1:]):
+            for a, b in itertools.pairwise(valid):
                 m.d.sync += b.eq(a)
             m.d.sync += self.o.valid.eq(valid[-1])
 

@@ -35,13 +35,24 @@ from amaranth.utils import ceil_log2
 
 from golden.config import AccelConfig
 from golden.softmax import (
-    E_BITS, EXP_B, EXP_C, FACTOR_BITS, IN_BITS, LN2_Q, ND_MAX, OUT_BITS, OUT_FRAC, RECIP,
-    RECIP_BITS, RECIP_SHIFT, sum_bits,
+    E_BITS,
+    EXP_B,
+    EXP_C,
+    FACTOR_BITS,
+    IN_BITS,
+    LN2_Q,
+    ND_MAX,
+    OUT_BITS,
+    OUT_FRAC,
+    RECIP,
+    RECIP_BITS,
+    RECIP_SHIFT,
+    sum_bits,
 )
 
 from .fixedpoint_ops import round_shift
 
-__all__ = ["Softmax", "softmax_in_layout", "softmax_out_layout", "BANKS"]
+__all__ = ["BANKS", "Softmax", "softmax_in_layout", "softmax_out_layout"]
 
 BANKS = 4
 EXP_STAGES = 4
@@ -178,9 +189,8 @@ class Softmax(wiring.Component):
         with m.If(self.error_clear):
             m.d.sync += self.error.eq(0)
         with m.If(self.i.valid & self.i.ready):
-            with m.If(discard):
-                with m.If(beat.last):
-                    m.d.sync += discard.eq(0)
+            with m.If(discard), m.If(beat.last):
+                m.d.sync += discard.eq(0)
             with m.Elif(beat.last):
                 m.d.comb += [wr.en.eq(1), q_a.w_en.eq(1), row_loaded.eq(1)]
                 m.d.sync += [l_idx.eq(0), l_bank.eq(l_bank + 1)]

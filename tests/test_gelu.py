@@ -8,7 +8,6 @@ from golden.gelu import GeluParams, gelu_int, gelu_params, gelu_poly_float
 from rtl.gelu import Gelu
 from sim.streams import run_simulation, stream_recv, stream_send
 
-
 # -- golden vs float ------------------------------------------------------------------------
 
 def test_golden_constants_ibert():

@@ -6,7 +6,6 @@ from golden.sigmoid import plan_float, sigmoid_int
 from rtl.sigmoid import Sigmoid
 from sim.streams import run_simulation, stream_recv, stream_send
 
-
 # -- golden vs float ------------------------------------------------------------------------
 
 def test_golden_hand_cases():

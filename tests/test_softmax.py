@@ -4,11 +4,17 @@ import torch
 
 from golden.config import AccelConfig
 from golden.softmax import (
-    E_MAX, LN2_Q, ND_MAX, RECIP, RECIP_SHIFT, exp_int, softmax_int, softmax_row,
+    E_MAX,
+    LN2_Q,
+    ND_MAX,
+    RECIP,
+    RECIP_SHIFT,
+    exp_int,
+    softmax_int,
+    softmax_row,
 )
 from rtl.softmax import Softmax
 from sim.streams import run_simulation, stream_recv, stream_send
-
 
 # -- golden ----------------------------------------------------------------------------------
 
