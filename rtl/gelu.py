@@ -18,7 +18,7 @@ from amaranth.lib.wiring import In, Out
 from golden.config import AccelConfig
 from golden.gelu import MAX_IN_BITS
 
-from .fixedpoint_ops import check_width, round_shift, saturate
+from .fixedpoint_ops import check_width, round_shift, saturate, validating
 
 __all__ = ["Gelu", "gelu_cmd_layout"]
 
@@ -60,11 +60,12 @@ class Gelu(wiring.Component):
     """
 
     def __init__(self, cfg: AccelConfig, in_width=None, lanes=1):
-        if not isinstance(cfg, AccelConfig):
-            raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
-        in_width = cfg.act_width if in_width is None else in_width
-        check_width("in_width", in_width, 2, MAX_IN_BITS)
-        check_width("lanes", lanes, 1, 64)
+        with validating(self):
+            if not isinstance(cfg, AccelConfig):
+                raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
+            in_width = cfg.act_width if in_width is None else in_width
+            check_width("in_width", in_width, 2, MAX_IN_BITS)
+            check_width("lanes", lanes, 1, 64)
         self.cfg = cfg
         self.in_width = in_width
         self.lanes = lanes

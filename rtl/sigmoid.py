@@ -14,7 +14,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.sigmoid import MAX_FRAC, OUT_BITS
 
-from .fixedpoint_ops import check_width, round_shift
+from .fixedpoint_ops import check_width, round_shift, validating
 
 __all__ = ["Sigmoid"]
 
@@ -44,8 +44,9 @@ class Sigmoid(wiring.Component):
     """
 
     def __init__(self, in_width=16, lanes=1):
-        check_width("in_width", in_width, 2, 32)
-        check_width("lanes", lanes, 1, 64)
+        with validating(self):
+            check_width("in_width", in_width, 2, 32)
+            check_width("lanes", lanes, 1, 64)
         self.in_width = in_width
         self.lanes = lanes
         super().__init__({

@@ -50,7 +50,7 @@ from golden.softmax import (
     sum_bits,
 )
 
-from .fixedpoint_ops import round_shift
+from .fixedpoint_ops import round_shift, validating
 
 __all__ = ["BANKS", "Softmax", "softmax_in_layout", "softmax_out_layout"]
 
@@ -130,8 +130,9 @@ class Softmax(wiring.Component):
     """
 
     def __init__(self, cfg: AccelConfig):
-        if not isinstance(cfg, AccelConfig):
-            raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
+        with validating(self):
+            if not isinstance(cfg, AccelConfig):
+                raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
         self.cfg = cfg
         self.max_tokens = cfg.max_tokens
         super().__init__({
