@@ -8,14 +8,16 @@ result does not depend on the input scale (LayerNorm is scale invariant) except 
 1. ``S1 = sum(x)``, ``S2 = sum(x*x)`` (one pass while the row is stored).
 2. ``V = n*S2 - S1**2 + eps_int`` (``= n**2 * (var + eps) / s_in**2``; ``eps_int`` is a
    run-time parameter, ``round(eps * n**2 / s_in**2)``, see :func:`ln_params`).
-3. ``r = isqrt(V)`` (floor square root; the RTL runs the bitwise digit-by-digit method, one
-   result bit per cycle) and ``L = r.bit_length()``.
+3. ``r = isqrt(V << 2*SQRT_FRAC)`` (``= floor(sqrt(V) * 2**SQRT_FRAC)``, ``SQRT_FRAC = 8``
+   fractional bits so that rows of small variance keep a precise root; the RTL runs the bitwise
+   digit-by-digit method, one result bit per cycle) and ``L = r.bit_length()``.
 4. Reciprocal with a normalized mantissa: ``inv = floor(2**(INV_FRAC + L) / r)`` in
    ``(2**15, 2**16]`` (``inv = 0`` when ``r = 0``, which only happens for a zero-variance row
    with ``eps_int = 0``).
 5. Per channel: ``c = n*x - S1`` (``= n * (x - mean)``, exact) and the normalized value
-   ``z = round_shift(c * inv, INV_FRAC + L - NORM_FRAC)`` with ``NORM_FRAC = 10`` fractional bits
-   (``|z| <= sqrt(n) * 2**10``).
+   ``z = round_shift(c * inv, INV_FRAC + L - NORM_FRAC - SQRT_FRAC)`` (``z = 0`` when ``r = 0``)
+   with ``NORM_FRAC = 10`` fractional bits (``|z| <= 2 * sqrt(n) * 2**10``). ``r > 0`` implies
+   ``L > SQRT_FRAC``, so the shift is never negative.
 6. Affine and requantization: ``y = requantize(z * gamma + beta, mult, shift, out_bits)`` with
    per-channel ``gamma`` (signed ``GAMMA_BITS``) and ``beta`` (signed ``BETA_BITS``, in the scale
    of ``z * gamma``), and per-layer ``mult``/``shift`` (the rounding rule of
@@ -37,6 +39,7 @@ __all__ = [
     "INV_FRAC",
     "NORM_FRAC",
     "SHIFT_MAX",
+    "SQRT_FRAC",
     "LnParams",
     "isqrt",
     "layernorm_int",
@@ -46,6 +49,7 @@ __all__ = [
 ]
 
 NORM_FRAC = 10
+SQRT_FRAC = 8
 INV_FRAC = 15
 GAMMA_BITS = 16
 BETA_BITS = 32
@@ -57,7 +61,7 @@ def var_bits(in_bits: int, max_dim: int) -> int:
     """Width of ``V = n*S2 - S1**2 + eps_int`` (unsigned) for rows of up to ``max_dim``."""
     n = max_dim
     vmax = n * n * (1 << (2 * in_bits - 2)) + (1 << EPS_BITS) - 1
-    return vmax.bit_length()
+    return vmax.bit_length() + 2 * SQRT_FRAC
 
 
 def isqrt(v) -> np.ndarray:
@@ -118,11 +122,14 @@ def layernorm_row(x, params: LnParams, in_bits: int = 8, out_bits: int = 8) -> n
     s1 = int(x.sum())
     s2 = int((x * x).sum())
     v = n * s2 - s1 * s1 + params.eps_int
-    r = math.isqrt(v)
+    r = math.isqrt(v << (2 * SQRT_FRAC))
     length = r.bit_length()
-    inv = (1 << (INV_FRAC + length)) // r if r else 0
     c = n * x - s1
-    z = round_shift(c * inv, INV_FRAC + length - NORM_FRAC)
+    if r:
+        inv = (1 << (INV_FRAC + length)) // r
+        z = round_shift(c * inv, INV_FRAC + length - NORM_FRAC - SQRT_FRAC)
+    else:
+        z = np.zeros_like(c)
     acc = z * params.gamma[:n] + params.beta[:n]
     return requantize(acc, params.mult, params.shift, out_bits)
 

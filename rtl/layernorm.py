@@ -7,10 +7,10 @@ buffers rows in a ring of ``BANKS = 3`` row buffers and overlaps three engines:
    (one pass: the variance comes from ``n*S2 - S1**2``, exact in integers, so no second pass
    over the data is needed);
 2. **reducer** (per row, on the sums only): ``V = n*S2 - S1**2 + eps`` in one cycle; the floor
-   square root by the bitwise digit-by-digit (restoring) method, one result bit per cycle,
-   ``ceil(var_bits / 2)`` iterations; normalization of ``r`` to ``[2**(RW-1), 2**RW)`` with a
+   square root of ``V << 16`` (8 fractional result bits) by the bitwise digit-by-digit
+   (restoring) method, one result bit per cycle, ``ceil(var_bits / 2)`` iterations; normalization of ``r`` to ``[2**(RW-1), 2**RW)`` with a
    priority encoder; and ``inv = floor(2**(15+RW) / r_norm)`` by a restoring divider in 17
-   cycles. In total ``ceil(var_bits / 2) + 20`` cycles per row (37 for ``tiny`` and
+   cycles. In total ``ceil(var_bits / 2) + 21`` cycles per row (46 for ``tiny`` and
    ``default``), overlapped with the loading of the next row and the emission of the previous;
 3. **emitter**: reads the row and the channel's ``gamma``/``beta`` again and runs a 6-stage
    pipeline: ``c = n*x - S1``; ``c * inv``; rounding shift to the normalized value ``z`` (10
@@ -35,7 +35,15 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from golden.config import AccelConfig
-from golden.layernorm import BETA_BITS, EPS_BITS, GAMMA_BITS, INV_FRAC, NORM_FRAC, var_bits
+from golden.layernorm import (
+    BETA_BITS,
+    EPS_BITS,
+    GAMMA_BITS,
+    INV_FRAC,
+    NORM_FRAC,
+    SQRT_FRAC,
+    var_bits,
+)
 
 from .fixedpoint_ops import round_shift, saturate, validating
 
@@ -82,7 +90,7 @@ class LayerNorm(wiring.Component):
 
     Latency: the first output of a row of ``n`` channels is valid ``n + latency`` cycles after
     the handshake of the row's first input (unit idle, no stalls), with ``latency`` =
-    :attr:`latency` = ``reducer_cycles + 11``. Throughput: one element per cycle for back-to-back
+    :attr:`latency` = ``reducer_cycles + 10``. Throughput: one element per cycle for back-to-back
     rows of at least :attr:`reducer_cycles` channels; shorter rows are paced at one row per
     :attr:`reducer_cycles` cycles. ``i.ready`` drops while all three row buffers are busy; stalls
     on ``o`` stall the emitter only.
@@ -114,7 +122,7 @@ class LayerNorm(wiring.Component):
 
     @property
     def latency(self):
-        return self.reducer_cycles + 11
+        return self.reducer_cycles + 10
 
     def elaborate(self, platform):
         m = Module()
@@ -177,9 +185,8 @@ class LayerNorm(wiring.Component):
         with m.If(self.error_clear):
             m.d.sync += self.error.eq(0)
         with m.If(self.i.valid & self.i.ready):
-            with m.If(discard):
-                with m.If(beat.last):
-                    m.d.sync += discard.eq(0)
+            with m.If(discard), m.If(beat.last):
+                m.d.sync += discard.eq(0)
             with m.Elif(beat.last):
                 m.d.comb += [wr.en.eq(1), q_a.w_en.eq(1), row_loaded.eq(1)]
                 m.d.sync += [l_idx.eq(0), l_bank.eq(Mux(l_bank == BANKS - 1, 0, l_bank + 1))]
@@ -212,7 +219,7 @@ class LayerNorm(wiring.Component):
                     m.next = "VAR"
             with m.State("VAR"):
                 var = r_desc.len * r_desc.s2 - r_desc.s1 * r_desc.s1 + self.cmd.eps
-                m.d.sync += [r_v.eq(var), r_res.eq(0), r_one.eq(1 << (2 * rw - 2))]
+                m.d.sync += [r_v.eq(var << (2 * SQRT_FRAC)), r_res.eq(0), r_one.eq(1 << (2 * rw - 2))]
                 m.next = "SQRT"
             with m.State("SQRT"):
                 trial = r_res + r_one
@@ -296,7 +303,9 @@ class LayerNorm(wiring.Component):
         g2, b2 = reg(signed(GAMMA_BITS), "e2_gamma", g1), reg(signed(BETA_BITS), "e2_beta", b1)
         # stage 3: z = round_shift(c * inv, INV_FRAC + L - NORM_FRAC)
         z_w = ((2 * math.isqrt(t) + 3) << NORM_FRAC).bit_length() + 1
-        z3 = reg(signed(z_w), "e3_z", round_shift(p2, nb2 + (INV_FRAC - NORM_FRAC)))
+        z_sh = Signal(unsigned(6))      # L > SQRT_FRAC whenever inv != 0
+        m.d.comb += z_sh.eq(nb2 + (INV_FRAC - NORM_FRAC - SQRT_FRAC))
+        z3 = reg(signed(z_w), "e3_z", round_shift(p2, z_sh))
         v3, l3 = reg(1, "e3_valid", v2), reg(1, "e3_last", l2)
         g3, b3 = reg(signed(GAMMA_BITS), "e3_gamma", g2), reg(signed(BETA_BITS), "e3_beta", b2)
         # stage 4: affine
