@@ -138,3 +138,8 @@ def test_rtl_latency(tiny):
     (cycles, value), = run_simulation(dut, [bench], max_cycles=100)
     assert cycles == dut.latency == 6
     assert value == gelu_int([16], p)[0]
+
+
+def test_rtl_emits_verilog(tiny):
+    from amaranth.back import verilog
+    assert "module gelu" in verilog.convert(Gelu(tiny, lanes=2), name="gelu")

@@ -222,3 +222,8 @@ def test_rtl_latency_and_throughput(tiny, rng, n):
     assert stamps[0] == n + dut.latency
     period = max(n, dut.reducer_cycles)
     assert stamps[-1] - stamps[0] == (len(rows) - 1) * period + n - 1
+
+
+def test_rtl_emits_verilog(tiny):
+    from amaranth.back import verilog
+    assert "module layernorm" in verilog.convert(LayerNorm(tiny), name="layernorm")

@@ -204,3 +204,8 @@ def test_rtl_latency_short_rows(tiny, rng, n):
     assert stamps[0] == 2 * n + dut.latency
     # rows shorter than FACTOR_BITS + 1 are paced by the divider: one row per 16 cycles at most
     assert stamps[-1] - stamps[0] <= (len(rows) - 1) * max(n, 16) + n - 1
+
+
+def test_rtl_emits_verilog(tiny):
+    from amaranth.back import verilog
+    assert "module softmax" in verilog.convert(Softmax(tiny), name="softmax")
