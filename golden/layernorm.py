@@ -95,6 +95,11 @@ class LnParams:
 
 def ln_params(gamma, beta, *, n, scale_in, scale_out, eps=1e-6, mult_width=16) -> LnParams:
     """Quantize float ``gamma``/``beta`` (length ``n``) for the given input/output scales."""
+    for name, value in (("scale_in", scale_in), ("scale_out", scale_out)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive finite number, not {value!r}")
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be a non-negative finite number, not {eps!r}")
     gamma = np.asarray(gamma, dtype=np.float64)
     beta = np.asarray(beta, dtype=np.float64)
     gmax = float(np.abs(gamma).max()) if gamma.size else 0.0

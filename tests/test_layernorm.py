@@ -64,6 +64,13 @@ def test_golden_bad_parameters():
         layernorm_row(np.zeros(3, int), LnParams([1, 1], [0, 0], 1, 3))
 
 
+def test_golden_bad_scales():
+    with pytest.raises(ValueError, match=r"scale_out must be a positive finite number, not 0"):
+        ln_params([1.0], [0.0], n=1, scale_in=0.1, scale_out=0)
+    with pytest.raises(ValueError, match=r"eps must be a non-negative finite number"):
+        ln_params([1.0], [0.0], n=1, scale_in=0.1, scale_out=0.1, eps=-1.0)
+
+
 def test_rtl_bad_parameters():
     with pytest.raises(TypeError, match=r"cfg must be an AccelConfig, not None"):
         LayerNorm(None)
@@ -227,3 +234,11 @@ def test_rtl_latency_and_throughput(tiny, rng, n):
 def test_rtl_emits_verilog(tiny):
     from amaranth.back import verilog
     assert "module layernorm" in verilog.convert(LayerNorm(tiny), name="layernorm")
+
+
+@pytest.mark.parametrize("max_dim", [1, 3])
+def test_rtl_tiny_max_dim(tiny, rng, max_dim):
+    cfg = tiny.replace(max_dim=max_dim)
+    p = _params(cfg, rng)
+    rows = [rng.integers(-128, 128, size=n) for n in rng.integers(1, max_dim + 1, 9)]
+    _check(LayerNorm(cfg), rows, p, rng)

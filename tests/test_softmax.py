@@ -209,3 +209,10 @@ def test_rtl_latency_short_rows(tiny, rng, n):
 def test_rtl_emits_verilog(tiny):
     from amaranth.back import verilog
     assert "module softmax" in verilog.convert(Softmax(tiny), name="softmax")
+
+
+@pytest.mark.parametrize("max_tokens", [1, 3])
+def test_rtl_tiny_max_tokens(tiny, rng, max_tokens):
+    cfg = tiny.replace(max_tokens=max_tokens)
+    rows = [rng.integers(-32768, 32768, size=n) for n in rng.integers(1, max_tokens + 1, 9)]
+    _check(Softmax(cfg), rows, rng)
