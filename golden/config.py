@@ -17,10 +17,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["AccelConfig", "PRESETS", "get_config", "preset_names"]
+__all__ = ["AccelConfig", "PRESETS", "get_config", "preset_names", "check_int"]
 
 
-def _check_int(name, value, lo, hi):
+def check_int(name, value, lo, hi):
+    """Raise ``TypeError``/``ValueError`` unless ``value`` is an int in ``[lo, hi]``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an integer, not {value!r}")
     if not lo <= value <= hi:
@@ -82,26 +83,26 @@ class AccelConfig:
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self):
-        _check_int("rows", self.rows, 1, 64)
-        _check_int("cols", self.cols, 1, 64)
-        _check_int("act_width", self.act_width, 2, 16)
-        _check_int("weight_width", self.weight_width, 2, 16)
-        _check_int("max_tokens", self.max_tokens, 1, 4096)
-        _check_int("max_dim", self.max_dim, 1, 8192)
-        _check_int("max_hidden", self.max_hidden, 1, 32768)
-        _check_int("score_width", self.score_width, 1, 12)
+        check_int("rows", self.rows, 1, 64)
+        check_int("cols", self.cols, 1, 64)
+        check_int("act_width", self.act_width, 2, 16)
+        check_int("weight_width", self.weight_width, 2, 16)
+        check_int("max_tokens", self.max_tokens, 1, 4096)
+        check_int("max_dim", self.max_dim, 1, 8192)
+        check_int("max_hidden", self.max_hidden, 1, 32768)
+        check_int("score_width", self.score_width, 1, 12)
         need = self.act_width + self.weight_width - 1 + math.ceil(math.log2(self.max_gemm_dim))
-        _check_int("acc_width", self.acc_width, max(need, 2), 48)
+        check_int("acc_width", self.acc_width, max(need, 2), 48)
         # (acc + bias) * M must fit the golden model's int64 arithmetic with room to round.
-        _check_int("mult_width", self.mult_width, 1, 61 - self.acc_width)
-        _check_int("weight_buffer_depth", self.weight_buffer_depth, 0, 1 << 22)
+        check_int("mult_width", self.mult_width, 1, 61 - self.acc_width)
+        check_int("weight_buffer_depth", self.weight_buffer_depth, 0, 1 << 22)
         if self.weight_buffer_depth == 0:
             object.__setattr__(self, "weight_buffer_depth", self._largest_layer_words())
-        _check_int("out_fifo_depth", self.out_fifo_depth, 0, 4096)
+        check_int("out_fifo_depth", self.out_fifo_depth, 0, 4096)
         if 0 < self.out_fifo_depth < self.rows:
             raise ValueError(f"out_fifo_depth must be 0 (automatic) or in the range "
                              f"[{self.rows}, 4096] (at least rows), not {self.out_fifo_depth}")
-        _check_int("sparse_block", self.sparse_block, 0, 1024)
+        check_int("sparse_block", self.sparse_block, 0, 1024)
         if self.sparse_block and self.sparse_block % self.cols and self.cols % self.sparse_block:
             raise ValueError(f"sparse_block must be 0, a multiple or a divisor of cols "
                              f"({self.cols}), not {self.sparse_block}")

@@ -86,7 +86,8 @@ class GeluParams:
         self.in_bits = in_bits
 
     def as_dict(self):
-        return {"b_int": self.b_int, "c_int": self.c_int, "one_int": self.one_int, "mult": self.mult,
+        return {"b_int": self.b_int, "c_int": self.c_int, "one_int": self.one_int,
+                "mult": self.mult,
                     "shift": self.shift}
 
     def __repr__(self):

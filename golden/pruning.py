@@ -25,7 +25,8 @@ whole matrix; block-rows then differ (possibly keeping none). ``density`` counts
 pruning at ``block_density`` (default ``sqrt(density)``), then inside every kept block only a
 subset of its ``b_c`` input columns (``k`` indices) is kept, ranked by the L2 norm of the
 column's ``b_r`` weights, at ``column_density = density / achieved block density`` (so that
-the column level makes up for the rounding of the block count). A removed column is a skipped cycle of the output-stationary array, so
+the column level makes up for the rounding of the block count). A removed column is a skipped cycle
+of the output-stationary array, so
 the finer level saves time as well as storage. (An N:M pattern along ``k`` would save storage
 but no cycles on this array, because every ``k`` step still feeds all the tile's output
 channels; N:M along the output channels cannot be skipped either. Column masks are therefore

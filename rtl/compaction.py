@@ -23,7 +23,8 @@ that other units also use, with no extra copy; the parent instantiates the
 
 Cycles without stalls, ``N`` rows (CLS and ``N - 1`` candidates), ``p`` of them pruned:
 ``N * segs + 2`` for copying and accumulating, plus, if ``p > 0``, ``mult_width + segs + 1``
-for the divider (``mult_width`` steps) and the package row (:meth:`TokenCompaction.cycles`). The ideal, one segment per cycle through the buffer port, is
+for the divider (``mult_width`` steps) and the package row (:meth:`TokenCompaction.cycles`). The
+ideal, one segment per cycle through the buffer port, is
 ``N * segs`` (+ ``segs`` for the package row).
 """
 
@@ -36,6 +37,8 @@ from amaranth.utils import bits_for, ceil_log2
 
 from golden.config import AccelConfig
 from rtl.topk import PROB_BITS, ClsScore, TopK, token_layout
+
+from .checks import check_config, check_width, validating
 
 __all__ = ["TokenCompaction", "TokenPrune", "row_stride"]
 
@@ -85,14 +88,14 @@ class TokenCompaction(wiring.Component):
     """
 
     def __init__(self, cfg: AccelConfig):
-        if not isinstance(cfg, AccelConfig):
-            raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
-        if cfg.max_tokens < 2:
-            raise ValueError(f"max_tokens must be in the range [2, 4096] for token compaction, "
-                             f"not {cfg.max_tokens}")
-        if cfg.mult_width < 2:
-            raise ValueError(f"mult_width must be in the range [2, {61 - cfg.acc_width}] for "
-                             f"token compaction, not {cfg.mult_width}")
+        with validating(self):
+            check_config(cfg)
+            if cfg.max_tokens < 2:
+                raise ValueError(f"max_tokens must be in the range [2, 4096] for token "
+                                 f"compaction, not {cfg.max_tokens}")
+            if cfg.mult_width < 2:
+                raise ValueError(f"mult_width must be in the range [2, {61 - cfg.acc_width}] "
+                                 f"for token compaction, not {cfg.mult_width}")
         self.cfg = cfg
         self.stride = row_stride(cfg)
         self.depth = cfg.max_tokens * self.stride
@@ -328,12 +331,9 @@ class TokenPrune(wiring.Component):
     """
 
     def __init__(self, cfg: AccelConfig, heads: int):
-        if isinstance(heads, bool) or not isinstance(heads, int):
-            raise TypeError(f"heads must be an integer, not {heads!r}")
-        if not 1 <= heads <= 64:
-            raise ValueError(f"heads must be in the range [1, 64], not {heads}")
-        if not isinstance(cfg, AccelConfig):
-            raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
+        with validating(self):
+            check_width("heads", heads, 1, 64)
+            check_config(cfg)
         self.compaction = TokenCompaction(cfg)
         self.score = ClsScore(cfg, heads)
         self.topk = TopK(cfg)

@@ -2,39 +2,16 @@
 
 * :func:`round_shift` builds ``(x + round_term(s)) >> s`` (arithmetic shift, round half up) for
   a constant or run-time shift ``s``;
-* :func:`saturate` clips a value to a signed or unsigned width;
-* :func:`check_width` validates elaboration-time integers with the project's message format;
-* :func:`validating` wraps a component constructor's checks: a rejected component is marked
-  used, so that Amaranth's "created but never used" warning does not bury the error.
+* :func:`saturate` clips a value to a signed or unsigned width.
 
 Amaranth widens ``+`` by one bit, so the rounding term can never wrap.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 from amaranth.hdl import Mux, Value
 
-__all__ = ["check_width", "round_shift", "saturate", "validating"]
-
-
-@contextmanager
-def validating(component):
-    """Context for a constructor's parameter checks (see the module docstring)."""
-    try:
-        yield
-    except (TypeError, ValueError):
-        component._MustUse__used = True
-        raise
-
-
-def check_width(name, value, lo, hi):
-    """Raise ``TypeError``/``ValueError`` unless ``value`` is an int in ``[lo, hi]``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in the range [{lo}, {hi}], not {value}")
+__all__ = ["round_shift", "saturate"]
 
 
 def round_shift(x, shift):

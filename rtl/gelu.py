@@ -18,7 +18,8 @@ from amaranth.lib.wiring import In, Out
 from golden.config import AccelConfig
 from golden.gelu import MAX_IN_BITS
 
-from .fixedpoint_ops import check_width, round_shift, saturate, validating
+from .checks import check_config, check_width, validating
+from .fixedpoint_ops import round_shift, saturate
 
 __all__ = ["Gelu", "gelu_cmd_layout"]
 
@@ -61,8 +62,7 @@ class Gelu(wiring.Component):
 
     def __init__(self, cfg: AccelConfig, in_width=None, lanes=1):
         with validating(self):
-            if not isinstance(cfg, AccelConfig):
-                raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
+            check_config(cfg)
             in_width = cfg.act_width if in_width is None else in_width
             check_width("in_width", in_width, 2, MAX_IN_BITS)
             check_width("lanes", lanes, 1, 64)

@@ -45,6 +45,7 @@ from amaranth.utils import ceil_log2
 
 from golden.config import AccelConfig
 
+from .checks import check_config, validating
 from .pe import Control
 from .systolic import SystolicArray
 
@@ -108,9 +109,8 @@ class GemmEngine(wiring.Component):
     """
 
     def __init__(self, cfg: AccelConfig):
-        if not isinstance(cfg, AccelConfig):
-            self._MustUse__silence = True       # never elaborated: no "unused" warning
-            raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
+        with validating(self):
+            check_config(cfg)
         self._cfg = cfg
         self._array = SystolicArray(cfg)
         super().__init__({

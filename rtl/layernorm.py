@@ -1,4 +1,5 @@
-"""Streaming integer LayerNorm over rows of up to ``max_dim`` channels (spec: :mod:`golden.layernorm`).
+"""Streaming integer LayerNorm over rows of up to ``max_dim`` channels (spec:
+:mod:`golden.layernorm`).
 
 LayerNorm needs the row's mean and variance before it can emit the first output, so the unit
 buffers rows in a ring of ``BANKS = 3`` row buffers and overlaps three engines:
@@ -8,7 +9,8 @@ buffers rows in a ring of ``BANKS = 3`` row buffers and overlaps three engines:
    over the data is needed);
 2. **reducer** (per row, on the sums only): ``V = n*S2 - S1**2 + eps`` in one cycle; the floor
    square root of ``V << 16`` (8 fractional result bits) by the bitwise digit-by-digit
-   (restoring) method, one result bit per cycle, ``ceil(var_bits / 2)`` iterations; normalization of ``r`` to ``[2**(RW-1), 2**RW)`` with a
+   (restoring) method, one result bit per cycle, ``ceil(var_bits / 2)`` iterations; normalization of
+   ``r`` to ``[2**(RW-1), 2**RW)`` with a
    priority encoder; and ``inv = floor(2**(15+RW) / r_norm)`` by a restoring divider in 17
    cycles. In total ``ceil(var_bits / 2) + 21`` cycles per row (46 for ``tiny`` and
    ``default``), overlapped with the loading of the next row and the emission of the previous;
@@ -45,7 +47,8 @@ from golden.layernorm import (
     var_bits,
 )
 
-from .fixedpoint_ops import round_shift, saturate, validating
+from .checks import check_config, validating
+from .fixedpoint_ops import round_shift, saturate
 
 __all__ = ["BANKS", "LayerNorm", "layernorm_cmd_layout", "layernorm_param_layout"]
 
@@ -98,8 +101,7 @@ class LayerNorm(wiring.Component):
 
     def __init__(self, cfg: AccelConfig):
         with validating(self):
-            if not isinstance(cfg, AccelConfig):
-                raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
+            check_config(cfg)
         self.cfg = cfg
         self.max_dim = cfg.max_dim
         self.in_width = cfg.act_width
@@ -219,7 +221,8 @@ class LayerNorm(wiring.Component):
                     m.next = "VAR"
             with m.State("VAR"):
                 var = r_desc.len * r_desc.s2 - r_desc.s1 * r_desc.s1 + self.cmd.eps
-                m.d.sync += [r_v.eq(var << (2 * SQRT_FRAC)), r_res.eq(0), r_one.eq(1 << (2 * rw - 2))]
+                m.d.sync += [r_v.eq(var << (2 * SQRT_FRAC)), r_res.eq(0),
+                             r_one.eq(1 << (2 * rw - 2))]
                 m.next = "SQRT"
             with m.State("SQRT"):
                 trial = r_res + r_one

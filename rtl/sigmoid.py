@@ -14,7 +14,8 @@ from amaranth.lib.wiring import In, Out
 
 from golden.sigmoid import MAX_FRAC, OUT_BITS
 
-from .fixedpoint_ops import check_width, round_shift, validating
+from .checks import check_width, validating
+from .fixedpoint_ops import round_shift
 
 __all__ = ["Sigmoid"]
 

@@ -50,7 +50,8 @@ from golden.softmax import (
     sum_bits,
 )
 
-from .fixedpoint_ops import round_shift, validating
+from .checks import check_config, validating
+from .fixedpoint_ops import round_shift
 
 __all__ = ["BANKS", "Softmax", "softmax_in_layout", "softmax_out_layout"]
 
@@ -122,7 +123,8 @@ class Softmax(wiring.Component):
     Latency: the first output of a row of ``n`` elements is valid ``2 * n + latency`` cycles
     after the handshake of the row's first input (unit idle, no stalls: ``n`` cycles to load,
     ``n`` to sum), ``latency`` = :attr:`latency` = ``19 + FACTOR_BITS`` (34): FIFO hand-offs,
-    the memory reads, two 4-stage exp pipelines, the divider and the output multiply. Throughput: one element per cycle for back-to-back
+    the memory reads, two 4-stage exp pipelines, the divider and the output multiply. Throughput:
+    one element per cycle for back-to-back
     rows of at least ``FACTOR_BITS + 1`` (16) elements; shorter rows are paced by the divider
     at one row per ``FACTOR_BITS + 1`` cycles. Up to four rows are in flight; ``i.ready`` drops
     while all four row buffers are busy. Stalls on ``o`` stall the emitter only; the loader and
@@ -131,8 +133,7 @@ class Softmax(wiring.Component):
 
     def __init__(self, cfg: AccelConfig):
         with validating(self):
-            if not isinstance(cfg, AccelConfig):
-                raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
+            check_config(cfg)
         self.cfg = cfg
         self.max_tokens = cfg.max_tokens
         super().__init__({

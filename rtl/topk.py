@@ -36,6 +36,8 @@ from amaranth.utils import bits_for, ceil_log2
 
 from golden.config import AccelConfig
 
+from .checks import check_config, check_width, validating
+
 __all__ = ["PROB_BITS", "ClsScore", "TopK", "token_layout"]
 
 #: Width of one softmax probability (unsigned, scale 2**-8); equals golden.token_prune.PROB_BITS.
@@ -53,11 +55,6 @@ def token_layout(max_tokens: int, score_width: int) -> data.StructLayout:
         "keep": unsigned(1),
         "last": unsigned(1),
     })
-
-
-def _check_cfg(cfg):
-    if not isinstance(cfg, AccelConfig):
-        raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
 
 
 class TopK(wiring.Component):
@@ -100,9 +97,10 @@ class TopK(wiring.Component):
     """
 
     def __init__(self, cfg: AccelConfig, *, kept_only: bool = False):
-        _check_cfg(cfg)
-        if not isinstance(kept_only, bool):
-            raise TypeError(f"kept_only must be a bool, not {kept_only!r}")
+        with validating(self):
+            check_config(cfg)
+            if not isinstance(kept_only, bool):
+                raise TypeError(f"kept_only must be a bool, not {kept_only!r}")
         self.cfg = cfg
         self.kept_only = kept_only
         self.score_width = cfg.score_width
@@ -267,11 +265,9 @@ class ClsScore(wiring.Component):
     """
 
     def __init__(self, cfg: AccelConfig, heads: int):
-        _check_cfg(cfg)
-        if isinstance(heads, bool) or not isinstance(heads, int):
-            raise TypeError(f"heads must be an integer, not {heads!r}")
-        if not 1 <= heads <= 64:
-            raise ValueError(f"heads must be in the range [1, 64], not {heads}")
+        with validating(self):
+            check_config(cfg)
+            check_width("heads", heads, 1, 64)
         self.cfg = cfg
         self.heads = heads
         self.shift = max(0, PROB_BITS - cfg.score_width)

@@ -157,7 +157,7 @@ def run_gemm_jobs(cfg: AccelConfig, jobs, *, rng=None, stall=0.0, vcd=None,
 
     async def outputs(ctx):
         results = []
-        for m, k, n in plans:
+        for m, _, n in plans:
             beats = await stream_recv(ctx, dut.o, output_beats(cfg, m, n), rng=rngs["o"],
                                       stall=stall)
             results.append(unpack_outputs(cfg, beats, m, n))

@@ -1,4 +1,3 @@
-# amaranth: UnusedElaboratable=no
 """rtl.compaction.TokenCompaction against golden.token_prune.compact_tokens."""
 
 import functools
@@ -17,7 +16,8 @@ from sim.streams import run_simulation, stream_send
 
 
 def _cfg(**kw):
-    base = {"rows": 4, "cols": 4, "max_tokens": 16, "max_dim": 16, "max_hidden": 64, "score_width": 8}
+    base = {"rows": 4, "cols": 4, "max_tokens": 16, "max_dim": 16, "max_hidden": 64,
+            "score_width": 8}
     base.update(kw)
     return AccelConfig(**base)
 
@@ -62,7 +62,8 @@ def run_compaction(cfg, x, mask, weights, *, rng=None, stall=0.0, segs=None, bea
     dut = h.dut
     n = x.shape[0] - 1
     if beats is None:
-        beats = [{"index": i, "score": int(weights[i]), "keep": int(mask[i]), "last": int(i == n - 1)}
+        beats = [{"index": i, "score": int(weights[i]), "keep": int(mask[i]),
+                  "last": int(i == n - 1)}
                  for i in range(n)]
     res = {}
 
@@ -208,8 +209,11 @@ def test_two_runs_clear_accumulator(rng):
             while not ctx.get(dut.done):
                 await ctx.tick()
             rows = ctx.get(dut.rows)
-            got.append(np.array([functools.reduce(operator.iadd, (list(ctx.get(h.dst.data[r * dut.stride + j]))
-                                      for j in range(segs)), []) for r in range(rows)]))
+            got.append(np.array([
+                functools.reduce(operator.iadd,
+                                 (list(ctx.get(h.dst.data[r * dut.stride + j]))
+                                  for j in range(segs)), [])
+                for r in range(rows)]))
             await ctx.tick()
 
     run_simulation(h, [bench], max_cycles=600)
@@ -231,7 +235,8 @@ def test_bad_sel_stream_raises_error(bad, rng):
     cfg = _cfg()
     x = rng.integers(-128, 128, (4, 16))
     if bad == "skipped_index":
-        beats = [{"index": 0, "score": 1, "keep": 1, "last": 0}, {"index": 2, "score": 1, "keep": 0, "last": 1}]
+        beats = [{"index": 0, "score": 1, "keep": 1, "last": 0},
+                 {"index": 2, "score": 1, "keep": 0, "last": 1}]
     else:
         beats = [{"index": i, "score": 1, "keep": 1, "last": int(i == 15)} for i in range(16)]
     res, _ = run_compaction(cfg, x, None, None, beats=beats)

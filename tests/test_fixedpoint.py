@@ -1,8 +1,14 @@
 import numpy as np
 import pytest
 
-from golden.fixedpoint import (dequantize, quantize, quantize_multiplier, requantize,
-                               round_shift, saturate)
+from golden.fixedpoint import (
+    dequantize,
+    quantize,
+    quantize_multiplier,
+    requantize,
+    round_shift,
+    saturate,
+)
 
 
 def test_round_shift_rounds_half_up():

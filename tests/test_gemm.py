@@ -5,8 +5,7 @@ import pytest
 
 from golden.gemm import EpilogueParams, gemm, gemm_acc
 from rtl.gemm import GemmEngine
-from sim.gemm import (GemmJob, pack_activations, pack_epilogue, pack_weights, run_gemm,
-                      run_gemm_jobs)
+from sim.gemm import GemmJob, pack_activations, pack_epilogue, pack_weights, run_gemm, run_gemm_jobs
 from sim.perf import gemm_cycles
 from sim.streams import run_simulation, stream_recv, stream_send
 

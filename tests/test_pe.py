@@ -1,4 +1,3 @@
-import numpy as np
 
 from golden.gemm import gemm_acc
 from rtl.pe import PE

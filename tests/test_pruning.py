@@ -161,7 +161,7 @@ def test_unbalanced_within_one_block(block, density, rng):
 
 
 def test_unbalanced_matches_brute_force(rng):
-    for trial in range(4):
+    for _trial in range(4):
         w = rng.normal(size=(12, 14)) * rng.lognormal(size=(12, 1))  # 3 x 4 blocks of 4x4
         norms = torch_block_norms(w, 4, 4)
         for count in (1, 3, 5):
@@ -170,7 +170,7 @@ def test_unbalanced_matches_brute_force(rng):
 
 
 def test_balanced_matches_brute_force(rng):
-    for trial in range(4):
+    for _trial in range(4):
         w = rng.normal(size=(12, 17)) * rng.lognormal(size=(1, 17))  # 3 x 5 blocks
         norms = torch_block_norms(w, 4, 4)
         p = block_prune(w, 0.4, 4, balanced=True)  # 2 of 5 per block-row

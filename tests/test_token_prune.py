@@ -1,4 +1,3 @@
-# amaranth: UnusedElaboratable=no
 """golden.token_prune against float/torch references; rtl.compaction.TokenPrune against it."""
 
 import math
@@ -164,7 +163,8 @@ def test_prune_tokens_bad_args(rng):
 # -- RTL: score -> top-k -> compaction -> package token ----------------------------------------
 
 def _cfg(**kw):
-    base = {"rows": 4, "cols": 4, "max_tokens": 24, "max_dim": 16, "max_hidden": 64, "score_width": 6}
+    base = {"rows": 4, "cols": 4, "max_tokens": 24, "max_dim": 16, "max_hidden": 64,
+            "score_width": 6}
     base.update(kw)
     return AccelConfig(**base)
 

@@ -1,4 +1,3 @@
-# amaranth: UnusedElaboratable=no
 """rtl.topk.TopK / ClsScore against golden.topk / golden.token_prune.cls_scores."""
 
 import numpy as np
