@@ -24,7 +24,7 @@ channels; for head ``h`` with slice ``x_h = x[1:, h*dh:(h+1)*dh]``::
     imp      = softmax(x[1:] @ Wi + bi)                      n x H   (head importance)
     p        = sum_h imp[:, h] * keep_h                      n       (keep probability)
 
-Simplifications relative to HeatViT (and DynamicViT, whose predictor it extends): the local
+Simplifications relative to HeatViT and the DynamicViT-style predictor it builds on: the local
 feature and the score are one Linear layer each (DynamicViT uses a LayerNorm, then a
 Linear + GELU, and a three-layer MLP down to the two logits); the global feature is the plain
 mean over the scored tokens (DynamicViT averages with the current keep mask, which at inference
@@ -36,7 +36,8 @@ Linear on the token followed by a softmax over heads; GELU is applied without He
 Integer version
 ---------------
 Every Linear is a :func:`golden.gemm.gemm` call: int8 weights with per-output-column scales,
-an int32 bias and a per-column requantization (``quantize_multiplier``) to the next format.
+an ``acc_width`` (int32) bias and a per-column requantization (``quantize_multiplier``) to
+the next format.
 Activations are signed ``act_width`` (8-bit) tensors with per-tensor scales chosen from
 calibration data. Per head::
 
@@ -486,6 +487,8 @@ def select_learned(x, probs, *, threshold: int = DEFAULT_THRESHOLD, min_keep: in
     if isinstance(prev_weight, bool) or not isinstance(prev_weight, (int, np.integer)) \
             or prev_weight < 0:
         raise ValueError(f"prev_weight must be a non-negative integer, not {prev_weight!r}")
+    if prev_package is None and prev_weight:
+        raise ValueError(f"prev_weight must be 0 without prev_package, not {prev_weight}")
 
     count = int((p >= threshold).sum())
     k = min(max(count, lo), hi)

@@ -357,6 +357,8 @@ def test_select_learned_bad_parameters():
         select_learned(x, p, cfg=CFG, prev_package=[1, 2, 3])
     with pytest.raises(ValueError, match=r"prev_weight must be a non-negative integer"):
         select_learned(x, p, cfg=CFG, prev_package=[1, 2, 3, 4], prev_weight=-1)
+    with pytest.raises(ValueError, match=r"prev_weight must be 0 without prev_package"):
+        select_learned(x, p, cfg=CFG, prev_weight=5)
 
 
 # -- end to end -----------------------------------------------------------------------------
