@@ -359,7 +359,9 @@ def combine_heads(imp, keep) -> np.ndarray:
     """``min(round_shift(sum_h imp[:, h] * keep[:, h], 8), 255)``: the keep probability.
 
     ``imp`` and ``keep`` are ``n x H`` unsigned 8-bit (scale ``2**-8``); the products are exact
-    (16 bits, scale ``2**-16``), their sum is rounded once to the scale ``2**-8``.
+    (16 bits, scale ``2**-16``), their sum is rounded once to the scale ``2**-8``. With one
+    head the importance saturates to 255 (1.0), so ``p`` is ``keep * 255 / 256`` rounded, at
+    most one LSB below ``keep``.
     """
     imp = check_int_array("imp", imp, PROB_BITS, signed=False)
     keep = check_int_array("keep", keep, PROB_BITS, signed=False, shape=imp.shape)
