@@ -5,7 +5,8 @@ the normalized outputs), so the unit buffers rows and overlaps them in a ring of
 ``BANKS = 4`` row buffers (one memory of ``4 * max_tokens`` 16-bit words, one write port and two
 read ports). Four engines work on four different rows at once:
 
-1. **loader**: writes the incoming row into the next free bank and tracks its maximum;
+1. **loader** (:func:`rtl.rowbuffer.row_loader`): writes the incoming row into the next free
+   bank and tracks its maximum;
 2. **summer**: reads a loaded row, computes the I-BERT exp of every element (4-stage pipeline)
    and accumulates the row sum; it starts the next row in the cycle after the last read, so the
    pipeline never drains between rows;
@@ -52,6 +53,7 @@ from golden.softmax import (
 
 from .checks import check_config, validating
 from .fixedpoint_ops import round_shift
+from .rowbuffer import next_bank, row_loader
 
 __all__ = ["BANKS", "Softmax", "softmax_in_layout", "softmax_out_layout"]
 
@@ -169,39 +171,20 @@ class Softmax(wiring.Component):
         m.submodules.q_summed = q_b = fifo.SyncFIFOBuffered(width=desc_b.size, depth=BANKS)
         m.submodules.q_divided = q_c = fifo.SyncFIFOBuffered(width=desc_c.size, depth=BANKS)
 
-        occupied = Signal(range(BANKS + 1))
-        row_loaded = Signal()
-        row_freed = Signal()
-        m.d.sync += occupied.eq(occupied + row_loaded - row_freed)
-
         # ---------------------------------------------------------------- loader
-        l_bank = Signal(bank_w)
-        l_idx = Signal(idx_w)
+        loader = row_loader(m, self.i, wr, banks=BANKS, max_len=t, error=self.error,
+                            error_clear=self.error_clear)
+        row_freed = loader.row_freed
         l_max = Signal(signed(IN_BITS))
-        discard = Signal()
         beat = self.i.payload
-        m.d.comb += self.i.ready.eq(discard | (occupied < BANKS))
         a_in = Signal(desc_a)
-        new_max = Mux((l_idx == 0) | (beat.data > l_max), beat.data, l_max)
+        new_max = Mux(loader.first | (beat.data > l_max), beat.data, l_max)
         m.d.comb += [
-            wr.addr.eq(l_bank * t + l_idx),
-            wr.data.eq(beat.data),
-            a_in.len.eq(l_idx + 1), a_in.max.eq(new_max), q_a.w_data.eq(a_in),
+            a_in.len.eq(loader.length), a_in.max.eq(new_max), q_a.w_data.eq(a_in),
+            q_a.w_en.eq(loader.row_end),
         ]
-        with m.If(self.error_clear):
-            m.d.sync += self.error.eq(0)
-        with m.If(self.i.valid & self.i.ready):
-            with m.If(discard), m.If(beat.last):
-                m.d.sync += discard.eq(0)
-            with m.Elif(beat.last):
-                m.d.comb += [wr.en.eq(1), q_a.w_en.eq(1), row_loaded.eq(1)]
-                m.d.sync += [l_idx.eq(0), l_bank.eq(l_bank + 1)]
-            with m.Elif(l_idx == t - 1):
-                # the row is longer than max_tokens: drop it
-                m.d.sync += [self.error.eq(1), discard.eq(1), l_idx.eq(0)]
-            with m.Else():
-                m.d.comb += wr.en.eq(1)
-                m.d.sync += [l_idx.eq(l_idx + 1), l_max.eq(new_max)]
+        with m.If(loader.advance):
+            m.d.sync += l_max.eq(new_max)
 
         # ---------------------------------------------------------------- summer
         s_active = Signal()
@@ -216,7 +199,7 @@ class Softmax(wiring.Component):
         with m.If(s_issue):
             m.d.sync += s_idx.eq(s_idx + 1)
             with m.If(s_last):
-                m.d.sync += [s_active.eq(0), s_bank.eq(s_bank + 1)]
+                m.d.sync += [s_active.eq(0), s_bank.eq(next_bank(s_bank, BANKS))]
         with m.If(s_pop):
             m.d.sync += [s_active.eq(1), s_idx.eq(0), s_desc.eq(q_a.r_data)]
         m.d.comb += [rd_sum.addr.eq(s_bank * t + s_idx), rd_sum.en.eq(1)]
@@ -287,7 +270,7 @@ class Softmax(wiring.Component):
         with m.If(o_issue):
             m.d.sync += o_idx.eq(o_idx + 1)
             with m.If(o_last):
-                m.d.sync += [o_active.eq(0), o_bank.eq(o_bank + 1)]
+                m.d.sync += [o_active.eq(0), o_bank.eq(next_bank(o_bank, BANKS))]
                 m.d.comb += row_freed.eq(1)
         with m.If(o_pop):
             m.d.sync += [o_active.eq(1), o_idx.eq(0), o_desc.eq(q_c.r_data)]
