@@ -49,7 +49,7 @@ from golden.layernorm import (
 
 from .checks import check_config, validating
 from .fixedpoint_ops import round_shift, saturate
-from .rowbuffer import next_bank, row_loader
+from .rowbuffer import row_loader, row_reader
 
 __all__ = ["BANKS", "LayerNorm", "layernorm_cmd_layout", "layernorm_param_layout"]
 
@@ -137,7 +137,6 @@ class LayerNorm(wiring.Component):
         s2_w = 2 * w + idx_w
         vw = self.var_width
         rw = self.root_width
-        bank_w = ceil_log2(BANKS)
 
         mem = memory.Memory(shape=signed(w), depth=BANKS * t, init=[])
         m.submodules.rows = mem
@@ -164,7 +163,6 @@ class LayerNorm(wiring.Component):
         # ---------------------------------------------------------------- loader
         loader = row_loader(m, self.i, wr, banks=BANKS, max_len=t, error=self.error,
                             error_clear=self.error_clear)
-        row_freed = loader.row_freed
         l_s1 = Signal(signed(s1_w))
         l_s2 = Signal(unsigned(s2_w))
         x = self.i.payload.data
@@ -243,27 +241,10 @@ class LayerNorm(wiring.Component):
         # ---------------------------------------------------------------- emitter
         adv = Signal()
         m.d.comb += adv.eq(~self.o.valid | self.o.ready)
-        o_active = Signal()
-        o_bank = Signal(bank_w)
-        o_idx = Signal(idx_w)
-        o_desc = Signal(desc_b)
-        o_issue = Signal()
-        o_last = Signal()
-        o_pop = Signal()
-        m.d.comb += [
-            o_issue.eq(o_active & adv), o_last.eq(o_idx == o_desc.len - 1),
-            o_pop.eq(q_b.r_rdy & adv & (~o_active | o_last)), q_b.r_en.eq(o_pop),
-            rd.addr.eq(o_bank * t + o_idx), rd.en.eq(adv),
-            prd.addr.eq(o_idx), prd.en.eq(adv),
-        ]
-        with m.If(o_issue):
-            m.d.sync += o_idx.eq(o_idx + 1)
-            with m.If(o_last):
-                m.d.sync += [o_active.eq(0),
-                             o_bank.eq(next_bank(o_bank, BANKS))]
-                m.d.comb += row_freed.eq(1)
-        with m.If(o_pop):
-            m.d.sync += [o_active.eq(1), o_idx.eq(0), o_desc.eq(q_b.r_data)]
+        emitter = row_reader(m, q_b, rd, desc_b, banks=BANKS, max_len=t, en=adv,
+                             row_freed=loader.row_freed, prefix="o")
+        o_desc, o_issue, o_last = emitter.desc, emitter.issue, emitter.last
+        m.d.comb += [prd.addr.eq(emitter.idx), prd.en.eq(adv)]
 
         def reg(shape, name, value):
             r = Signal(shape, name=name)

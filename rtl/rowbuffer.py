@@ -1,4 +1,4 @@
-"""Input stage of the row-wise units: a ring of row buffers filled from a ``last``-framed stream.
+"""Row buffers of the row-wise units: a ring of banks filled from a ``last``-framed stream.
 
 :class:`rtl.softmax.Softmax` and :class:`rtl.layernorm.LayerNorm` both need a whole row before
 their first output, so each keeps ``banks`` row buffers of ``max_len`` words in one memory (bank
@@ -14,13 +14,20 @@ so that both units frame rows, count free banks and reject malformed rows the sa
   ``error_clear``; a new error wins over a clear in the same cycle), the beats up to and
   including the next ``last`` are accepted and dropped, and nothing is handed on for that row.
 
+:func:`row_reader` is the other side, used by every engine that walks a loaded row again (the
+softmax summer and emitter, the LayerNorm emitter): it takes a row descriptor (its length and
+statistics) from the previous engine's FIFO, reads the row's elements from its bank one per
+enabled cycle, and takes the next descriptor in the cycle of the last read, so rows follow each
+other with no gap. Each reader visits the banks in the same ring order as the loader.
+
 The per-row statistics a unit gathers while loading (the maximum; the sums of ``x`` and
 ``x*x``) stay in the unit: the loader only says which beat starts a row (:attr:`RowLoader.first`),
 which beats continue it (:attr:`RowLoader.advance`) and which one ends it.
 
-Trade-off: a function that adds the loader to the parent's module, rather than a component of
-its own, lets the parent keep the memory (its read ports feed the other engines) and the
-``error`` output in its own signature, with no extra registers on the input path.
+Trade-off: functions that add the loader and the readers to the parent's module, rather than
+components of their own, let the parent keep the memory (one write port, a read port per
+reader) and the ``error`` output in its own signature, with no extra registers on the input
+path or between a reader and the engine's pipeline.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from dataclasses import dataclass
 from amaranth.hdl import Mux, Signal, Value
 from amaranth.utils import ceil_log2
 
-__all__ = ["RowLoader", "next_bank", "row_loader"]
+__all__ = ["RowLoader", "RowReader", "next_bank", "row_loader", "row_reader"]
 
 
 def next_bank(bank, banks: int) -> Value:
@@ -125,3 +132,81 @@ def row_loader(m, i, wr, *, banks: int, max_len: int, error, error_clear,
             m.d.sync += idx.eq(idx + 1)
     return RowLoader(bank=bank, idx=idx, length=idx + 1, first=idx == 0, advance=advance,
                      row_end=row_end, row_freed=row_freed)
+
+
+@dataclass(frozen=True, eq=False)
+class RowReader:
+    """Signals of a :func:`row_reader`.
+
+    Members
+    -------
+    active : Signal
+        A row is being read.
+    bank, idx : Signal
+        Bank and element of the read issued this cycle (if ``issue``).
+    desc : Signal
+        Descriptor of the row being read.
+    issue : Signal
+        Comb: a read is issued this cycle (its data is on the port in the next cycle).
+    last : Signal
+        Comb: ``idx`` is the row's last element.
+    pop : Signal
+        Comb: the next descriptor is taken from the FIFO this cycle.
+    """
+
+    active: Signal
+    bank: Signal
+    idx: Signal
+    desc: Signal
+    issue: Signal
+    last: Signal
+    pop: Signal
+
+
+def row_reader(m, q, rd, desc_layout, *, banks: int, max_len: int, en=1, row_freed=None,
+               prefix: str) -> RowReader:
+    """Add a row reader to module ``m``.
+
+    Parameters
+    ----------
+    m : Module
+    q : amaranth.lib.fifo.SyncFIFOBuffered
+        FIFO of row descriptors (``desc_layout``, with a ``len`` field); the reader drives
+        ``q.r_en``.
+    rd : memory read port
+        Port of the row memory; the reader drives its ``addr`` and ``en``.
+    desc_layout : data.StructLayout
+    banks, max_len : int
+        As for :func:`row_loader`.
+    en : Value
+        Advance enable (the downstream pipeline's, for a reader that can be stalled).
+    row_freed : Signal or None
+        If given, driven high when the last element of a row is read (the bank is free).
+    prefix : str
+        Prefix of the reader's signal names.
+
+    Latency: one cycle from ``issue`` to the data on ``rd.data``. Throughput: one element per
+    enabled cycle, including across rows. Stalls: nothing advances while ``en`` is low.
+    """
+    active = Signal(name=f"{prefix}_active")
+    bank = Signal(max(1, ceil_log2(banks)), name=f"{prefix}_bank")
+    idx = Signal(ceil_log2(max_len + 1), name=f"{prefix}_idx")
+    desc = Signal(desc_layout, name=f"{prefix}_desc")
+    issue = Signal(name=f"{prefix}_issue")
+    last = Signal(name=f"{prefix}_last")
+    pop = Signal(name=f"{prefix}_pop")
+    m.d.comb += [
+        issue.eq(active & en), last.eq(idx == desc.len - 1),
+        pop.eq(q.r_rdy & en & (~active | last)), q.r_en.eq(pop),
+        rd.addr.eq(bank * max_len + idx), rd.en.eq(en),
+    ]
+    with m.If(issue):
+        m.d.sync += idx.eq(idx + 1)
+        with m.If(last):
+            m.d.sync += [active.eq(0), bank.eq(next_bank(bank, banks))]
+            if row_freed is not None:
+                m.d.comb += row_freed.eq(1)
+    with m.If(pop):
+        m.d.sync += [active.eq(1), idx.eq(0), desc.eq(q.r_data)]
+    return RowReader(active=active, bank=bank, idx=idx, desc=desc, issue=issue, last=last,
+                     pop=pop)

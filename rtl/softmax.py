@@ -53,7 +53,7 @@ from golden.softmax import (
 
 from .checks import check_config, validating
 from .fixedpoint_ops import round_shift
-from .rowbuffer import next_bank, row_loader
+from .rowbuffer import row_loader, row_reader
 
 __all__ = ["BANKS", "Softmax", "softmax_in_layout", "softmax_out_layout"]
 
@@ -154,7 +154,6 @@ class Softmax(wiring.Component):
         t = self.max_tokens
         idx_w = ceil_log2(t + 1)
         sw = sum_bits(t)
-        bank_w = 2
 
         mem = memory.Memory(shape=signed(IN_BITS), depth=BANKS * t, init=[])
         m.submodules.rows = mem
@@ -174,7 +173,6 @@ class Softmax(wiring.Component):
         # ---------------------------------------------------------------- loader
         loader = row_loader(m, self.i, wr, banks=BANKS, max_len=t, error=self.error,
                             error_clear=self.error_clear)
-        row_freed = loader.row_freed
         l_max = Signal(signed(IN_BITS))
         beat = self.i.payload
         a_in = Signal(desc_a)
@@ -187,22 +185,8 @@ class Softmax(wiring.Component):
             m.d.sync += l_max.eq(new_max)
 
         # ---------------------------------------------------------------- summer
-        s_active = Signal()
-        s_bank = Signal(bank_w)
-        s_idx = Signal(idx_w)
-        s_desc = Signal(desc_a)
-        s_issue = Signal()
-        s_last = Signal()
-        m.d.comb += [s_issue.eq(s_active), s_last.eq(s_idx == s_desc.len - 1)]
-        s_pop = Signal()
-        m.d.comb += [s_pop.eq(q_a.r_rdy & (~s_active | s_last)), q_a.r_en.eq(s_pop)]
-        with m.If(s_issue):
-            m.d.sync += s_idx.eq(s_idx + 1)
-            with m.If(s_last):
-                m.d.sync += [s_active.eq(0), s_bank.eq(next_bank(s_bank, BANKS))]
-        with m.If(s_pop):
-            m.d.sync += [s_active.eq(1), s_idx.eq(0), s_desc.eq(q_a.r_data)]
-        m.d.comb += [rd_sum.addr.eq(s_bank * t + s_idx), rd_sum.en.eq(1)]
+        summer = row_reader(m, q_a, rd_sum, desc_a, banks=BANKS, max_len=t, prefix="s")
+        s_idx, s_desc, s_issue, s_last = summer.idx, summer.desc, summer.issue, summer.last
         # read stage registers (aligned with the memory's read data)
         r_v = Signal()
         r_desc = Signal(desc_a)
@@ -258,23 +242,9 @@ class Softmax(wiring.Component):
         # ---------------------------------------------------------------- emitter
         adv = Signal()
         m.d.comb += adv.eq(~self.o.valid | self.o.ready)
-        o_active = Signal()
-        o_bank = Signal(bank_w)
-        o_idx = Signal(idx_w)
-        o_desc = Signal(desc_c)
-        o_issue = Signal()
-        o_last = Signal()
-        m.d.comb += [o_issue.eq(o_active & adv), o_last.eq(o_idx == o_desc.len - 1)]
-        o_pop = Signal()
-        m.d.comb += [o_pop.eq(q_c.r_rdy & adv & (~o_active | o_last)), q_c.r_en.eq(o_pop)]
-        with m.If(o_issue):
-            m.d.sync += o_idx.eq(o_idx + 1)
-            with m.If(o_last):
-                m.d.sync += [o_active.eq(0), o_bank.eq(next_bank(o_bank, BANKS))]
-                m.d.comb += row_freed.eq(1)
-        with m.If(o_pop):
-            m.d.sync += [o_active.eq(1), o_idx.eq(0), o_desc.eq(q_c.r_data)]
-        m.d.comb += [rd_emit.addr.eq(o_bank * t + o_idx), rd_emit.en.eq(adv)]
+        emitter = row_reader(m, q_c, rd_emit, desc_c, banks=BANKS, max_len=t, en=adv,
+                             row_freed=loader.row_freed, prefix="o")
+        o_desc, o_issue, o_last = emitter.desc, emitter.issue, emitter.last
         or_v = Signal()
         or_desc = Signal(desc_c)
         or_last = Signal()
