@@ -38,6 +38,7 @@ import math
 
 import numpy as np
 
+from .config import check_int
 from .fixedpoint import check_int_array, quantize_multiplier, requantize
 
 __all__ = [
@@ -63,24 +64,20 @@ def check_in_bits(in_bits):
         raise ValueError(f"in_bits must be in the range [2, {MAX_IN_BITS}], not {in_bits}")
 
 
-def _check_range(name, value, lo, hi):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in the range [{lo}, {hi}], not {value}")
-
-
 class GeluParams:
     """Run-time GELU parameters (integers), validated for ``in_bits`` and ``mult_width``."""
 
     def __init__(self, b_int, c_int, one_int, mult, shift, *, in_bits=8, mult_width=16,
                  max_shift=62):
         check_in_bits(in_bits)
-        _check_range("b_int", b_int, -(1 << in_bits), -1)
-        _check_range("c_int", c_int, -(1 << (2 * in_bits + 1)), -1)
-        _check_range("one_int", one_int, -(1 << (2 * in_bits + 3)), c_int)
-        _check_range("mult", mult, 0, (1 << mult_width) - 1)
-        _check_range("shift", shift, 0, max_shift)
+        b_int, c_int, one_int, mult, shift = (
+            int(v) if isinstance(v, np.integer) else v
+            for v in (b_int, c_int, one_int, mult, shift))        # numpy scalars are integers too
+        check_int("b_int", b_int, -(1 << in_bits), -1)
+        check_int("c_int", c_int, -(1 << (2 * in_bits + 1)), -1)
+        check_int("one_int", one_int, -(1 << (2 * in_bits + 3)), c_int)
+        check_int("mult", mult, 0, (1 << mult_width) - 1)
+        check_int("shift", shift, 0, max_shift)
         self.b_int, self.c_int, self.one_int = int(b_int), int(c_int), int(one_int)
         self.mult, self.shift = int(mult), int(shift)
         self.in_bits = in_bits

@@ -30,6 +30,7 @@ import math
 
 import numpy as np
 
+from .config import check_int
 from .fixedpoint import check_int_array, quantize_multiplier, requantize, round_shift
 
 __all__ = [
@@ -70,13 +71,6 @@ def isqrt(v) -> np.ndarray:
     return np.vectorize(lambda a: math.isqrt(int(a)), otypes=[np.int64])(v)
 
 
-def _check_range(name, value, lo, hi):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in the range [{lo}, {hi}], not {value}")
-
-
 class LnParams:
     """LayerNorm parameters: per-channel ``gamma``/``beta`` and per-layer ``mult``, ``shift``,
     ``eps_int`` (integers), validated against ``mult_width``."""
@@ -87,9 +81,11 @@ class LnParams:
         if self.gamma.ndim != 1 or self.gamma.shape != self.beta.shape:
             raise ValueError(f"gamma and beta must be 1-D of equal length, not "
                              f"{self.gamma.shape} and {self.beta.shape}")
-        _check_range("mult", mult, 0, (1 << mult_width) - 1)
-        _check_range("shift", shift, 0, SHIFT_MAX)
-        _check_range("eps_int", eps_int, 0, (1 << EPS_BITS) - 1)
+        mult, shift, eps_int = (int(v) if isinstance(v, np.integer) else v
+                                for v in (mult, shift, eps_int))    # numpy scalars too
+        check_int("mult", mult, 0, (1 << mult_width) - 1)
+        check_int("shift", shift, 0, SHIFT_MAX)
+        check_int("eps_int", eps_int, 0, (1 << EPS_BITS) - 1)
         self.mult, self.shift, self.eps_int = int(mult), int(shift), int(eps_int)
 
 

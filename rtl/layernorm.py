@@ -4,9 +4,9 @@
 LayerNorm needs the row's mean and variance before it can emit the first output, so the unit
 buffers rows in a ring of ``BANKS = 3`` row buffers and overlaps three engines:
 
-1. **loader**: stores the incoming row and accumulates ``S1 = sum(x)`` and ``S2 = sum(x*x)``
-   (one pass: the variance comes from ``n*S2 - S1**2``, exact in integers, so no second pass
-   over the data is needed);
+1. **loader** (:func:`rtl.rowbuffer.row_loader`): stores the incoming row and accumulates
+   ``S1 = sum(x)`` and ``S2 = sum(x*x)`` (one pass: the variance comes from ``n*S2 - S1**2``,
+   exact in integers, so no second pass over the data is needed);
 2. **reducer** (per row, on the sums only): ``V = n*S2 - S1**2 + eps`` in one cycle; the floor
    square root of ``V << 16`` (8 fractional result bits) by the bitwise digit-by-digit
    (restoring) method, one result bit per cycle, ``ceil(var_bits / 2)`` iterations; normalization of
@@ -49,6 +49,7 @@ from golden.layernorm import (
 
 from .checks import check_config, validating
 from .fixedpoint_ops import round_shift, saturate
+from .rowbuffer import row_loader, row_reader
 
 __all__ = ["BANKS", "LayerNorm", "layernorm_cmd_layout", "layernorm_param_layout"]
 
@@ -136,7 +137,6 @@ class LayerNorm(wiring.Component):
         s2_w = 2 * w + idx_w
         vw = self.var_width
         rw = self.root_width
-        bank_w = ceil_log2(BANKS)
 
         mem = memory.Memory(shape=signed(w), depth=BANKS * t, init=[])
         m.submodules.rows = mem
@@ -160,43 +160,23 @@ class LayerNorm(wiring.Component):
         m.submodules.q_loaded = q_a = fifo.SyncFIFOBuffered(width=desc_a.size, depth=BANKS)
         m.submodules.q_reduced = q_b = fifo.SyncFIFOBuffered(width=desc_b.size, depth=BANKS)
 
-        occupied = Signal(range(BANKS + 1))
-        row_loaded = Signal()
-        row_freed = Signal()
-        m.d.sync += occupied.eq(occupied + row_loaded - row_freed)
-
         # ---------------------------------------------------------------- loader
-        l_bank = Signal(bank_w)
-        l_idx = Signal(idx_w)
+        loader = row_loader(m, self.i, wr, banks=BANKS, max_len=t, error=self.error,
+                            error_clear=self.error_clear)
         l_s1 = Signal(signed(s1_w))
         l_s2 = Signal(unsigned(s2_w))
-        discard = Signal()
-        beat = self.i.payload
-        x = beat.data
+        x = self.i.payload.data
         new_s1 = Signal(signed(s1_w))
         new_s2 = Signal(unsigned(s2_w))
         a_in = Signal(desc_a)
         m.d.comb += [
-            self.i.ready.eq(discard | (occupied < BANKS)),
-            new_s1.eq(Mux(l_idx == 0, 0, l_s1) + x),
-            new_s2.eq(Mux(l_idx == 0, 0, l_s2) + x * x),
-            wr.addr.eq(l_bank * t + l_idx), wr.data.eq(x),
-            a_in.len.eq(l_idx + 1), a_in.s1.eq(new_s1), a_in.s2.eq(new_s2),
-            q_a.w_data.eq(a_in),
+            new_s1.eq(Mux(loader.first, 0, l_s1) + x),
+            new_s2.eq(Mux(loader.first, 0, l_s2) + x * x),
+            a_in.len.eq(loader.length), a_in.s1.eq(new_s1), a_in.s2.eq(new_s2),
+            q_a.w_data.eq(a_in), q_a.w_en.eq(loader.row_end),
         ]
-        with m.If(self.error_clear):
-            m.d.sync += self.error.eq(0)
-        with m.If(self.i.valid & self.i.ready):
-            with m.If(discard), m.If(beat.last):
-                m.d.sync += discard.eq(0)
-            with m.Elif(beat.last):
-                m.d.comb += [wr.en.eq(1), q_a.w_en.eq(1), row_loaded.eq(1)]
-                m.d.sync += [l_idx.eq(0), l_bank.eq(Mux(l_bank == BANKS - 1, 0, l_bank + 1))]
-            with m.Elif(l_idx == t - 1):
-                m.d.sync += [self.error.eq(1), discard.eq(1), l_idx.eq(0)]
-            with m.Else():
-                m.d.comb += wr.en.eq(1)
-                m.d.sync += [l_idx.eq(l_idx + 1), l_s1.eq(new_s1), l_s2.eq(new_s2)]
+        with m.If(loader.advance):
+            m.d.sync += [l_s1.eq(new_s1), l_s2.eq(new_s2)]
 
         # ---------------------------------------------------------------- reducer
         r_desc = Signal(desc_a)
@@ -261,27 +241,10 @@ class LayerNorm(wiring.Component):
         # ---------------------------------------------------------------- emitter
         adv = Signal()
         m.d.comb += adv.eq(~self.o.valid | self.o.ready)
-        o_active = Signal()
-        o_bank = Signal(bank_w)
-        o_idx = Signal(idx_w)
-        o_desc = Signal(desc_b)
-        o_issue = Signal()
-        o_last = Signal()
-        o_pop = Signal()
-        m.d.comb += [
-            o_issue.eq(o_active & adv), o_last.eq(o_idx == o_desc.len - 1),
-            o_pop.eq(q_b.r_rdy & adv & (~o_active | o_last)), q_b.r_en.eq(o_pop),
-            rd.addr.eq(o_bank * t + o_idx), rd.en.eq(adv),
-            prd.addr.eq(o_idx), prd.en.eq(adv),
-        ]
-        with m.If(o_issue):
-            m.d.sync += o_idx.eq(o_idx + 1)
-            with m.If(o_last):
-                m.d.sync += [o_active.eq(0),
-                             o_bank.eq(Mux(o_bank == BANKS - 1, 0, o_bank + 1))]
-                m.d.comb += row_freed.eq(1)
-        with m.If(o_pop):
-            m.d.sync += [o_active.eq(1), o_idx.eq(0), o_desc.eq(q_b.r_data)]
+        emitter = row_reader(m, q_b, rd, desc_b, banks=BANKS, max_len=t, en=adv,
+                             row_freed=loader.row_freed, prefix="o")
+        o_desc, o_issue, o_last = emitter.desc, emitter.issue, emitter.last
+        m.d.comb += [prd.addr.eq(emitter.idx), prd.en.eq(adv)]
 
         def reg(shape, name, value):
             r = Signal(shape, name=name)

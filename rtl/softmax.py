@@ -5,7 +5,8 @@ the normalized outputs), so the unit buffers rows and overlaps them in a ring of
 ``BANKS = 4`` row buffers (one memory of ``4 * max_tokens`` 16-bit words, one write port and two
 read ports). Four engines work on four different rows at once:
 
-1. **loader**: writes the incoming row into the next free bank and tracks its maximum;
+1. **loader** (:func:`rtl.rowbuffer.row_loader`): writes the incoming row into the next free
+   bank and tracks its maximum;
 2. **summer**: reads a loaded row, computes the I-BERT exp of every element (4-stage pipeline)
    and accumulates the row sum; it starts the next row in the cycle after the last read, so the
    pipeline never drains between rows;
@@ -52,6 +53,7 @@ from golden.softmax import (
 
 from .checks import check_config, validating
 from .fixedpoint_ops import round_shift
+from .rowbuffer import row_loader, row_reader
 
 __all__ = ["BANKS", "Softmax", "softmax_in_layout", "softmax_out_layout"]
 
@@ -152,7 +154,6 @@ class Softmax(wiring.Component):
         t = self.max_tokens
         idx_w = ceil_log2(t + 1)
         sw = sum_bits(t)
-        bank_w = 2
 
         mem = memory.Memory(shape=signed(IN_BITS), depth=BANKS * t, init=[])
         m.submodules.rows = mem
@@ -169,57 +170,23 @@ class Softmax(wiring.Component):
         m.submodules.q_summed = q_b = fifo.SyncFIFOBuffered(width=desc_b.size, depth=BANKS)
         m.submodules.q_divided = q_c = fifo.SyncFIFOBuffered(width=desc_c.size, depth=BANKS)
 
-        occupied = Signal(range(BANKS + 1))
-        row_loaded = Signal()
-        row_freed = Signal()
-        m.d.sync += occupied.eq(occupied + row_loaded - row_freed)
-
         # ---------------------------------------------------------------- loader
-        l_bank = Signal(bank_w)
-        l_idx = Signal(idx_w)
+        loader = row_loader(m, self.i, wr, banks=BANKS, max_len=t, error=self.error,
+                            error_clear=self.error_clear)
         l_max = Signal(signed(IN_BITS))
-        discard = Signal()
         beat = self.i.payload
-        m.d.comb += self.i.ready.eq(discard | (occupied < BANKS))
         a_in = Signal(desc_a)
-        new_max = Mux((l_idx == 0) | (beat.data > l_max), beat.data, l_max)
+        new_max = Mux(loader.first | (beat.data > l_max), beat.data, l_max)
         m.d.comb += [
-            wr.addr.eq(l_bank * t + l_idx),
-            wr.data.eq(beat.data),
-            a_in.len.eq(l_idx + 1), a_in.max.eq(new_max), q_a.w_data.eq(a_in),
+            a_in.len.eq(loader.length), a_in.max.eq(new_max), q_a.w_data.eq(a_in),
+            q_a.w_en.eq(loader.row_end),
         ]
-        with m.If(self.error_clear):
-            m.d.sync += self.error.eq(0)
-        with m.If(self.i.valid & self.i.ready):
-            with m.If(discard), m.If(beat.last):
-                m.d.sync += discard.eq(0)
-            with m.Elif(beat.last):
-                m.d.comb += [wr.en.eq(1), q_a.w_en.eq(1), row_loaded.eq(1)]
-                m.d.sync += [l_idx.eq(0), l_bank.eq(l_bank + 1)]
-            with m.Elif(l_idx == t - 1):
-                # the row is longer than max_tokens: drop it
-                m.d.sync += [self.error.eq(1), discard.eq(1), l_idx.eq(0)]
-            with m.Else():
-                m.d.comb += wr.en.eq(1)
-                m.d.sync += [l_idx.eq(l_idx + 1), l_max.eq(new_max)]
+        with m.If(loader.advance):
+            m.d.sync += l_max.eq(new_max)
 
         # ---------------------------------------------------------------- summer
-        s_active = Signal()
-        s_bank = Signal(bank_w)
-        s_idx = Signal(idx_w)
-        s_desc = Signal(desc_a)
-        s_issue = Signal()
-        s_last = Signal()
-        m.d.comb += [s_issue.eq(s_active), s_last.eq(s_idx == s_desc.len - 1)]
-        s_pop = Signal()
-        m.d.comb += [s_pop.eq(q_a.r_rdy & (~s_active | s_last)), q_a.r_en.eq(s_pop)]
-        with m.If(s_issue):
-            m.d.sync += s_idx.eq(s_idx + 1)
-            with m.If(s_last):
-                m.d.sync += [s_active.eq(0), s_bank.eq(s_bank + 1)]
-        with m.If(s_pop):
-            m.d.sync += [s_active.eq(1), s_idx.eq(0), s_desc.eq(q_a.r_data)]
-        m.d.comb += [rd_sum.addr.eq(s_bank * t + s_idx), rd_sum.en.eq(1)]
+        summer = row_reader(m, q_a, rd_sum, desc_a, banks=BANKS, max_len=t, prefix="s")
+        s_idx, s_desc, s_issue, s_last = summer.idx, summer.desc, summer.issue, summer.last
         # read stage registers (aligned with the memory's read data)
         r_v = Signal()
         r_desc = Signal(desc_a)
@@ -275,23 +242,9 @@ class Softmax(wiring.Component):
         # ---------------------------------------------------------------- emitter
         adv = Signal()
         m.d.comb += adv.eq(~self.o.valid | self.o.ready)
-        o_active = Signal()
-        o_bank = Signal(bank_w)
-        o_idx = Signal(idx_w)
-        o_desc = Signal(desc_c)
-        o_issue = Signal()
-        o_last = Signal()
-        m.d.comb += [o_issue.eq(o_active & adv), o_last.eq(o_idx == o_desc.len - 1)]
-        o_pop = Signal()
-        m.d.comb += [o_pop.eq(q_c.r_rdy & adv & (~o_active | o_last)), q_c.r_en.eq(o_pop)]
-        with m.If(o_issue):
-            m.d.sync += o_idx.eq(o_idx + 1)
-            with m.If(o_last):
-                m.d.sync += [o_active.eq(0), o_bank.eq(o_bank + 1)]
-                m.d.comb += row_freed.eq(1)
-        with m.If(o_pop):
-            m.d.sync += [o_active.eq(1), o_idx.eq(0), o_desc.eq(q_c.r_data)]
-        m.d.comb += [rd_emit.addr.eq(o_bank * t + o_idx), rd_emit.en.eq(adv)]
+        emitter = row_reader(m, q_c, rd_emit, desc_c, banks=BANKS, max_len=t, en=adv,
+                             row_freed=loader.row_freed, prefix="o")
+        o_desc, o_issue, o_last = emitter.desc, emitter.issue, emitter.last
         or_v = Signal()
         or_desc = Signal(desc_c)
         or_last = Signal()

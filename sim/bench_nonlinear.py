@@ -35,7 +35,7 @@ from rtl.layernorm import LayerNorm
 from rtl.sigmoid import Sigmoid
 from rtl.softmax import Softmax
 
-from .streams import run_simulation
+from .nonlinear import lane_beats, load_ln_params, row_beats, run_timed
 
 HELP = "softmax / GELU / LayerNorm / sigmoid: accuracy vs torch and RTL cycles vs ideal"
 FUNCTIONS = ("softmax", "gelu", "layernorm", "sigmoid")
@@ -160,36 +160,8 @@ def sigmoid_accuracy(cfg, rng):
 
 def _timed_run(dut, beats, expected, read, setup=None, max_cycles=200000):
     """Back-to-back input, output always ready. Returns (bit_exact, cycles, output stamps)."""
-    async def bench(ctx):
-        if setup is not None:
-            await setup(ctx)
-        ctx.set(dut.o.ready, 1)
-        stamps, outs, cycle, k, first = [], [], 0, 0, None
-        while len(outs) < len(expected):
-            if k < len(beats):
-                ctx.set(dut.i.valid, 1)
-                ctx.set(dut.i.payload, beats[k])
-            else:
-                ctx.set(dut.i.valid, 0)
-            took = k < len(beats) and ctx.get(dut.i.ready)
-            got = ctx.get(dut.o.valid)
-            payload = ctx.get(dut.o.payload) if got else None
-            await ctx.tick()
-            if took:
-                first = cycle if first is None else first
-                k += 1
-            if got:
-                outs.extend(read(payload))
-                stamps.append(cycle - first)
-            cycle += 1
-        return outs, stamps
-
-    (outs, stamps), = run_simulation(dut, [bench], max_cycles=max_cycles)
+    outs, stamps = run_timed(dut, beats, read=read, setup=setup, max_cycles=max_cycles)
     return outs == list(expected), stamps[-1] + 1, stamps
-
-
-def _row_beats(rows):
-    return [{"data": int(v), "last": int(i == len(r) - 1)} for r in rows for i, v in enumerate(r)]
 
 
 def _row_figures(stamps, n, rows, latency):
@@ -210,7 +182,7 @@ def softmax_rtl(cfg, rng, rows):
     data = _softmax_rows(rng, n, rows)
     dut = Softmax(cfg)
     expected = [int(v) for r in data for v in softmax_row(r)]
-    ok, _, stamps = _timed_run(dut, _row_beats(data), expected, lambda p: [int(p.data)])
+    ok, _, stamps = _timed_run(dut, row_beats(data), expected, lambda p: [int(p.data)])
     return {"bit_exact": ok, **_row_figures(stamps, n, rows, 2 * n + dut.latency)}
 
 
@@ -221,15 +193,9 @@ def layernorm_rtl(cfg, rng, rows):
     expected = [int(v) for r in data for v in layernorm_row(r, p)]
 
     async def setup(ctx):
-        ctx.set(dut.cmd, {"mult": p.mult, "shift": p.shift, "eps": p.eps_int})
-        for k in range(d):
-            ctx.set(dut.param.valid, 1)
-            ctx.set(dut.param.payload, {"addr": k, "gamma": int(p.gamma[k]),
-                                        "beta": int(p.beta[k])})
-            await ctx.tick()
-        ctx.set(dut.param.valid, 0)
+        await load_ln_params(ctx, dut, p)
 
-    ok, _, stamps = _timed_run(dut, _row_beats(data), expected, lambda p: [int(p.data)],
+    ok, _, stamps = _timed_run(dut, row_beats(data), expected, lambda p: [int(p.data)],
                                setup=setup)
     res = {"bit_exact": ok, **_row_figures(stamps, d, rows, d + dut.latency)}
     res["reducer_cycles_per_row"] = dut.reducer_cycles
@@ -237,8 +203,7 @@ def layernorm_rtl(cfg, rng, rows):
 
 
 def _elementwise(dut, q, expected, setup):
-    beats = [[int(v)] for v in q]
-    ok, cycles, _ = _timed_run(dut, beats, [int(v) for v in expected],
+    ok, cycles, _ = _timed_run(dut, lane_beats(q, 1), [int(v) for v in expected],
                                lambda p: [int(v) for v in p], setup=setup)
     n = len(q)
     return {"bit_exact": ok, "elements": n, "cycles": cycles, "ideal_cycles": n,

@@ -13,14 +13,10 @@ the largest error of the package token against the float weighted average, in LS
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Elaboratable, Module
-from amaranth.lib import memory
-from amaranth.lib.wiring import connect
 
 from golden.token_prune import keep_count, prune_tokens_attention
-from rtl.compaction import TokenPrune
 
-from .streams import run_simulation, stream_send
+from .token import run_prune
 
 HELP = "attention-score token pruning: top-k selection, compaction and package token"
 
@@ -34,69 +30,6 @@ def add_arguments(parser):
     parser.add_argument("--heads", type=int, default=3, help="attention heads")
     parser.add_argument("--stall", type=float, default=0.0,
                         help="probability of a random stall per beat on the probability stream")
-
-
-class PruneHarness(Elaboratable):
-    """A :class:`TokenPrune` unit between a source and a destination activation buffer."""
-
-    def __init__(self, cfg, x, heads):
-        self.dut = TokenPrune(cfg, heads)
-        comp = self.dut.compaction
-        cols = cfg.cols
-        words = []
-        for r in range(cfg.max_tokens):
-            for j in range(comp.stride):
-                seg = list(x[r, j * cols:(j + 1) * cols]) if r < len(x) else []
-                words.append(seg + [0] * (cols - len(seg)))
-        self.src = memory.Memory(shape=comp.row_layout, depth=comp.depth, init=words)
-        self.dst = memory.Memory(shape=comp.row_layout, depth=comp.depth, init=[])
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.dut = self.dut
-        m.submodules.src = self.src
-        m.submodules.dst = self.dst
-        connect(m, self.dut.src, self.src.read_port())
-        connect(m, self.dut.dst, self.dst.write_port())
-        return m
-
-
-def run_prune(cfg, x, probs, k, *, rng=None, stall=0.0):
-    """Simulate one pruning pass. Returns (output rows padded to segs * cols, result dict)."""
-    n_tokens = x.shape[0]
-    segs = -(-x.shape[1] // cfg.cols)
-    h = PruneHarness(cfg, x, probs.shape[0])
-    dut = h.dut
-    stride = dut.compaction.stride
-    res = {}
-
-    async def control(ctx):
-        ctx.set(dut.n_tokens, n_tokens)
-        ctx.set(dut.k, k)
-        ctx.set(dut.segs, segs)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        cycles = 1
-        while not ctx.get(dut.done) and not ctx.get(dut.error):
-            await ctx.tick()
-            cycles += 1
-        res.update(cycles=cycles, rows=ctx.get(dut.rows), error=ctx.get(dut.error),
-                   package_weight=ctx.get(dut.package_weight))
-        res["out"] = np.array([[v for j in range(segs)
-                                for v in ctx.get(h.dst.data[r * stride + j])]
-                               for r in range(0 if res["error"] else res["rows"])])
-
-    async def send(ctx):
-        await stream_send(ctx, dut.probs, [probs[:, i].tolist() for i in range(1, n_tokens)],
-                          rng=rng, stall=stall)
-
-    pruned = n_tokens - 1 - k
-    budget = int(dut.cycles(n_tokens, segs, pruned) * (1 + 4 * stall)) + 200
-    run_simulation(h, [control, send], max_cycles=budget)
-    res.update(segs=segs, formula_cycles=dut.cycles(n_tokens, segs, pruned),
-               ideal_cycles=dut.ideal_cycles(n_tokens, segs, pruned))
-    return res
 
 
 def _softmax_probs(rng, heads, n_tokens):
@@ -123,12 +56,12 @@ def run(args) -> dict:
     x = rng.integers(-128, 128, (n_tokens, d))
     p_float, probs = _softmax_probs(rng, args.heads, n_tokens)
     golden = prune_tokens_attention(x, probs, cfg=cfg, k=k)
-    res = run_prune(cfg, x, probs, k, rng=rng, stall=args.stall)
+    res, dut = run_prune(cfg, x, probs, k, rng=rng, stall=args.stall)
     expect = np.zeros((golden.out.shape[0], res["segs"] * cfg.cols), dtype=np.int64)
     expect[:, :d] = golden.out
     exact = (not res["error"] and res["out"].shape == expect.shape
              and bool(np.array_equal(res["out"], expect))
-             and res["package_weight"] == golden.package_weight)
+             and res["weight"] == golden.package_weight)
 
     # accuracy of the integer pipeline against float references
     kept = set(np.flatnonzero(golden.mask).tolist())
@@ -144,6 +77,8 @@ def run(args) -> dict:
             ref = (w[:, None] * x[1:][pruned]).sum(axis=0) / w.sum()
             pkg_err = float(np.abs(golden.out[-1] - ref).max())
     cycles = res["cycles"]
+    n_pruned = n_tokens - 1 - k
+    ideal = dut.ideal_cycles(n_tokens, res["segs"], n_pruned)
     return {
         "kernel": "token-prune", "config": cfg.name, "cols": cfg.cols,
         "score_width": cfg.score_width, "n": n_tokens, "d": d, "heads": args.heads,
@@ -151,9 +86,9 @@ def run(args) -> dict:
         "rows_out": int(res["rows"]), "segs": res["segs"],
         "bit_exact": bool(exact),
         "cycles": int(cycles),
-        "ideal_cycles": res["ideal_cycles"],
-        "utilization": round(res["ideal_cycles"] / cycles, 4),
-        "formula_cycles": res["formula_cycles"],
+        "ideal_cycles": ideal,
+        "utilization": round(ideal / cycles, 4),
+        "formula_cycles": dut.cycles(n_tokens, res["segs"], n_pruned),
         "selection_agreement_vs_float": round(agreement(p_float[:, 1:].mean(axis=0)), 4),
         "selection_agreement_vs_8bit_probs": round(agreement(probs[:, 1:].mean(axis=0)), 4),
         "package_weight": int(golden.package_weight),

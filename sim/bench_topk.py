@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from golden.topk import check_topk_args, topk_select
-from rtl.topk import TopK
 
-from .streams import run_simulation, stream_recv, stream_send
+from .token import run_topk
 
 HELP = "exact top-k of N streamed scores (histogram select + filter pass)"
 
@@ -20,37 +19,6 @@ def add_arguments(parser):
                         help="probability of a random stall per beat on both streams")
 
 
-def run_topk(cfg, scores, k, *, rng=None, stall=0.0):
-    """Simulate one selection. Returns (beats, mask bits, cycles from start to done, unit)."""
-    dut = TopK(cfg)
-    n = len(scores)
-    out = {}
-
-    async def control(ctx):
-        ctx.set(dut.n, n)
-        ctx.set(dut.k, k)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        cycles = 1
-        while not ctx.get(dut.done):
-            await ctx.tick()
-            cycles += 1
-        out["mask"] = ctx.get(dut.mask)
-        return cycles
-
-    async def send(ctx):
-        await stream_send(ctx, dut.i, [int(s) for s in scores], rng=rng, stall=stall)
-
-    async def recv(ctx):
-        return await stream_recv(ctx, dut.o, n, rng=rng, stall=stall)
-
-    budget = int((dut.cycles(n) + 10) * (1 + 4 * stall)) + 100
-    cycles, _, beats = run_simulation(dut, [control, send, recv], max_cycles=budget)
-    bits = [(out["mask"] >> i) & 1 for i in range(n)]
-    return beats, bits, cycles, dut
-
-
 def run(args) -> dict:
     cfg = args.cfg
     n = cfg.max_tokens if args.n is None else args.n
@@ -61,8 +29,8 @@ def run(args) -> dict:
     rng = np.random.default_rng(args.seed)
     scores = rng.integers(0, 1 << cfg.score_width, n)
     idx, mask = topk_select(scores, k, cfg.score_width)
-    beats, bits, cycles, dut = run_topk(cfg, scores, k, rng=rng, stall=args.stall)
-    exact = (bits == mask.astype(int).tolist()
+    beats, bits, cycles, err, dut = run_topk(cfg, scores, k, rng=rng, stall=args.stall)
+    exact = (not err and bits[:n] == mask.astype(int).tolist()
              and [b["index"] for b in beats if b["keep"]] == idx.tolist()
              and [b["index"] for b in beats] == list(range(n)))
     return {

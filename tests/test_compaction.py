@@ -1,18 +1,13 @@
 """rtl.compaction.TokenCompaction against golden.token_prune.compact_tokens."""
 
-import functools
-import operator
-
 import numpy as np
 import pytest
-from amaranth.hdl import Elaboratable, Module
-from amaranth.lib import memory
-from amaranth.lib.wiring import connect
 
 from golden.config import AccelConfig
 from golden.token_prune import compact_tokens
 from rtl.compaction import TokenCompaction, row_stride
 from sim.streams import run_simulation, stream_send
+from sim.token import BufferHarness, pad_rows, read_rows, run_compaction, sel_beats, start
 
 
 def _cfg(**kw):
@@ -22,84 +17,8 @@ def _cfg(**kw):
     return AccelConfig(**base)
 
 
-class Harness(Elaboratable):
-    """Source and destination activation buffers around the unit."""
-
-    def __init__(self, cfg, x_padded):
-        self.dut = TokenCompaction(cfg)
-        stride = self.dut.stride
-        words = []
-        for r in range(cfg.max_tokens):
-            for j in range(stride):
-                if r < len(x_padded) and j * cfg.cols < x_padded.shape[1]:
-                    words.append(x_padded[r, j * cfg.cols:(j + 1) * cfg.cols].tolist())
-                else:
-                    words.append([0] * cfg.cols)
-        self.src = memory.Memory(shape=self.dut.row_layout, depth=self.dut.depth, init=words)
-        self.dst = memory.Memory(shape=self.dut.row_layout, depth=self.dut.depth, init=[])
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.dut = self.dut
-        m.submodules.src = self.src
-        m.submodules.dst = self.dst
-        connect(m, self.dut.src, self.src.read_port())
-        connect(m, self.dut.dst, self.dst.write_port())
-        return m
-
-
-def _pad(x, cols):
-    segs = -(-x.shape[1] // cols)
-    out = np.zeros((x.shape[0], segs * cols), dtype=np.int64)
-    out[:, :x.shape[1]] = x
-    return out, segs
-
-
-def run_compaction(cfg, x, mask, weights, *, rng=None, stall=0.0, segs=None, beats=None):
-    xp, nsegs = _pad(x, cfg.cols)
-    segs = nsegs if segs is None else segs
-    h = Harness(cfg, xp)
-    dut = h.dut
-    n = x.shape[0] - 1
-    if beats is None:
-        beats = [{"index": i, "score": int(weights[i]), "keep": int(mask[i]),
-                  "last": int(i == n - 1)}
-                 for i in range(n)]
-    res = {}
-
-    async def control(ctx):
-        ctx.set(dut.segs, segs)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        cycles = 1
-        while not ctx.get(dut.done) and not ctx.get(dut.error):
-            await ctx.tick()
-            cycles += 1
-        res.update(cycles=cycles, rows=ctx.get(dut.rows), error=ctx.get(dut.error),
-                   weight=ctx.get(dut.package_weight))
-        out = []
-        for r in range(res["rows"] if not res["error"] else 0):
-            row = []
-            for j in range(segs):
-                row += list(ctx.get(h.dst.data[r * dut.stride + j]))
-            out.append(row)
-        res["out"] = np.array(out, dtype=np.int64).reshape(len(out), segs * cfg.cols)
-
-    async def send(ctx):
-        if not res.get("skip_send"):
-            await stream_send(ctx, dut.sel, beats, rng=rng, stall=stall)
-
-    if (segs < 1 or segs > dut.stride):
-        run_simulation(h, [control], max_cycles=50)
-    else:
-        budget = (len(beats) + 2) * (segs + 2) * (1 + 6 * stall) + 100
-        run_simulation(h, [control, send], max_cycles=int(budget))
-    return res, dut
-
-
 def _expect(cfg, x, mask, weights):
-    xp, _ = _pad(x, cfg.cols)
+    xp, _ = pad_rows(x, cfg.cols)
     return compact_tokens(xp, mask, weights, cfg)
 
 
@@ -166,15 +85,12 @@ def test_max_tokens_segs1_back_to_back_accumulate(rng):
 def test_latency_measured(rng):
     cfg = _cfg()
     x = rng.integers(-128, 128, (3, 16))
-    h = Harness(cfg, _pad(x, cfg.cols)[0])
+    h = BufferHarness(cfg, pad_rows(x, cfg.cols)[0])
     dut = h.dut
     seen = {}
 
     async def bench(ctx):
-        ctx.set(dut.segs, 4)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
+        await start(ctx, dut, segs=4)
         for cycle in range(1, 10):
             if "read" not in seen and ctx.get(dut.busy):
                 seen["read"] = (cycle, ctx.get(dut.src.addr))
@@ -193,27 +109,18 @@ def test_two_runs_clear_accumulator(rng):
     x = rng.integers(-128, 128, (10, 16))
     masks = [rng.random(9) < 0.3, rng.random(9) < 0.6]
     weights = [rng.integers(0, 256, 9), rng.integers(0, 256, 9)]
-    xp, segs = _pad(x, cfg.cols)
-    h = Harness(cfg, xp)
+    xp, segs = pad_rows(x, cfg.cols)
+    h = BufferHarness(cfg, xp)
     dut = h.dut
     got = []
 
     async def bench(ctx):
         for mask, w in zip(masks, weights):
-            ctx.set(dut.segs, segs)
-            ctx.set(dut.start, 1)
-            await ctx.tick()
-            ctx.set(dut.start, 0)
-            await stream_send(ctx, dut.sel, [{"index": i, "score": int(w[i]), "keep": int(mask[i]),
-                                                  "last": int(i == 8)} for i in range(9)])
+            await start(ctx, dut, segs=segs)
+            await stream_send(ctx, dut.sel, sel_beats(mask, w))
             while not ctx.get(dut.done):
                 await ctx.tick()
-            rows = ctx.get(dut.rows)
-            got.append(np.array([
-                functools.reduce(operator.iadd,
-                                 (list(ctx.get(h.dst.data[r * dut.stride + j]))
-                                  for j in range(segs)), [])
-                for r in range(rows)]))
+            got.append(read_rows(ctx, h, ctx.get(dut.rows), segs))
             await ctx.tick()
 
     run_simulation(h, [bench], max_cycles=600)

@@ -6,7 +6,8 @@ import torch
 
 from golden.gelu import GeluParams, gelu_int, gelu_params, gelu_poly_float
 from rtl.gelu import Gelu
-from sim.streams import run_simulation, stream_recv, stream_send
+from sim.nonlinear import first_output, run_lanes
+from sim.streams import run_simulation
 
 # -- golden vs float ------------------------------------------------------------------------
 
@@ -80,18 +81,10 @@ def test_rtl_bad_parameters(tiny):
 # -- RTL vs golden -----------------------------------------------------------------------------
 
 def _run(dut, q, p, rng, stall=0.3):
-    lanes = dut.lanes
-    beats = [list(map(int, q[i:i + lanes])) for i in range(0, len(q), lanes)]
-
-    async def send(ctx):
+    async def setup(ctx):
         ctx.set(dut.cmd, p.as_dict())
-        await stream_send(ctx, dut.i, beats, rng=rng, stall=stall)
 
-    async def recv(ctx):
-        return await stream_recv(ctx, dut.o, len(beats), rng=rng, stall=stall)
-
-    _, out = run_simulation(dut, [send, recv], max_cycles=20 * len(beats) + 100)
-    return np.array(out).reshape(-1)
+    return run_lanes(dut, q, rng, stall, setup=setup)
 
 
 @pytest.mark.parametrize("in_width,lanes,scales,delta", [
@@ -124,16 +117,8 @@ def test_rtl_latency(tiny):
 
     async def bench(ctx):
         ctx.set(dut.cmd, p.as_dict())
-        ctx.set(dut.o.ready, 1)
-        ctx.set(dut.i.valid, 1)
-        ctx.set(dut.i.payload, [16])
-        await ctx.tick()
-        ctx.set(dut.i.valid, 0)
-        cycles = 1
-        while not ctx.get(dut.o.valid):
-            await ctx.tick()
-            cycles += 1
-        return cycles, ctx.get(dut.o.payload)[0]
+        cycles, out = await first_output(ctx, dut, [16])
+        return cycles, out[0]
 
     (cycles, value), = run_simulation(dut, [bench], max_cycles=100)
     assert cycles == dut.latency == 6

@@ -7,7 +7,14 @@ import torch
 from golden.config import AccelConfig
 from golden.layernorm import LnParams, isqrt, layernorm_int, layernorm_row, ln_params, var_bits
 from rtl.layernorm import LayerNorm
-from sim.streams import run_simulation, stream_recv, stream_send
+from sim.nonlinear import (
+    load_ln_params,
+    recv_and_clear_error,
+    row_beats,
+    run_rows,
+    run_timed,
+)
+from sim.streams import run_simulation, stream_send
 
 # -- golden ----------------------------------------------------------------------------------
 
@@ -82,39 +89,11 @@ def test_rtl_bad_parameters():
 
 # -- RTL vs golden -----------------------------------------------------------------------------
 
-def _beats(rows):
-    return [{"data": int(v), "last": int(i == len(r) - 1)} for r in rows for i, v in enumerate(r)]
-
-
-async def _load_params(ctx, dut, p):
-    ctx.set(dut.cmd, {"mult": p.mult, "shift": p.shift, "eps": p.eps_int})
-    for k in range(len(p.gamma)):
-        ctx.set(dut.param.valid, 1)
-        ctx.set(dut.param.payload, {"addr": k, "gamma": int(p.gamma[k]), "beta": int(p.beta[k])})
-        await ctx.tick()
-    ctx.set(dut.param.valid, 0)
-
-
-def _run(dut, rows, p, rng, stall=0.3, expected_rows=None):
-    beats = _beats(rows)
-    expected_rows = rows if expected_rows is None else expected_rows
-    count = sum(len(r) for r in expected_rows)
-
-    async def send(ctx):
-        await _load_params(ctx, dut, p)
-        await stream_send(ctx, dut.i, beats, rng=rng, stall=stall)
-
-    async def recv(ctx):
-        return await stream_recv(ctx, dut.o, count, rng=rng, stall=stall, convert=False)
-
-    _, out = run_simulation(dut, [send, recv], max_cycles=12 * len(beats) + 600)
-    return [int(o.data) for o in out], [int(o.last) for o in out]
-
-
 def _check(dut, rows, p, rng, stall=0.3):
-    data, last = _run(dut, rows, p, rng, stall)
+    data, last = run_rows(dut, rows, rng, stall, setup=lambda ctx: load_ln_params(ctx, dut, p),
+                          slack=600)
     assert data == [int(v) for r in rows for v in layernorm_row(r, p)]
-    assert last == [b["last"] for b in _beats(rows)]
+    assert last == [b["last"] for b in row_beats(rows)]
 
 
 def _params(cfg, rng, eps=1e-5, scale_out=4 / 128):
@@ -173,46 +152,20 @@ def test_rtl_overlong_row_raises_error(tiny, rng):
     p = _params(tiny, rng)
     dut = LayerNorm(tiny)
     good1, bad, good2 = (rng.integers(-100, 100, size=n) for n in (9, d + 3, d))
-    beats = _beats([good1, bad, good2])
+    beats = row_beats([good1, bad, good2])
     expect = [int(v) for r in (good1, good2) for v in layernorm_row(r, p)]
 
     async def send(ctx):
-        await _load_params(ctx, dut, p)
+        await load_ln_params(ctx, dut, p)
         assert not ctx.get(dut.error)
         await stream_send(ctx, dut.i, beats, rng=rng, stall=0.2)
 
     async def recv(ctx):
-        out = await stream_recv(ctx, dut.o, len(expect), rng=rng, stall=0.2, convert=False)
-        err = ctx.get(dut.error)
-        ctx.set(dut.error_clear, 1)
-        await ctx.tick()
-        ctx.set(dut.error_clear, 0)
-        return [int(o.data) for o in out], err, ctx.get(dut.error)
+        return await recv_and_clear_error(ctx, dut, len(expect), rng=rng, stall=0.2)
 
     _, (out, err, cleared) = run_simulation(dut, [send, recv], max_cycles=3000)
     assert out == expect
     assert err == 1 and cleared == 0
-
-
-async def _timed(ctx, dut, beats, count):
-    ctx.set(dut.o.ready, 1)
-    stamps, cycle, k, first = [], 0, 0, None
-    while len(stamps) < count:
-        if k < len(beats):
-            ctx.set(dut.i.valid, 1)
-            ctx.set(dut.i.payload, beats[k])
-        else:
-            ctx.set(dut.i.valid, 0)
-        took = k < len(beats) and ctx.get(dut.i.ready)
-        got = ctx.get(dut.o.valid)
-        await ctx.tick()
-        if took:
-            first = cycle if first is None else first
-            k += 1
-        if got:
-            stamps.append(cycle - first)
-        cycle += 1
-    return stamps
 
 
 @pytest.mark.parametrize("n", [32, 5])
@@ -220,13 +173,8 @@ def test_rtl_latency_and_throughput(tiny, rng, n):
     p = _params(tiny, rng)
     dut = LayerNorm(tiny)
     rows = [rng.integers(-100, 100, size=n) for _ in range(5)]
-    beats = _beats(rows)
-
-    async def bench(ctx):
-        await _load_params(ctx, dut, p)
-        return await _timed(ctx, dut, beats, len(beats))
-
-    stamps, = run_simulation(dut, [bench], max_cycles=3000)
+    _, stamps = run_timed(dut, row_beats(rows), setup=lambda ctx: load_ln_params(ctx, dut, p),
+                          max_cycles=3000)
     assert dut.var_width == var_bits(8, 32) == 49 and dut.reducer_cycles == 46
     assert stamps[0] == n + dut.latency
     period = max(n, dut.reducer_cycles)

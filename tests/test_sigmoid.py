@@ -4,7 +4,8 @@ import torch
 
 from golden.sigmoid import plan_float, sigmoid_int
 from rtl.sigmoid import Sigmoid
-from sim.streams import run_simulation, stream_recv, stream_send
+from sim.nonlinear import first_output, run_lanes
+from sim.streams import run_simulation
 
 # -- golden vs float ------------------------------------------------------------------------
 
@@ -48,18 +49,10 @@ def test_rtl_bad_parameters():
 # -- RTL vs golden -----------------------------------------------------------------------------
 
 def _run(dut, x, frac, rng, stall=0.3):
-    lanes = dut.lanes
-    beats = [list(map(int, x[i:i + lanes])) for i in range(0, len(x), lanes)]
-
-    async def send(ctx):
+    async def setup(ctx):
         ctx.set(dut.frac, frac)
-        await stream_send(ctx, dut.i, beats, rng=rng, stall=stall)
 
-    async def recv(ctx):
-        return await stream_recv(ctx, dut.o, len(beats), rng=rng, stall=stall)
-
-    _, out = run_simulation(dut, [send, recv], max_cycles=20 * len(beats) + 100)
-    return np.array(out).reshape(-1)
+    return run_lanes(dut, x, rng, stall, setup=setup)
 
 
 @pytest.mark.parametrize("in_width,lanes,frac", [(16, 1, 8), (8, 2, 4), (16, 3, 0), (12, 1, 11)])
@@ -78,17 +71,9 @@ def test_rtl_latency_and_throughput():
     dut = Sigmoid()
 
     async def bench(ctx):
-        ctx.set(dut.o.ready, 1)
         ctx.set(dut.frac, 8)
-        ctx.set(dut.i.valid, 1)
-        ctx.set(dut.i.payload, [256])
-        await ctx.tick()
-        ctx.set(dut.i.valid, 0)
-        cycles = 1
-        while not ctx.get(dut.o.valid):
-            await ctx.tick()
-            cycles += 1
-        assert ctx.get(dut.o.payload)[0] == 192
+        cycles, out = await first_output(ctx, dut, [256])
+        assert out[0] == 192
         # full throughput: 20 back-to-back beats take 20 cycles plus the latency
         ctx.set(dut.i.valid, 1)
         got = 0

@@ -14,7 +14,8 @@ from golden.softmax import (
     softmax_row,
 )
 from rtl.softmax import Softmax
-from sim.streams import run_simulation, stream_recv, stream_send
+from sim.nonlinear import recv_and_clear_error, row_beats, run_rows, run_timed
+from sim.streams import run_simulation, stream_send
 
 # -- golden ----------------------------------------------------------------------------------
 
@@ -72,29 +73,10 @@ def test_rtl_bad_parameters():
 
 # -- RTL vs golden -----------------------------------------------------------------------------
 
-def _beats(rows):
-    return [{"data": int(v), "last": int(i == len(r) - 1)} for r in rows for i, v in enumerate(r)]
-
-
-def _run(dut, rows, rng, stall=0.3, expected_rows=None):
-    beats = _beats(rows)
-    expected_rows = rows if expected_rows is None else expected_rows
-    count = sum(len(r) for r in expected_rows)
-
-    async def send(ctx):
-        await stream_send(ctx, dut.i, beats, rng=rng, stall=stall)
-
-    async def recv(ctx):
-        return await stream_recv(ctx, dut.o, count, rng=rng, stall=stall, convert=False)
-
-    _, out = run_simulation(dut, [send, recv], max_cycles=12 * len(beats) + 400)
-    return [int(o.data) for o in out], [int(o.last) for o in out]
-
-
 def _check(dut, rows, rng, stall=0.3):
-    data, last = _run(dut, rows, rng, stall)
+    data, last = run_rows(dut, rows, rng, stall)
     assert data == [int(v) for r in rows for v in softmax_row(r)]
-    assert last == [b["last"] for b in _beats(rows)]
+    assert last == [b["last"] for b in row_beats(rows)]
 
 
 def test_rtl_random_rows(tiny, rng):
@@ -133,7 +115,7 @@ def test_rtl_overlong_row_raises_error(tiny, rng):
     good1 = rng.integers(-500, 500, size=7)
     bad = rng.integers(-500, 500, size=t + 5)
     good2 = rng.integers(-500, 500, size=t)
-    beats = _beats([good1, bad, good2])
+    beats = row_beats([good1, bad, good2])
     expect = [int(v) for r in (good1, good2) for v in softmax_row(r)]
 
     async def send(ctx):
@@ -141,52 +123,19 @@ def test_rtl_overlong_row_raises_error(tiny, rng):
         await stream_send(ctx, dut.i, beats, rng=rng, stall=0.2)
 
     async def recv(ctx):
-        out = await stream_recv(ctx, dut.o, len(expect), rng=rng, stall=0.2, convert=False)
-        err = ctx.get(dut.error)
-        ctx.set(dut.error_clear, 1)
-        await ctx.tick()
-        ctx.set(dut.error_clear, 0)
-        return [int(o.data) for o in out], err, ctx.get(dut.error)
+        return await recv_and_clear_error(ctx, dut, len(expect), rng=rng, stall=0.2)
 
     _, (out, err, cleared) = run_simulation(dut, [send, recv], max_cycles=3000)
     assert out == expect          # the malformed row is dropped, the next one is intact
     assert err == 1 and cleared == 0
 
 
-async def _timed(ctx, dut, beats, count):
-    """Send back-to-back beats and receive with ready held high; return output cycle stamps."""
-    ctx.set(dut.o.ready, 1)
-    stamps, cycle, k = [], 0, 0
-    sent_first = None
-    while len(stamps) < count:
-        if k < len(beats):
-            ctx.set(dut.i.valid, 1)
-            ctx.set(dut.i.payload, beats[k])
-        else:
-            ctx.set(dut.i.valid, 0)
-        took = k < len(beats) and ctx.get(dut.i.ready)
-        got = ctx.get(dut.o.valid)
-        await ctx.tick()
-        if took:
-            if sent_first is None:
-                sent_first = cycle
-            k += 1
-        if got:
-            stamps.append(cycle - sent_first)
-        cycle += 1
-    return stamps
-
-
 def test_rtl_latency_and_throughput(tiny, rng):
     dut = Softmax(tiny)
     n = tiny.max_tokens
     rows = [rng.integers(-1000, 1000, size=n) for _ in range(6)]
-    beats = _beats(rows)
-
-    async def bench(ctx):
-        return await _timed(ctx, dut, beats, len(beats))
-
-    stamps, = run_simulation(dut, [bench], max_cycles=2000)
+    beats = row_beats(rows)
+    _, stamps = run_timed(dut, beats, max_cycles=2000)
     # first output: 2n + latency cycles after the first input handshake
     assert stamps[0] == 2 * n + dut.latency == 2 * n + 34
     # steady state: one element per cycle, no gaps between rows
@@ -197,12 +146,8 @@ def test_rtl_latency_and_throughput(tiny, rng):
 def test_rtl_latency_short_rows(tiny, rng, n):
     dut = Softmax(tiny)
     rows = [rng.integers(-1000, 1000, size=n) for _ in range(4)]
-    beats = _beats(rows)
-
-    async def bench(ctx):
-        return await _timed(ctx, dut, beats, len(beats))
-
-    stamps, = run_simulation(dut, [bench], max_cycles=2000)
+    beats = row_beats(rows)
+    _, stamps = run_timed(dut, beats, max_cycles=2000)
     assert stamps[0] == 2 * n + dut.latency
     # rows shorter than FACTOR_BITS + 1 are paced by the divider: one row per 16 cycles at most
     assert stamps[-1] - stamps[0] <= (len(rows) - 1) * max(n, 16) + n - 1

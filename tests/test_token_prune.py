@@ -5,9 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from amaranth.hdl import Elaboratable, Module
-from amaranth.lib import memory
-from amaranth.lib.wiring import connect
 
 from golden.config import AccelConfig
 from golden.token_prune import (
@@ -19,7 +16,8 @@ from golden.token_prune import (
     score_shift,
 )
 from rtl.compaction import TokenPrune
-from sim.streams import run_simulation, stream_send
+from sim.streams import run_simulation
+from sim.token import BufferHarness, pad_rows, run_prune, start
 
 # -- golden model ---------------------------------------------------------------------------
 
@@ -169,71 +167,9 @@ def _cfg(**kw):
     return AccelConfig(**base)
 
 
-class Harness(Elaboratable):
-    def __init__(self, cfg, x, heads):
-        self.dut = TokenPrune(cfg, heads)
-        comp = self.dut.compaction
-        cols = cfg.cols
-        words = []
-        for r in range(cfg.max_tokens):
-            for j in range(comp.stride):
-                seg = x[r, j * cols:(j + 1) * cols] if r < len(x) else []
-                words.append(list(seg) + [0] * (cols - len(seg)))
-        self.src = memory.Memory(shape=comp.row_layout, depth=comp.depth, init=words)
-        self.dst = memory.Memory(shape=comp.row_layout, depth=comp.depth, init=[])
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.dut = self.dut
-        m.submodules.src = self.src
-        m.submodules.dst = self.dst
-        connect(m, self.dut.src, self.src.read_port())
-        connect(m, self.dut.dst, self.dst.write_port())
-        return m
-
-
-def run_prune(cfg, x, probs, k, *, rng=None, stall=0.0):
-    """Simulate one run; returns dict(cycles, rows, out, error, weight) and the unit."""
-    heads = probs.shape[0]
-    n_tokens = x.shape[0]
-    segs = -(-x.shape[1] // cfg.cols)
-    h = Harness(cfg, x, heads)
-    dut = h.dut
-    stride = dut.compaction.stride
-    res = {}
-
-    async def control(ctx):
-        ctx.set(dut.n_tokens, n_tokens)
-        ctx.set(dut.k, k)
-        ctx.set(dut.segs, segs)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        cycles = 1
-        while not ctx.get(dut.done) and not ctx.get(dut.error):
-            await ctx.tick()
-            cycles += 1
-        res.update(cycles=cycles, rows=ctx.get(dut.rows), error=ctx.get(dut.error),
-                   weight=ctx.get(dut.package_weight))
-        rows = [] if res["error"] else range(res["rows"])
-        res["out"] = np.array([[v for j in range(segs) for v in ctx.get(h.dst.data[r * stride + j])]
-                               for r in rows])
-
-    async def send(ctx):
-        await stream_send(ctx, dut.probs, [probs[:, i].tolist() for i in range(1, x.shape[0])],
-                          rng=rng, stall=stall)
-
-    budget = (x.shape[0] * (segs + 2) + (1 << cfg.score_width) + 60) * (1 + 4 * stall)
-    run_simulation(h, [control, send], max_cycles=int(budget))
-    return res, dut
-
-
 def _golden_padded(cfg, x, probs, k):
     g = prune_tokens_attention(x, probs, cfg=cfg, k=k)
-    segs = -(-x.shape[1] // cfg.cols)
-    out = np.zeros((g.out.shape[0], segs * cfg.cols), dtype=np.int64)
-    out[:, :x.shape[1]] = g.out
-    return g, out
+    return g, pad_rows(g.out, cfg.cols)[0]
 
 
 @pytest.mark.parametrize("n_tokens, k, d, heads, stall", [
@@ -279,17 +215,12 @@ def test_rtl_tie_patterns(pattern, rng):
 def test_rtl_bad_runtime_args_raise_error(n_tokens, k, segs, rng):
     cfg = _cfg()          # max_tokens 24, stride 4
     x = rng.integers(-128, 128, (10, 16))
-    h = Harness(cfg, x, 3)
+    h = BufferHarness(cfg, x, 3)
     dut = h.dut
     seen = {}
 
     async def control(ctx):
-        ctx.set(dut.n_tokens, n_tokens)
-        ctx.set(dut.k, k)
-        ctx.set(dut.segs, segs)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
+        await start(ctx, dut, n_tokens=n_tokens, k=k, segs=segs)
         seen["error"] = ctx.get(dut.error)
         seen["busy"] = ctx.get(dut.busy)
 

@@ -8,6 +8,7 @@ from golden.token_prune import cls_scores
 from golden.topk import check_topk_args, topk_select, topk_threshold
 from rtl.topk import ClsScore, TopK
 from sim.streams import run_simulation, stream_recv, stream_send
+from sim.token import run_topk, start
 
 # -- golden model ---------------------------------------------------------------------------
 
@@ -60,42 +61,6 @@ def _cfg(max_tokens=32, score_width=4):
                        score_width=score_width)
 
 
-def run_topk(cfg, scores, k, *, rng=None, stall=0.0, kept_only=False, n=None):
-    """Run one selection; returns (beats, mask bits, cycles start->done, error)."""
-    dut = TopK(cfg, kept_only=kept_only)
-    n = len(scores) if n is None else n
-    expect_beats = (k if kept_only else n) if 1 <= k <= n <= cfg.max_tokens else 0
-    state = {}
-
-    async def control(ctx):
-        ctx.set(dut.n, n)
-        ctx.set(dut.k, k)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        cycles = 1
-        while not ctx.get(dut.done):
-            if ctx.get(dut.error):
-                break
-            await ctx.tick()
-            cycles += 1
-        state["mask"] = ctx.get(dut.mask)
-        state["error"] = ctx.get(dut.error)
-        return cycles
-
-    async def send(ctx):
-        if expect_beats:
-            await stream_send(ctx, dut.i, [int(s) for s in scores], rng=rng, stall=stall)
-
-    async def recv(ctx):
-        return await stream_recv(ctx, dut.o, expect_beats, rng=rng, stall=stall)
-
-    budget = 4 * (2 * max(n, 1) + (1 << cfg.score_width) + 10) * (1 + 4 * stall)
-    cycles, _, beats = run_simulation(dut, [control, send, recv], max_cycles=int(budget))
-    bits = [(state["mask"] >> i) & 1 for i in range(cfg.max_tokens)]
-    return beats, bits, cycles, state["error"], dut
-
-
 def _check(cfg, scores, k, beats, bits, kept_only=False):
     idx, mask = topk_select(scores, k, cfg.score_width)
     n = len(scores)
@@ -135,11 +100,7 @@ def test_latency_measured(rng):
     marks = {}
 
     async def control(ctx):
-        ctx.set(dut.n, n)
-        ctx.set(dut.k, 3)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
+        await start(ctx, dut, n=n, k=3)
         ctx.set(dut.o.ready, 1)
         ctx.set(dut.i.valid, 1)
         ctx.set(dut.i.payload, int(scores[0]))
@@ -200,11 +161,7 @@ def test_max_tokens_8bit_and_back_to_back(rng):
 
     async def bench(ctx):
         for scores, k in runs:
-            ctx.set(dut.n, len(scores))
-            ctx.set(dut.k, k)
-            ctx.set(dut.start, 1)
-            await ctx.tick()
-            ctx.set(dut.start, 0)
+            await start(ctx, dut, n=len(scores), k=k)
             await stream_send(ctx, dut.i, [int(s) for s in scores], rng=rng, stall=0.2)
             beats = await stream_recv(ctx, dut.o, len(scores), rng=rng, stall=0.2)
             while not ctx.get(dut.done):
@@ -235,17 +192,10 @@ def test_error_cleared_by_next_start(rng):
     out = {}
 
     async def bench(ctx):
-        ctx.set(dut.n, 6)
-        ctx.set(dut.k, 9)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
+        await start(ctx, dut, n=6, k=9)
         out["err1"] = ctx.get(dut.error)
         out["busy1"] = ctx.get(dut.busy)
-        ctx.set(dut.k, 2)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
+        await start(ctx, dut, k=2)
         out["err2"] = ctx.get(dut.error)
         await stream_send(ctx, dut.i, [int(s) for s in scores])
         out["beats"] = await stream_recv(ctx, dut.o, 6)

@@ -1,0 +1,212 @@
+"""Row buffers of the row-wise units: a ring of banks filled from a ``last``-framed stream.
+
+:class:`rtl.softmax.Softmax` and :class:`rtl.layernorm.LayerNorm` both need a whole row before
+their first output, so each keeps ``banks`` row buffers of ``max_len`` words in one memory (bank
+``b``, element ``j`` at word ``b * max_len + j``) and lets a loader, the engines that reduce a
+row and the emitter work on different banks at once. :func:`row_loader` is that loader, shared
+so that both units frame rows, count free banks and reject malformed rows the same way:
+
+* each accepted beat is written to the current bank at its position in the row; the beat with
+  ``last`` closes the row (:attr:`RowLoader.row_end`) and moves on to the next bank;
+* ``i.ready`` is high while a bank is free (an occupancy counter: up on ``row_end``, down on
+  the parent's :attr:`RowLoader.row_freed`), or while a malformed row is being discarded;
+* a row longer than ``max_len`` is malformed: the sticky ``error`` output is set (cleared by
+  ``error_clear``; a new error wins over a clear in the same cycle), the beats up to and
+  including the next ``last`` are accepted and dropped, and nothing is handed on for that row.
+
+:func:`row_reader` is the other side, used by every engine that walks a loaded row again (the
+softmax summer and emitter, the LayerNorm emitter): it takes a row descriptor (its length and
+statistics) from the previous engine's FIFO, reads the row's elements from its bank one per
+enabled cycle, and takes the next descriptor in the cycle of the last read, so rows follow each
+other with no gap. Each reader visits the banks in the same ring order as the loader.
+
+The per-row statistics a unit gathers while loading (the maximum; the sums of ``x`` and
+``x*x``) stay in the unit: the loader only says which beat starts a row (:attr:`RowLoader.first`),
+which beats continue it (:attr:`RowLoader.advance`) and which one ends it.
+
+Trade-off: functions that add the loader and the readers to the parent's module, rather than
+components of their own, let the parent keep the memory (one write port, a read port per
+reader) and the ``error`` output in its own signature, with no extra registers on the input
+path or between a reader and the engine's pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amaranth.hdl import Mux, Signal, Value
+from amaranth.utils import ceil_log2
+
+__all__ = ["RowLoader", "RowReader", "next_bank", "row_loader", "row_reader"]
+
+
+def next_bank(bank, banks: int) -> Value:
+    """The bank after ``bank`` in a ring of ``banks`` (a plain increment for powers of two)."""
+    if banks & (banks - 1) == 0:
+        return (bank + 1)[:len(bank)]
+    return Mux(bank == banks - 1, 0, bank + 1)
+
+
+@dataclass(frozen=True, eq=False)
+class RowLoader:
+    """Signals of a :func:`row_loader`.
+
+    Members
+    -------
+    bank : Signal
+        Bank being filled.
+    idx : Signal
+        Position of the current beat in its row (0 for the first element).
+    length : Value
+        ``idx + 1``: the row length when the current beat ends the row.
+    first : Value
+        The current beat starts a row (``idx == 0``).
+    advance : Signal
+        Comb: the current beat is stored and the row goes on (update running statistics).
+    row_end : Signal
+        Comb: the current beat is stored and closes the row (hand on the row descriptor).
+    row_freed : Signal
+        Driven by the parent: a bank is released this cycle.
+    """
+
+    bank: Signal
+    idx: Signal
+    length: Value
+    first: Value
+    advance: Signal
+    row_end: Signal
+    row_freed: Signal
+
+
+def row_loader(m, i, wr, *, banks: int, max_len: int, error, error_clear,
+               prefix: str = "l") -> RowLoader:
+    """Add a row loader to module ``m``.
+
+    Parameters
+    ----------
+    m : Module
+    i : stream interface
+        Input stream whose payload has ``data`` and ``last`` fields; the loader drives
+        ``i.ready``.
+    wr : memory write port
+        Port of the row memory (``banks * max_len`` words); the loader drives all of it.
+    banks, max_len : int
+        Number of row buffers and the longest row.
+    error, error_clear : Signal
+        The parent's sticky ``error`` output (driven here) and its clear input.
+    prefix : str
+        Prefix of the loader's signal names.
+
+    Latency: a beat is written in the cycle of its handshake; ``row_end`` is asserted in that
+    cycle. Throughput: one element per cycle while a bank is free. Stalls: ``i.ready`` is low
+    while all banks are occupied (never while discarding a malformed row).
+    """
+    occupied = Signal(range(banks + 1), name=f"{prefix}_occupied")
+    row_end = Signal(name=f"{prefix}_row_end")
+    row_freed = Signal(name=f"{prefix}_row_freed")
+    m.d.sync += occupied.eq(occupied + row_end - row_freed)
+
+    bank = Signal(max(1, ceil_log2(banks)), name=f"{prefix}_bank")
+    idx = Signal(ceil_log2(max_len + 1), name=f"{prefix}_idx")
+    discard = Signal(name=f"{prefix}_discard")
+    advance = Signal(name=f"{prefix}_advance")
+    beat = i.payload
+    m.d.comb += [
+        i.ready.eq(discard | (occupied < banks)),
+        wr.addr.eq(bank * max_len + idx),
+        wr.data.eq(beat.data),
+    ]
+    with m.If(error_clear):
+        m.d.sync += error.eq(0)
+    with m.If(i.valid & i.ready):
+        with m.If(discard), m.If(beat.last):
+            m.d.sync += discard.eq(0)
+        with m.Elif(beat.last):
+            m.d.comb += [wr.en.eq(1), row_end.eq(1)]
+            m.d.sync += [idx.eq(0), bank.eq(next_bank(bank, banks))]
+        with m.Elif(idx == max_len - 1):
+            # the row is longer than max_len: drop it
+            m.d.sync += [error.eq(1), discard.eq(1), idx.eq(0)]
+        with m.Else():
+            m.d.comb += [wr.en.eq(1), advance.eq(1)]
+            m.d.sync += idx.eq(idx + 1)
+    return RowLoader(bank=bank, idx=idx, length=idx + 1, first=idx == 0, advance=advance,
+                     row_end=row_end, row_freed=row_freed)
+
+
+@dataclass(frozen=True, eq=False)
+class RowReader:
+    """Signals of a :func:`row_reader`.
+
+    Members
+    -------
+    active : Signal
+        A row is being read.
+    bank, idx : Signal
+        Bank and element of the read issued this cycle (if ``issue``).
+    desc : Signal
+        Descriptor of the row being read.
+    issue : Signal
+        Comb: a read is issued this cycle (its data is on the port in the next cycle).
+    last : Signal
+        Comb: ``idx`` is the row's last element.
+    pop : Signal
+        Comb: the next descriptor is taken from the FIFO this cycle.
+    """
+
+    active: Signal
+    bank: Signal
+    idx: Signal
+    desc: Signal
+    issue: Signal
+    last: Signal
+    pop: Signal
+
+
+def row_reader(m, q, rd, desc_layout, *, banks: int, max_len: int, en=1, row_freed=None,
+               prefix: str) -> RowReader:
+    """Add a row reader to module ``m``.
+
+    Parameters
+    ----------
+    m : Module
+    q : amaranth.lib.fifo.SyncFIFOBuffered
+        FIFO of row descriptors (``desc_layout``, with a ``len`` field); the reader drives
+        ``q.r_en``.
+    rd : memory read port
+        Port of the row memory; the reader drives its ``addr`` and ``en``.
+    desc_layout : data.StructLayout
+    banks, max_len : int
+        As for :func:`row_loader`.
+    en : Value
+        Advance enable (the downstream pipeline's, for a reader that can be stalled).
+    row_freed : Signal or None
+        If given, driven high when the last element of a row is read (the bank is free).
+    prefix : str
+        Prefix of the reader's signal names.
+
+    Latency: one cycle from ``issue`` to the data on ``rd.data``. Throughput: one element per
+    enabled cycle, including across rows. Stalls: nothing advances while ``en`` is low.
+    """
+    active = Signal(name=f"{prefix}_active")
+    bank = Signal(max(1, ceil_log2(banks)), name=f"{prefix}_bank")
+    idx = Signal(ceil_log2(max_len + 1), name=f"{prefix}_idx")
+    desc = Signal(desc_layout, name=f"{prefix}_desc")
+    issue = Signal(name=f"{prefix}_issue")
+    last = Signal(name=f"{prefix}_last")
+    pop = Signal(name=f"{prefix}_pop")
+    m.d.comb += [
+        issue.eq(active & en), last.eq(idx == desc.len - 1),
+        pop.eq(q.r_rdy & en & (~active | last)), q.r_en.eq(pop),
+        rd.addr.eq(bank * max_len + idx), rd.en.eq(en),
+    ]
+    with m.If(issue):
+        m.d.sync += idx.eq(idx + 1)
+        with m.If(last):
+            m.d.sync += [active.eq(0), bank.eq(next_bank(bank, banks))]
+            if row_freed is not None:
+                m.d.comb += row_freed.eq(1)
+    with m.If(pop):
+        m.d.sync += [active.eq(1), idx.eq(0), desc.eq(q.r_data)]
+    return RowReader(active=active, bank=bank, idx=idx, desc=desc, issue=issue, last=last,
+                     pop=pop)
