@@ -187,10 +187,17 @@ class Instr:
         def opd(o):
             return f"{Buf(o.buf).name if o.buf in Buf._value2member_map_ else o.buf}" \
                    f"[{o.row},{o.col}]"
-        fl = f" flags={Flag(self.flags & 0x3F)!r}" if self.flags else ""
-        return (f"{self.name} m={self.m} k={self.k} n={self.n} dst={opd(self.dst)} "
-                f"a={opd(self.a)} b={opd(self.b)} addr=0x{self.addr:x} addr2=0x{self.addr2:x} "
-                f"imm={self.imm}{fl}")
+        if self.op not in Op._value2member_map_:
+            return f"{self.name} (unknown opcode)"
+        parts = [self.name, f"m={self.m}", f"k={self.k}", f"n={self.n}"]
+        parts += [f"{f}={opd(getattr(self, f))}" for f in operand_shapes(self)]
+        parts += [f"{f}=0x{v:x}" for f, v in (("addr", self.addr), ("addr2", self.addr2)) if v]
+        if self.imm:
+            parts.append(f"imm={self.imm}")
+        if self.flags:
+            names = [fl.name for fl in Flag if self.flags & fl and fl.name]
+            parts.append("flags=" + "|".join(names))
+        return " ".join(parts)
 
     def replace(self, **kw) -> "Instr":
         return replace(self, **kw)
@@ -455,6 +462,10 @@ def validate_instr(cfg: AccelConfig, ins: Instr, index: int = 0,
                 err("flags", "SPARSE and B_BUF exclude each other")
         elif f & Flag.B_T:
             err("flags", "B_T needs B_BUF")
+        if cfg.weight_words(ins.k, ins.n) > cfg.weight_buffer_depth:
+            err("n", f"weights of {ins.k} x {ins.n} need {cfg.weight_words(ins.k, ins.n)} "
+                     f"words of the weight buffer; weight_buffer_depth is "
+                     f"{cfg.weight_buffer_depth}")
         if f & Flag.SPARSE and ins.imm < 24:
             err("imm", f"compressed weight length must be at least 24 bytes, not {ins.imm}")
     elif op == Op.SOFTMAX:
