@@ -228,3 +228,116 @@ def compile_model(q: QuantViT) -> Compiled:
     validate_program(bld.program, acfg, len(image))
     return Compiled(bld.program, bld.labels, image, in_addr, (npch, pdim), out_addr,
                     cfg.num_classes, q)
+
+
+# -- the tiny test model and a report -------------------------------------------------------
+
+def build_tiny(acfg=None, seed: int = 0, calib: int = 8, **vit_kw):
+    """The tiny ViT of the tests with random weights (``golden.vit.tiny_vit_config`` plus
+    ``vit_kw``), pruned, quantized on ``calib`` random images and compiled.
+
+    Returns ``(float_model, quant_model, compiled)``."""
+    import torch
+
+    from .config import PRESETS
+    from .vit import FloatViT, prune_weights, quantize_model, tiny_vit_config
+    acfg = PRESETS["tiny"] if acfg is None else acfg
+    cfg = tiny_vit_config(**vit_kw)
+    model = FloatViT.random(cfg, seed=seed)
+    patterns = prune_weights(model, acfg)
+    g = torch.Generator().manual_seed(seed + 1)
+    images = torch.randn(calib, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g)
+    q = quantize_model(model, images, acfg, patterns)
+    return model, q, compile_model(q)
+
+
+def array_steps(compiled: Compiled, trace) -> int:
+    """Array occupancy of the program's GEMMs: per GEMM ``ceil(m / rows)`` times, per output
+    tile, ``max(k steps, rows, cols)`` (the engine's tile period; kept ``k`` only for sparse
+    GEMMs). A lower bound on GEMM cycles without load, fill and drain (those need the RTL's
+    timing model in ``sim/perf.py``)."""
+    cfg = compiled.quant.acfg
+    period = max(cfg.rows, cfg.cols)
+    total = 0
+    for t in trace:
+        ins = t.instr
+        if ins.op != Op.GEMM:
+            continue
+        mt = -(-ins.m // cfg.rows)
+        nt = -(-ins.n // cfg.cols)
+        if ins.flags & Flag.SPARSE:
+            # k steps are spread over the tiles; balanced patterns give equal lists.
+            per_tile = t.info["k_steps"] / nt
+            total += mt * nt * max(per_tile, period)
+        else:
+            total += mt * nt * max(ins.k, period)
+    return int(total)
+
+
+def report(images: int = 32, seed: int = 0) -> dict:
+    """Integer-vs-float agreement and work (MACs, array steps) of the tiny model with and
+    without token pruning and weight sparsity."""
+    import torch
+
+    from .executor import execute
+    from .vit import forward_int, quantize_input
+    variants = {"pruned+sparse": {}, "sparse only": {"prune_layers": ()},
+                "pruned only": {"weight_density": 1.0},
+                "dense": {"prune_layers": (), "weight_density": 1.0}}
+    out = {}
+    g = torch.Generator().manual_seed(seed + 1000)
+    test = None
+    for name, kw in variants.items():
+        model, q, c = build_tiny(seed=seed, **kw)
+        if test is None:
+            cfg = q.cfg
+            test = torch.randn(images, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g)
+        with torch.no_grad():
+            ref = model(test).numpy()
+        patches = quantize_input(q, test)
+        got = forward_int(q, patches) * q.logit_scale
+        res = execute(c.program, c.memory_with_input(patches[0]), q.acfg)
+        exact = bool(np.array_equal(c.read_logits(res.memory), forward_int(q, patches[0])))
+        stats = res.stats()
+        out[name] = {
+            "instructions": len(c.program), "image_bytes": len(c.image),
+            "gemm_macs": stats["GEMM"]["macs"], "array_steps": array_steps(c, res.trace),
+            "ideal_steps": stats["GEMM"]["macs"] / q.acfg.pes,
+            "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean()),
+            "max_logit_error": float(np.abs(ref - got).max()),
+            "logit_rms": float(np.sqrt((ref ** 2).mean())),
+            "executor_bit_exact": exact,
+        }
+    return out
+
+
+def main(argv=None) -> int:
+    import json
+
+    from .cli import ArgumentParser
+    ap = ArgumentParser(prog="python -m golden.compiler",
+                        description="Compile the tiny ViT; report agreement and work.")
+    ap.add_argument("--images", type=int, default=32, help="test images (default 32)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--listing", action="store_true", help="print the program")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    if args.listing:
+        print(build_tiny(seed=args.seed)[2].listing())
+        return 0
+    rep = report(args.images, args.seed)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    cols = ["instructions", "gemm_macs", "array_steps", "ideal_steps", "top1_agreement",
+            "max_logit_error", "logit_rms", "executor_bit_exact"]
+    print(f"{'variant':14s} " + " ".join(f"{c:>18s}" for c in cols))
+    for name, r in rep.items():
+        cells = [f"{r[c]:18.3f}" if isinstance(r[c], float) else f"{r[c]!s:>18s}"
+                 for c in cols]
+        print(f"{name:14s} " + " ".join(cells))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

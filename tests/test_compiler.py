@@ -163,3 +163,16 @@ def test_records_round_trip(rng):
     assert unpack_gelu(pack_gelu(g), 8, 16).as_dict() == g.as_dict()
     a = AddParams(40000, 123, 17)
     assert unpack_add(pack_add(a)) == a
+
+
+def test_build_tiny_and_listing(capsys):
+    from golden.compiler import array_steps, build_tiny, main
+    from golden.executor import execute
+    _, q, c = build_tiny(seed=2)
+    res = execute(c.program, c.memory_with_input(np.zeros(c.input_shape, np.int64)), TINY)
+    steps = array_steps(c, res.trace)
+    assert res.macs / TINY.pes <= steps
+    assert main(["--listing", "--seed", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == len(c.program)
+    assert "b0.select" in out and "TOKEN_SELECT" in out
