@@ -60,7 +60,7 @@ from .softmax import softmax_int
 from .sparse_format import decode, sparse_gemm_acc, tile_schedule
 from .token_prune import prune_tokens_attention
 
-__all__ = ["ExecResult", "TraceEntry", "execute"]
+__all__ = ["ExecResult", "Mismatch", "TraceEntry", "execute", "first_mismatch"]
 
 
 @dataclass
@@ -226,3 +226,43 @@ def execute(program, memory, cfg: AccelConfig, *, keep_trace: bool = True) -> Ex
             t.output = None
         trace.append(t)
     return ExecResult(mc.mem, mc.bufs, trace)
+
+
+@dataclass
+class Mismatch:
+    """The first instruction whose output differs: its ``index``, the first differing element
+    (``element``, a row-major index tuple into the instruction's output region) and the two
+    values; ``shape`` is set instead of ``element`` when the shapes differ."""
+    index: int
+    instr: Instr
+    element: tuple | None
+    expected: int | None
+    got: int | None
+    shape: tuple | None = None
+
+    def __str__(self):
+        if self.shape is not None:
+            return (f"instruction {self.index} ({self.instr.name}): output shape {self.shape}, "
+                    f"expected {self.expected}")
+        return (f"instruction {self.index} ({self.instr.name}): first difference at element "
+                f"{self.element}: expected {self.expected}, got {self.got}")
+
+
+def first_mismatch(trace, outputs) -> Mismatch | None:
+    """Compare the golden ``trace`` with ``outputs`` (a mapping or sequence, by instruction
+    index, of what another implementation wrote; missing indices are skipped) and return the
+    first :class:`Mismatch`, or ``None`` when everything compared is equal."""
+    get = outputs.get if isinstance(outputs, dict) else (
+        lambda i: outputs[i] if i < len(outputs) else None)
+    for t in trace:
+        got = get(t.index)
+        if got is None or t.output is None:
+            continue
+        got = np.asarray(got)
+        if got.shape != t.output.shape:
+            return Mismatch(t.index, t.instr, None, t.output.shape, None, got.shape)
+        diff = np.argwhere(got != t.output)
+        if diff.size:
+            el = tuple(int(v) for v in diff[0])
+            return Mismatch(t.index, t.instr, el, int(t.output[el]), int(got[el]))
+    return None

@@ -498,6 +498,9 @@ def validate_instr(cfg: AccelConfig, ins: Instr, index: int = 0,
             got = Buf(opd.buf).name if opd.buf in Buf._value2member_map_ else str(opd.buf)
             err(f"{field}.buf", f"must be one of {allowed_names}, not {got}")
         spec = bufs[Buf(opd.buf)]
+        if opd.buf in ACT_BANKS and opd.col % cfg.cols:
+            err(f"{field}.col", f"column {opd.col} of an activation bank must be a multiple "
+                                f"of cols ({cfg.cols})")
         if opd.row + rows > spec.rows:
             err(f"{field}.row", f"rows [{opd.row}, {opd.row + rows}) overflow buffer "
                                 f"{spec.name} of {spec.rows} rows")

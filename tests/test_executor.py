@@ -282,7 +282,9 @@ def _valid_add():
                         r"is outside memory"),
     ({"dst": Operand(Buf.ACT2, 30, 0)}, r"instruction 1 \(ADD\): dst.row: rows \[30, 34\) "
                                         r"overflow buffer ACT2 of 32 rows"),
-    ({"a": Operand(Buf.ACT0, 0, 90)}, r"a.col: columns \[90, 98\) overflow buffer ACT0"),
+    ({"a": Operand(Buf.ACT0, 0, 92)}, r"a.col: columns \[92, 100\) overflow buffer ACT0"),
+    ({"a": Operand(Buf.ACT0, 0, 6)}, r"a.col: column 6 of an activation bank must be a "
+                                     r"multiple of cols \(4\)"),
     ({"b": Operand(Buf.LOGIT)}, r"b.buf: must be one of ACT0, ACT1, ACT2, ACT3, not LOGIT"),
     ({"b": Operand(9)}, r"b.buf: must be one of .*, not 9"),
     ({"dst": Operand(Buf.ACT0, 2, 4)}, r"dst: destination region overlaps source operand a"),
@@ -344,3 +346,19 @@ def test_corrupt_sparse_weights_fail_at_the_instruction(rng):
                                            r"are 8 x 8 \(out x in\), the instruction needs "
                                            r"12 x 8"):
         _run(mem, [good.replace(n=12, addr2=mem.add(bytes(7 * 12)))])
+
+
+def test_first_mismatch(tiny_model):
+    from golden.executor import first_mismatch
+    q, c = tiny_model
+    p = quantize_input(q, _images(1, 302))[0]
+    res = execute(c.program, c.memory_with_input(p), TINY)
+    outputs = {t.index: t.output.copy() for t in res.trace}
+    assert first_mismatch(res.trace, outputs) is None
+    outputs[20][3, 5] += 1
+    outputs[25][0, 0] += 1
+    mm = first_mismatch(res.trace, outputs)
+    assert (mm.index, mm.element, mm.got - mm.expected) == (20, (3, 5), 1)
+    assert str(mm).startswith("instruction 20 (ADD): first difference at element (3, 5)")
+    outputs[7] = outputs[7][:2]
+    assert "output shape" in str(first_mismatch(res.trace, outputs))
