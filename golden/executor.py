@@ -20,7 +20,8 @@ A malformed program (unknown opcode or flags, out-of-range field, a region overf
 buffer, an external range outside the memory, a program without HALT) is rejected before
 anything runs, with :class:`golden.isa.ProgramError` naming the instruction and the field; a
 defect found only while running (a corrupt compressed weight stream, a weight stream of the
-wrong shape) raises the same error at that instruction. No program can loop: there are no
+wrong shape, a parameter record with a value out of its unit's range) raises the same error at
+that instruction (field ``addr`` or ``data``). No program can loop: there are no
 branches, and execution ends at HALT.
 """
 
@@ -221,7 +222,13 @@ def execute(program, memory, cfg: AccelConfig, *, keep_trace: bool = True) -> Ex
     for i, ins in enumerate(program):
         if ins.op == Op.HALT:
             break
-        t = _step(mc, ins, i)
+        try:
+            t = _step(mc, ins, i)
+        except ProgramError:
+            raise
+        except (ValueError, TypeError) as exc:
+            # A parameter record in external memory holds a value its unit cannot take.
+            raise ProgramError(i, "data", str(exc), ins.name) from None
         if not keep_trace:
             t.output = None
         trace.append(t)

@@ -46,7 +46,8 @@ __all__ = [
     "ADD_RECORD_BYTES", "EXT_ADDR_LIMIT", "GELU_RECORD_BYTES", "INSTR_BYTES", "LN_HEADER_BYTES",
     "AddParams", "Buf", "BufferSpec", "Flag", "Instr", "Op", "Operand", "ProgramError",
     "add_int", "buffers", "decode_instr", "decode_program", "dense_weight_bytes",
-    "encode_program", "epilogue_bytes", "gemm_ext", "ln_record_bytes", "pack_add",
+    "encode_program", "epilogue_bytes", "ext_ranges", "gemm_ext", "ln_record_bytes",
+    "operand_shapes", "out_rows_token_select", "pack_add", "validate_program",
     "pack_dense_weights", "pack_epilogue", "pack_gelu", "pack_ln", "unpack_add",
     "unpack_dense_weights", "unpack_epilogue", "unpack_gelu", "unpack_ln", "validate_instr",
 ]

@@ -362,3 +362,27 @@ def test_first_mismatch(tiny_model):
     assert str(mm).startswith("instruction 20 (ADD): first difference at element (3, 5)")
     outputs[7] = outputs[7][:2]
     assert "output shape" in str(first_mismatch(res.trace, outputs))
+
+
+def test_bad_parameter_record_fails_at_the_instruction():
+    import struct
+    mem = _Mem()
+    addr = mem.add(struct.pack("<iiiHBB", 0, -5, -5, 1, 0, 0))     # b_int must be negative
+    ins = Instr(Op.GELU, 0, 2, 0, 8, dst=Operand(Buf.ACT1), a=Operand(Buf.ACT0), addr=addr)
+    with pytest.raises(ProgramError, match=r"instruction 0 \(GELU\): data: b_int must be in "
+                                           r"the range"):
+        _run(mem, [ins])
+
+
+def test_gemm_ext_is_the_gemm_engine(rng):
+    """Without options gemm_ext is golden.gemm.gemm; A_U8 and OUT16 against exact integers."""
+    a = rng.integers(-128, 128, (7, 30))
+    b = rng.integers(-128, 128, (30, 9))
+    ep = EpilogueParams.random(TINY, 9, rng, 30)
+    assert np.array_equal(gemm_ext(TINY, a, b, ep), gemm(TINY, a, b, ep))
+    p = rng.integers(0, 256, (7, 30))
+    one = EpilogueParams(TINY, 9, None, [1] * 9, [0] * 9)
+    assert np.array_equal(gemm_ext(TINY, p, b, one, a_unsigned=True, out_bits=16),
+                          np.clip(p @ b, -(1 << 15), (1 << 15) - 1))
+    with pytest.raises(ValueError, match=r"a values must be in the range \[-128, 127\]"):
+        gemm_ext(TINY, p, b, one)
