@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .config import AccelConfig
-from .fixedpoint import quantize, quantize_multiplier, saturate
+from .fixedpoint import quantize, quantize_multiplier
 from .gelu import GeluParams, gelu_int, gelu_params
 from .gemm import EpilogueParams
 from .isa import AddParams, add_int, gemm_ext
@@ -260,8 +260,9 @@ class FloatViT(nn.Module):
 
     @classmethod
     def random(cls, cfg: VitConfig, seed: int = 0) -> "FloatViT":
-        """Random weights (std 0.02 like timm's init, 0.2 for biases and LayerNorm affine so
-        that they matter)."""
+        """Random weights: linear weights with variance ``1 / fan_in``, embeddings and tokens
+        with std 0.5, biases and LayerNorm shifts with std 0.2, LayerNorm scales ``1 + 0.2 N``
+        (so that every parameter visibly matters)."""
         g = torch.Generator().manual_seed(seed)
         model = cls(cfg)
         with torch.no_grad():
@@ -611,4 +612,11 @@ def forward_int(q: QuantViT, patches, trace: dict | None = None) -> np.ndarray:
         x = add_int(x, _linear(q, blk.fc2, hdn), blk.add2, acfg.act_width)
         tr[f"b{i}.out"] = x
     cls = layernorm_int(x[:1], q.norm, acfg.act_width, acfg.act_width)
-    return saturate(_linear(q, q.head, cls)[0], 16)
+    # The head runs in chunks of at most max_tokens classes (the LOGIT buffer's width).
+    head, step, out = q.head, acfg.max_tokens, []
+    for c0 in range(0, cfg.num_classes, step):
+        sl = slice(c0, min(cfg.num_classes, c0 + step))
+        n = sl.stop - c0
+        ep = EpilogueParams(acfg, n, head.ep.bias[sl], head.ep.mult[sl], head.ep.shift[sl])
+        out.append(gemm_ext(acfg, cls, head.w[sl].T, ep, out_bits=16)[0])
+    return np.concatenate(out)

@@ -63,13 +63,17 @@ def tiny_model():
 # -- whole model -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("variant", [{}, {"prune_layers": (), "weight_density": 1.0},
-                                     {"prune_layers": (0, 1), "keep_rate": 0.6}])
+                                     {"prune_layers": (0, 1), "keep_rate": 0.6},
+                                     {"num_classes": 40}])
 def test_program_equals_integer_model(variant, tiny_model):
     q, c = tiny_model if not variant else _build(**variant)
     patches = quantize_input(q, _images(3, 300))
     for p in patches:
         res = execute(c.program, c.memory_with_input(p), TINY)
         assert np.array_equal(c.read_logits(res.memory), forward_int(q, p))
+    # More classes than the LOGIT buffer is wide: the head runs in chunks.
+    heads = [ins for ins, lab in zip(c.program, c.labels) if lab.startswith("head.")]
+    assert len(heads) == 2 * -(-q.cfg.num_classes // TINY.max_tokens)
 
 
 def test_trace_matches_integer_intermediates(tiny_model):
