@@ -23,8 +23,8 @@ This module also holds the semantics of the two operations that no unit module d
 :func:`add_int` (the requantizing residual add). Everything else is a golden unit function.
 
 Trade-off: a wide fixed-format word wastes bits on short instructions (HALT) but decodes with
-no state and no variable-length fetch; a ViT layer needs about ``8 + 3 * heads`` instructions,
-so the program is small next to the weights.
+no state and no variable-length fetch; an encoder block needs ``9 + 3 * heads`` instructions
+(one more with token pruning), so the program is small next to the weights.
 """
 
 from __future__ import annotations
