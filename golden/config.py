@@ -65,6 +65,9 @@ class AccelConfig:
         ties it to the array: blocks of ``cols`` output channels x ``rows`` input channels.
         Otherwise square ``sparse_block x sparse_block`` blocks; the size must be a multiple or
         a divisor of ``cols`` so that block-rows and output tiles nest.
+    max_heads : int
+        Largest number of attention heads: rows of the score buffer that holds the CLS-row
+        attention probabilities of every head for the token selector (``docs/isa.md``).
     """
 
     rows: int = 8
@@ -80,6 +83,7 @@ class AccelConfig:
     out_fifo_depth: int = 0
     sparse_block: int = 0
     score_width: int = 8
+    max_heads: int = 16
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self):
@@ -106,6 +110,7 @@ class AccelConfig:
         if self.sparse_block and self.sparse_block % self.cols and self.cols % self.sparse_block:
             raise ValueError(f"sparse_block must be 0, a multiple or a divisor of cols "
                              f"({self.cols}), not {self.sparse_block}")
+        check_int("max_heads", self.max_heads, 1, 64)
 
     # -- derived quantities -----------------------------------------------------------------
 
