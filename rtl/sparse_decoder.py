@@ -144,7 +144,9 @@ class SparseDecoder(wiring.Component):
         take = Signal(range(BUF + 1))          # bytes consumed this cycle (comb, by the parser)
         accepting = Signal()                    # the parser wants input (comb)
         drop = Signal()                         # discard the buffer (comb)
-        m.d.comb += self.cw.ready.eq(accepting & ~ended & (level <= BUF - W))
+        # Room is counted after this cycle's consumption: a misaligned payload still streams
+        # at one word per cycle. (``take`` depends on the parse state only, never on ``valid``.)
+        m.d.comb += self.cw.ready.eq(accepting & ~ended & (level - take <= BUF - W))
         beat = self.cw.payload
         n_in = Signal(range(2 ** beat.n.shape().width))
         m.d.comb += n_in.eq(beat.n)
