@@ -36,6 +36,26 @@ Cycle count of one command (no stalls, weights loaded):
 Errors: ``m``, ``k`` or ``n`` outside ``[1, max]``, a weight matrix larger than the weight
 buffer, or ``load_weights = 0`` without matching resident weights. The command is consumed and
 ignored (no data beats are taken) and ``error`` goes high until the next accepted command.
+
+Sparse mode (``cmd.sparse = 1``, ``docs/sparse_gemm.md``)
+--------------------------------------------------------
+The weights ``W[n, k]`` (``B = W^T``) are block-pruned and arrive, when ``load_weights``, as the
+compressed byte stream of ``docs/sparse_format.md`` on ``cw`` (up to ``cols`` bytes per beat,
+``last`` on the final beat), followed by the ``ep`` beats as in dense mode. The
+:class:`~rtl.sparse_decoder.SparseDecoder` inside the engine validates the stream against the
+command's ``k`` and ``n`` and writes the weight buffer with only the kept words, a parallel
+k-index buffer (the ``k`` of every word) and a count per output tile: exactly
+``golden.sparse_format.tile_schedule`` and ``tile_weight_words``. The feeder then issues, for
+output tile ``tj``, ``count_tj`` reduction steps: step ``p`` reads word ``p`` of the tile
+(sequential addresses) and the A column ``kidx[p]`` (one more pipeline stage for the index
+read, :attr:`GemmEngine.sparse_latency`); ``first``/``last`` mark ``p = 0`` and
+``p = count_tj - 1``. A tile with count 0 issues one step with a zero weight word, so its
+outputs are the epilogue of the bias alone. Cycles therefore scale with the kept ``k`` steps of
+each tile (``sim.perf.sparse_gemm_cycles``); activations and outputs are as in dense mode.
+Activations start loading once the decoder has finished, so a malformed stream (``error``
+raised by the decoder, the rest of the stream drained to its ``last`` beat) rejects the command
+before any activation is taken. ``load_weights = 0`` reuses resident sparse weights of the same
+``k`` and ``n``; dense and sparse resident weights are not interchangeable (``error``).
 """
 
 from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
@@ -95,9 +115,10 @@ class GemmEngine(wiring.Component):
     """Tiled GEMM with bias + requantize epilogue on a ``rows x cols`` systolic array.
 
     Latency (:attr:`latency`): from the cycle the ``last`` beat of a tile is issued to the array
-    until its first output row is valid on ``o``: ``FEED + (cols + 2) + EPILOGUE + FIFO``.
+    until its first output row is valid on ``o``: ``FEED + (cols + 2) + EPILOGUE + FIFO``
+    (one more for sparse commands: :attr:`sparse_latency`).
     Throughput: ``rows * cols`` MACs per cycle while ``k >= max(rows, cols)``; a tile with a
-    shorter ``k`` occupies ``max(rows, cols)`` cycles. Stalls: any input may stall (the engine
+    shorter ``k`` (sparse: fewer kept ``k`` steps) occupies ``max(rows, cols)`` cycles. Stalls: any input may stall (the engine
     idles); ``o`` back-pressure stalls new tiles via output credits.
 
     Members
@@ -107,8 +128,10 @@ class GemmEngine(wiring.Component):
     ep : In(stream.Signature(epilogue_layout))
     a : In(stream.Signature(ArrayLayout(signed(act_width), rows)))
     o : Out(stream.Signature(ArrayLayout(signed(act_width), cols)))
+    cw : In(stream.Signature(compressed_beat_layout))
+        Compressed sparse weights (sparse commands with ``load_weights``).
     error : Out(1)
-        The last command was rejected.
+        The last command was rejected (bad parameters, or a malformed compressed stream).
     busy : Out(1)
         A command is in progress or results are still in the pipeline or output FIFO.
     cycles : Out(32)

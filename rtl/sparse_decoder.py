@@ -33,9 +33,10 @@ field, ``b_r`` / ``b_c`` out of ``[1, 1024]``, ``b_r`` not a multiple of ``cols`
 ``b_c`` wider than ``MAX_MASK_BITS``, ``out_features`` / ``in_features`` different from the
 command's ``n`` / ``k``, a count larger than the number of block-columns, an index out of range
 or not strictly increasing, a bad column mask (empty, unused bits, past ``in_features``), nonzero
-padding rows, more words than the weight buffer holds, kept blocks differing from the header, a
-wrong balanced flag, a truncated stream (``last`` before the end) and trailing bytes (``last``
-after the end), and a beat with ``n > cols``.
+padding rows, a weight outside ``weight_width`` (when narrower than 8 bits), more words than
+the weight buffer holds, kept blocks differing from the header, a wrong balanced flag, a
+truncated stream (``last`` before the end), trailing bytes (``last`` after the end), and a beat
+with ``n > cols``.
 """
 
 from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
@@ -407,9 +408,15 @@ class SparseDecoder(wiring.Component):
                     word = buf[:8 * W]
                     pad_bad = Signal()
                     for lane in range(C):
-                        with m.If((ch_s + lane >= cn) & (word[8 * lane:8 * lane + 8] != 0)):
+                        byte = word[8 * lane:8 * lane + 8]
+                        with m.If((ch_s + lane >= cn) & (byte != 0)):
                             m.d.comb += pad_bad.eq(1)
-                        m.d.comb += self.w_data[lane].eq(word[8 * lane:8 * lane + 8].as_signed())
+                        if cfg.weight_width < 8:
+                            # The format holds int8: a value outside weight_width is an error.
+                            top = byte.as_signed() >> (cfg.weight_width - 1)
+                            with m.If((top != 0) & (top != -1)):
+                                m.d.comb += pad_bad.eq(1)
+                        m.d.comb += self.w_data[lane].eq(byte.as_signed())
                     m.d.comb += [self.w_addr.eq(waddr), self.w_k.eq(kb + j)]
                     with m.If(exists):
                         m.d.comb += self.w_en.eq(waddr < depth)

@@ -6,7 +6,11 @@ GEMM engine and runs ``A[M, K] @ W^T`` with the requantize epilogue. Reports whe
 equals the golden dense GEMM on the pruned weights (``bit_exact``), the engine's busy
 ``cycles`` (decode, epilogue parameters, compute, drain), ``dense_cycles`` (the same shape on the
 dense engine, :func:`sim.perf.gemm_cycles`, itself cycle-exact), ``ideal_cycles`` (kept MACs /
-PEs), ``speedup`` and ``utilization`` (ideal / cycles), and the imbalance of the pattern.
+PEs), ``speedup`` and ``utilization`` (ideal / cycles), and the imbalance of the pattern:
+``imbalance`` (max / mean ``k`` steps per output tile), ``block_imbalance`` (max / mean kept
+blocks per block-row) and ``compute_cycles - schedule_cycles``, the cycles the array loses to
+tiles shorter than ``max(rows, cols)`` steps (the only cost of imbalance on this engine, which
+gives the whole array to one output tile at a time).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import numpy as np
 
 from golden.gemm import EpilogueParams, gemm
 from golden.pruning import block_prune, hierarchical_prune
-from golden.sparse_format import compressed_bytes, encode, schedule_imbalance, tile_schedule
+from golden.sparse_format import (compressed_bytes, encode, schedule_cycles, schedule_imbalance,
+                                  tile_schedule)
 
 from .gemm import run_sparse_gemm
 from .perf import decode_cycles, gemm_cycles, sparse_gemm_cycles
@@ -83,6 +88,7 @@ def run(args) -> dict:
         "speedup": round(dense.total / cycles, 4),
         "utilization": round(ideal / cycles, 4),
         "compute_cycles": model.compute,
+        "schedule_cycles": schedule_cycles(sched, cfg, m),
         "compute_utilization": round(ideal / model.compute, 4),
         "decode_cycles": decode_cycles(cfg, pattern),
         "model_cycles": model.total,

@@ -187,6 +187,17 @@ def test_overlong_beat_and_weight_buffer_overflow(tiny, rng):
     assert results[0][0] == 1
 
 
+def test_narrow_weight_width_rejects_wide_weights(tiny, rng):
+    cfg = tiny.replace(weight_width=6)
+    w = rng.integers(-32, 32, (8, 16))
+    p = block_prune(w, 0.5, (4, 4))
+    wide = w.copy()
+    wide[p.element_mask()] = 100
+    results = run_decoder(cfg, [(encode(wide, p), 16, 8), (encode(w, p), 16, 8)])
+    assert results[0][0] == 1
+    check_image(cfg, results[1], w, p)
+
+
 def test_decoder_rejects_bad_config():
     with pytest.raises(TypeError, match="cfg must be an AccelConfig"):
         SparseDecoder("tiny")
