@@ -19,8 +19,13 @@ import numpy as np
 
 from golden.gemm import EpilogueParams, gemm
 from golden.pruning import block_prune, hierarchical_prune
-from golden.sparse_format import (compressed_bytes, encode, schedule_cycles, schedule_imbalance,
-                                  tile_schedule)
+from golden.sparse_format import (
+    compressed_bytes,
+    encode,
+    schedule_cycles,
+    schedule_imbalance,
+    tile_schedule,
+)
 
 from .gemm import run_sparse_gemm
 from .perf import decode_cycles, gemm_cycles, sparse_gemm_cycles

@@ -134,8 +134,8 @@ def test_sparse_latency_is_one_more_stage(tiny):
 
 
 def bench_args(**kw):
-    args = dict(m=9, k=32, n=16, density=0.5, block=8, balanced=True, hierarchical=False,
-                stall=0.0, seed=0, json=True)
+    args = {"m": 9, "k": 32, "n": 16, "density": 0.5, "block": 8, "balanced": True,
+            "hierarchical": False, "stall": 0.0, "seed": 0, "json": True}
     args.update(kw)
     ns = argparse.Namespace(**args)
     ns.cfg = kw.pop("cfg", None)
@@ -155,9 +155,9 @@ def test_benchmark_reports(tiny):
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(block=6), r"--block must be a positive multiple of cols \(4\), not 6"),
-    (dict(density=0.0), r"--density must be in the range \(0, 1\], not 0.0"),
-    (dict(stall=1.0), r"--stall must be in the range \[0, 1\), not 1.0"),
+    ({"block": 6}, r"--block must be a positive multiple of cols \(4\), not 6"),
+    ({"density": 0.0}, r"--density must be in the range \(0, 1\], not 0.0"),
+    ({"stall": 1.0}, r"--stall must be in the range \[0, 1\), not 1.0"),
 ])
 def test_benchmark_rejects_bad_parameters(tiny, kw, message):
     args = bench_args(**kw)
