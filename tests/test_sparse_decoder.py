@@ -201,3 +201,39 @@ def test_narrow_weight_width_rejects_wide_weights(tiny, rng):
 def test_decoder_rejects_bad_config():
     with pytest.raises(TypeError, match="cfg must be an AccelConfig"):
         SparseDecoder("tiny")
+
+
+def test_fuzz_matches_golden_decoder(tiny, rng):
+    """Random byte flips, truncations and insertions: the RTL flags an error exactly when the
+    golden decoder rejects the stream (or it breaks a hardware limit), else writes the golden
+    image of the decoded pattern."""
+    w = rng.integers(-128, 128, (20, 30))
+    sources = [encode(w, block_prune(w, 0.5, (8, 8), balanced=False)),
+               encode(w, hierarchical_prune(w, 0.5, (8, 8)))]
+    streams, expect = [], []
+    for i in range(40):
+        data = bytearray(sources[i % 2])
+        kind = rng.integers(3)
+        pos = int(rng.integers(len(data)))
+        if kind == 0:
+            data[pos] ^= 1 << int(rng.integers(8))
+        elif kind == 1:
+            del data[pos:]
+        else:
+            data.insert(pos, int(rng.integers(256)))
+        data = bytes(data)
+        try:
+            dec = decode(data)
+        except ValueError:
+            dec = None
+        ok = (dec is not None and dec.pattern.shape == (20, 30)
+              and dec.pattern.block[0] % tiny.cols == 0
+              and (not dec.pattern.hierarchical or dec.pattern.block[1] <= 32))
+        streams.append((data, 30, 20))
+        expect.append(dec if ok else None)
+    results = run_decoder(tiny, streams)
+    for dec, res in zip(expect, results):
+        if dec is None:
+            assert res[0] == 1
+        else:
+            check_image(tiny, res, dec.weights, dec.pattern)
