@@ -118,8 +118,9 @@ class GemmEngine(wiring.Component):
     until its first output row is valid on ``o``: ``FEED + (cols + 2) + EPILOGUE + FIFO``
     (one more for sparse commands: :attr:`sparse_latency`).
     Throughput: ``rows * cols`` MACs per cycle while ``k >= max(rows, cols)``; a tile with a
-    shorter ``k`` (sparse: fewer kept ``k`` steps) occupies ``max(rows, cols)`` cycles. Stalls: any input may stall (the engine
-    idles); ``o`` back-pressure stalls new tiles via output credits.
+    shorter ``k`` (sparse: fewer kept ``k`` steps) occupies ``max(rows, cols)`` cycles.
+    Stalls: any input may stall (the engine idles); ``o`` back-pressure stalls new tiles via
+    output credits.
 
     Members
     -------
