@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from golden.config import AccelConfig
 from golden.sparse_format import HEADER_BYTES, mask_bytes, tile_schedule
-from rtl.gemm import SPARSE_EXTRA_STAGES, engine_latency
+from rtl.gemm import EPILOGUE_STAGES, FIFO_STAGES, SPARSE_EXTRA_STAGES, engine_latency
 from rtl.sparse_decoder import SparseDecoder
 
 __all__ = ["GemmCycles", "ceil_div", "decode_cycles", "gemm_cycles", "sparse_gemm_cycles"]
@@ -47,7 +47,10 @@ def gemm_cycles(cfg: AccelConfig, m: int, k: int, n: int, load_weights: bool = T
     * a tile issues ``k`` reduction steps on consecutive cycles, its last one at least
       ``max(rows, cols)`` cycles after the previous tile's; a tile row starts the cycle after
       the previous one if its activations are loaded, else one cycle after they are;
-    * the last output row leaves ``latency + rows_in_last_tile - 1`` cycles after the last step.
+    * the last output row leaves ``latency + rows_in_last_tile - 1`` cycles after the last step;
+      the engine stays busy at least until the last tile's row ``rows - 1`` (valid or not) has
+      left the array, ``latency - EPILOGUE - FIFO + rows - 1`` cycles after it (this bound
+      matters when the last tile row is short and ``rows`` large, e.g. 197 tokens on 16 rows).
 
     In steady state this is ``mt * nt * max(k, rows, cols)`` compute cycles.
     """
@@ -85,7 +88,8 @@ def _tiles(cfg, m, k, lengths, S, data_start, w_ready, latency, macs) -> GemmCyc
             last = first + steps - 1 if last is None else max(first + steps - 1, last + period)
         release.append(last)
     rows_last = m - (mt - 1) * R
-    end = last + latency + rows_last - 1
+    array_drain = latency - EPILOGUE_STAGES - FIFO_STAGES + R - 1
+    end = last + max(latency + rows_last - 1, array_drain)
     return GemmCycles(setup=S, load=first_issue - S - 1, compute=last - first_issue + 1,
                       drain=end - last, total=end, ideal=macs / cfg.pes)
 

@@ -7,12 +7,13 @@ import struct
 import numpy as np
 import pytest
 
+from golden.config import AccelConfig
 from golden.gemm import EpilogueParams, gemm
 from golden.pruning import BlockPattern, block_prune, hierarchical_prune
 from golden.sparse_format import encode
 from rtl.gemm import GemmEngine
 from sim import bench_sparse
-from sim.gemm import GemmJob, run_gemm_jobs, run_sparse_gemm
+from sim.gemm import GemmJob, run_gemm, run_gemm_jobs, run_sparse_gemm
 from sim.perf import gemm_cycles, sparse_gemm_cycles
 
 
@@ -164,3 +165,17 @@ def test_benchmark_rejects_bad_parameters(tiny, kw, message):
     args.cfg = tiny
     with pytest.raises(ValueError, match=message):
         bench_sparse.run(args)
+
+
+def test_cycle_models_exact_on_a_tall_array(rng):
+    # 16 rows and a short last tile row: the engine stays busy until the array has drained.
+    cfg = AccelConfig(rows=16, cols=4, max_tokens=40, max_dim=32, max_hidden=64)
+    w = rng.integers(-128, 128, (12, 40))
+    p = block_prune(w, 0.5, (8, 8), balanced=False)
+    a, ep, expected = case(cfg, rng, 37, w, p)
+    out, run = run_sparse_gemm(cfg, a, encode(w, p), ep)
+    assert np.array_equal(out, expected)
+    assert run.cycles[0] == sparse_gemm_cycles(cfg, 37, p).total
+    out, run = run_gemm(cfg, a, p.apply(w).T, ep)
+    assert np.array_equal(out, expected)
+    assert run.cycles[0] == gemm_cycles(cfg, 37, 40, 12).total
