@@ -36,6 +36,26 @@ Cycle count of one command (no stalls, weights loaded):
 Errors: ``m``, ``k`` or ``n`` outside ``[1, max]``, a weight matrix larger than the weight
 buffer, or ``load_weights = 0`` without matching resident weights. The command is consumed and
 ignored (no data beats are taken) and ``error`` goes high until the next accepted command.
+
+Sparse mode (``cmd.sparse = 1``, ``docs/sparse_gemm.md``)
+--------------------------------------------------------
+The weights ``W[n, k]`` (``B = W^T``) are block-pruned and arrive, when ``load_weights``, as the
+compressed byte stream of ``docs/sparse_format.md`` on ``cw`` (up to ``cols`` bytes per beat,
+``last`` on the final beat), followed by the ``ep`` beats as in dense mode. The
+:class:`~rtl.sparse_decoder.SparseDecoder` inside the engine validates the stream against the
+command's ``k`` and ``n`` and writes the weight buffer with only the kept words, a parallel
+k-index buffer (the ``k`` of every word) and a count per output tile: exactly
+``golden.sparse_format.tile_schedule`` and ``tile_weight_words``. The feeder then issues, for
+output tile ``tj``, ``count_tj`` reduction steps: step ``p`` reads word ``p`` of the tile
+(sequential addresses) and the A column ``kidx[p]`` (one more pipeline stage for the index
+read, :attr:`GemmEngine.sparse_latency`); ``first``/``last`` mark ``p = 0`` and
+``p = count_tj - 1``. A tile with count 0 issues one step with a zero weight word, so its
+outputs are the epilogue of the bias alone. Cycles therefore scale with the kept ``k`` steps of
+each tile (``sim.perf.sparse_gemm_cycles``); activations and outputs are as in dense mode.
+Activations start loading once the decoder has finished, so a malformed stream (``error``
+raised by the decoder, the rest of the stream drained to its ``last`` beat) rejects the command
+before any activation is taken. ``load_weights = 0`` reuses resident sparse weights of the same
+``k`` and ``n``; dense and sparse resident weights are not interchangeable (``error``).
 """
 
 from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
@@ -47,14 +67,21 @@ from golden.config import AccelConfig
 
 from .checks import check_config, validating
 from .pe import Control
+from .sparse_decoder import SparseDecoder, compressed_beat_layout
 from .systolic import SystolicArray
 
-__all__ = ["GemmEngine", "command_layout", "epilogue_layout", "engine_latency",
-           "default_fifo_depth"]
+__all__ = [
+    "GemmEngine",
+    "command_layout",
+    "default_fifo_depth",
+    "engine_latency",
+    "epilogue_layout",
+]
 
 FEED_STAGES = 1       # command issue -> operands at the array (synchronous buffer read)
 EPILOGUE_STAGES = 5   # bias, multiply, round, shift, saturate
 FIFO_STAGES = 2       # SyncFIFOBuffered: write to readable
+SPARSE_EXTRA_STAGES = 1   # sparse commands: k-index buffer read before the A buffer read
 
 
 def engine_latency(cfg: AccelConfig) -> int:
@@ -64,7 +91,7 @@ def engine_latency(cfg: AccelConfig) -> int:
 
 def default_fifo_depth(cfg: AccelConfig) -> int:
     period = max(cfg.rows, cfg.cols)
-    return cfg.rows * (-(-(engine_latency(cfg) + cfg.rows) // period) + 1)
+    return cfg.rows * (-(-(engine_latency(cfg) + SPARSE_EXTRA_STAGES + cfg.rows) // period) + 1)
 
 
 def command_layout(cfg: AccelConfig) -> data.StructLayout:
@@ -73,6 +100,7 @@ def command_layout(cfg: AccelConfig) -> data.StructLayout:
         "k": unsigned(cfg.max_gemm_dim.bit_length()),
         "n": unsigned(cfg.max_gemm_dim.bit_length()),
         "load_weights": 1,
+        "sparse": 1,
     })
 
 
@@ -88,10 +116,12 @@ class GemmEngine(wiring.Component):
     """Tiled GEMM with bias + requantize epilogue on a ``rows x cols`` systolic array.
 
     Latency (:attr:`latency`): from the cycle the ``last`` beat of a tile is issued to the array
-    until its first output row is valid on ``o``: ``FEED + (cols + 2) + EPILOGUE + FIFO``.
+    until its first output row is valid on ``o``: ``FEED + (cols + 2) + EPILOGUE + FIFO``
+    (one more for sparse commands: :attr:`sparse_latency`).
     Throughput: ``rows * cols`` MACs per cycle while ``k >= max(rows, cols)``; a tile with a
-    shorter ``k`` occupies ``max(rows, cols)`` cycles. Stalls: any input may stall (the engine
-    idles); ``o`` back-pressure stalls new tiles via output credits.
+    shorter ``k`` (sparse: fewer kept ``k`` steps) occupies ``max(rows, cols)`` cycles.
+    Stalls: any input may stall (the engine idles); ``o`` back-pressure stalls new tiles via
+    output credits.
 
     Members
     -------
@@ -100,8 +130,10 @@ class GemmEngine(wiring.Component):
     ep : In(stream.Signature(epilogue_layout))
     a : In(stream.Signature(ArrayLayout(signed(act_width), rows)))
     o : Out(stream.Signature(ArrayLayout(signed(act_width), cols)))
+    cw : In(stream.Signature(compressed_beat_layout))
+        Compressed sparse weights (sparse commands with ``load_weights``).
     error : Out(1)
-        The last command was rejected.
+        The last command was rejected (bad parameters, or a malformed compressed stream).
     busy : Out(1)
         A command is in progress or results are still in the pipeline or output FIFO.
     cycles : Out(32)
@@ -119,6 +151,7 @@ class GemmEngine(wiring.Component):
             "ep": In(stream.Signature(epilogue_layout(cfg))),
             "a": In(stream.Signature(data.ArrayLayout(signed(cfg.act_width), cfg.rows))),
             "o": Out(stream.Signature(data.ArrayLayout(signed(cfg.act_width), cfg.cols))),
+            "cw": In(stream.Signature(compressed_beat_layout(cfg))),
             "error": Out(1),
             "busy": Out(1),
             "cycles": Out(32),
@@ -131,6 +164,11 @@ class GemmEngine(wiring.Component):
     @property
     def latency(self) -> int:
         return engine_latency(self._cfg)
+
+    @property
+    def sparse_latency(self) -> int:
+        """:attr:`latency` of a sparse command: one more stage (the k-index buffer read)."""
+        return engine_latency(self._cfg) + SPARSE_EXTRA_STAGES
 
     @property
     def out_fifo_depth(self) -> int:
@@ -160,6 +198,13 @@ class GemmEngine(wiring.Component):
             shape=data.ArrayLayout(signed(cfg.act_width), R), depth=2 * kmax, init=[])
         m.submodules.epbuf = epbuf = memory.Memory(
             shape=epilogue_layout(cfg), depth=ntmax, init=[])
+        m.submodules.kbuf = kbuf = memory.Memory(
+            shape=unsigned(ceil_log2(kmax)), depth=cfg.weight_buffer_depth, init=[])
+        m.submodules.cbuf = cbuf = memory.Memory(shape=range(kmax + 1), depth=ntmax, init=[])
+        m.submodules.decoder = dec = SparseDecoder(cfg)
+        wiring.connect(m, wiring.flipped(self.cw), dec.cw)
+        k_wr, k_rd = kbuf.write_port(), kbuf.read_port()
+        c_wr, c_rd = cbuf.write_port(), cbuf.read_port(domain="comb")
         w_wr, w_rd = wbuf.write_port(), wbuf.read_port()
         a_wr, a_rd = abuf.write_port(), abuf.read_port()
         ep_wr, ep_rd = epbuf.write_port(), epbuf.read_port()
@@ -173,6 +218,8 @@ class GemmEngine(wiring.Component):
         ck = Signal(range(kmax + 1))
         cn = Signal(range(kmax + 1))
         cload = Signal()
+        csparse = Signal()
+        loaded_sparse = Signal()
         nt = Signal(range(ntmax + 1))
         words = Signal(range(kmax * ntmax + 1))
         n_left = Signal(signed(cn.shape().width + 2))
@@ -180,6 +227,8 @@ class GemmEngine(wiring.Component):
         loaded_n = Signal.like(cn)
         weights_valid = Signal()
         start = Signal()           # pulses when a validated command starts
+        start_data = Signal()      # activations and feeder start (after a sparse load)
+        abort = Signal()           # the sparse weight stream was malformed
         feed_done = Signal()
         pipeline_empty = Signal()
 
@@ -189,11 +238,12 @@ class GemmEngine(wiring.Component):
                 with m.If(self.cmd.valid & pipeline_empty):
                     p = self.cmd.payload
                     m.d.sync += [cm.eq(p.m), ck.eq(p.k), cn.eq(p.n), cload.eq(p.load_weights),
-                                 nt.eq(0), words.eq(0), n_left.eq(p.n)]
+                                 csparse.eq(p.sparse), nt.eq(0), words.eq(0), n_left.eq(p.n)]
                     bad = ((p.m == 0) | (p.m > cfg.max_tokens) | (p.k == 0) | (p.k > kmax)
                            | (p.n == 0) | (p.n > kmax)
                            | (~p.load_weights & (~weights_valid | (p.k != loaded_k)
-                                                  | (p.n != loaded_n))))
+                                                  | (p.n != loaded_n)
+                                                  | (p.sparse != loaded_sparse))))
                     with m.If(bad):
                         m.d.sync += self.error.eq(1)
                     with m.Else():
@@ -201,17 +251,21 @@ class GemmEngine(wiring.Component):
             with m.State("CHECK"):
                 with m.If(n_left > 0):
                     m.d.sync += [n_left.eq(n_left - C), nt.eq(nt + 1), words.eq(words + ck)]
-                with m.Elif(words > cfg.weight_buffer_depth):
+                with m.Elif(~csparse & (words > cfg.weight_buffer_depth)):
                     m.d.sync += self.error.eq(1)
                     m.next = "IDLE"
                 with m.Else():
                     m.d.sync += self.error.eq(0)
                     m.d.comb += start.eq(1)
                     with m.If(cload):
-                        m.d.sync += [weights_valid.eq(0), loaded_k.eq(ck), loaded_n.eq(cn)]
+                        m.d.sync += [weights_valid.eq(0), loaded_k.eq(ck), loaded_n.eq(cn),
+                                     loaded_sparse.eq(csparse)]
                     m.next = "RUN"
             with m.State("RUN"):
                 with m.If(feed_done):
+                    m.next = "IDLE"
+                with m.If(abort):
+                    m.d.sync += self.error.eq(1)
                     m.next = "IDLE"
 
         # ---- weight and epilogue-parameter loader ------------------------------------------
@@ -219,14 +273,30 @@ class GemmEngine(wiring.Component):
         ep_addr = Signal(range(ntmax + 1))
         weights_ready = Signal()
         with m.FSM(name="wload"):
-            with m.State("IDLE"):
-                with m.If(start):
-                    m.d.sync += [w_addr.eq(0), ep_addr.eq(0)]
-                    with m.If(cload):
-                        m.next = "W"
+            with m.State("IDLE"), m.If(start):
+                m.d.sync += [w_addr.eq(0), ep_addr.eq(0)]
+                with m.If(cload & csparse):
+                    m.d.comb += [dec.start.eq(1), dec.exp_k.eq(ck), dec.exp_n.eq(cn)]
+                    m.next = "SW"
+                with m.Elif(cload):
+                    m.d.comb += start_data.eq(1)
+                    m.next = "W"
+                with m.Else():
+                    m.d.comb += [weights_ready.eq(1), start_data.eq(1)]
+                    m.next = "READY"
+            with m.State("SW"):
+                # The decoder writes the weight, k-index and count buffers.
+                m.d.comb += [w_wr.addr.eq(dec.w_addr), w_wr.data.eq(dec.w_data),
+                             w_wr.en.eq(dec.w_en), k_wr.addr.eq(dec.w_addr),
+                             k_wr.data.eq(dec.w_k), k_wr.en.eq(dec.w_en),
+                             c_wr.addr.eq(dec.c_addr), c_wr.data.eq(dec.c_data),
+                             c_wr.en.eq(dec.c_en)]
+                with m.If(dec.done):
+                    with m.If(dec.error):
+                        m.d.comb += abort.eq(1)
+                        m.next = "IDLE"
                     with m.Else():
-                        m.d.comb += weights_ready.eq(1)
-                        m.next = "READY"
+                        m.next = "EP"
             with m.State("W"):
                 m.d.comb += [self.w.ready.eq(1), w_wr.addr.eq(w_addr),
                              w_wr.data.eq(self.w.payload), w_wr.en.eq(self.w.valid)]
@@ -241,6 +311,7 @@ class GemmEngine(wiring.Component):
                     m.d.sync += ep_addr.eq(ep_addr + 1)
                     with m.If(ep_addr == nt - 1):
                         m.d.sync += weights_valid.eq(1)
+                        m.d.comb += start_data.eq(csparse)
                         m.next = "READY"
             with m.State("READY"):
                 m.d.comb += weights_ready.eq(1)
@@ -256,10 +327,9 @@ class GemmEngine(wiring.Component):
         ld_k = Signal(range(kmax))
         ld_rows_left = Signal(range(cfg.max_tokens + 1))
         with m.FSM(name="aload"):
-            with m.State("IDLE"):
-                with m.If(start):
-                    m.d.sync += [ld_half.eq(0), ld_k.eq(0), ld_rows_left.eq(cm)]
-                    m.next = "LOAD"
+            with m.State("IDLE"), m.If(start_data):
+                m.d.sync += [ld_half.eq(0), ld_k.eq(0), ld_rows_left.eq(cm)]
+                m.next = "LOAD"
             with m.State("LOAD"):
                 # Accept beats whenever the half being filled is free.
                 free = ~a_full.bit_select(ld_half, 1)
@@ -298,16 +368,33 @@ class GemmEngine(wiring.Component):
         f_cols_left = Signal(range(kmax + 1))
         rv = Mux(f_rows_left < R, f_rows_left, R)
         cv = Mux(f_cols_left < C, f_cols_left, C)
+        # Sparse: tile tj iterates positions p < count_tj of its k-index list (one beat with a
+        # zero weight word if the count is 0); words are sequential in the weight buffer.
+        t_cnt = Signal(range(kmax + 1))
+        m.d.comb += [c_rd.addr.eq(f_tj), t_cnt.eq(c_rd.data)]
+        t_empty = csparse & (t_cnt == 0)
         is_first = f_k == 0
-        is_last = f_k == ck - 1
+        is_last = Mux(csparse, t_empty | (f_k == t_cnt - 1), f_k == ck - 1)
         ctl = Signal(Control)
         m.d.sync += [ctl.valid.eq(issue), ctl.first.eq(is_first), ctl.last.eq(is_last)]
+        # Sparse pipeline: the issue cycle reads the k index, the next one the A column and the
+        # weight word, so operands and flags reach the array one cycle later than when dense.
+        s1_ctl = Signal(Control)
+        s1_half = Signal()
+        s1_zero = Signal()
+        s1_waddr = Signal.like(f_waddr)
+        s2_zero = Signal()
+        m.d.sync += [s1_ctl.eq(ctl), s1_half.eq(f_half), s1_zero.eq(t_empty),
+                     s1_waddr.eq(f_waddr), s2_zero.eq(s1_zero)]
+        s_kaddr = Mux(s1_zero, 0, k_rd.data)
         m.d.comb += [
-            a_rd.addr.eq(Mux(f_half, kmax + f_k, f_k)),
-            w_rd.addr.eq(f_waddr),
+            k_rd.addr.eq(f_waddr),
+            a_rd.addr.eq(Mux(csparse, Mux(s1_half, kmax + s_kaddr, s_kaddr),
+                             Mux(f_half, kmax + f_k, f_k))),
+            w_rd.addr.eq(Mux(csparse, s1_waddr, f_waddr)),
             array.a.eq(a_rd.data),
-            array.b.eq(w_rd.data),
-            array.ctl.eq(ctl),
+            array.b.eq(Mux(csparse & s2_zero, 0, w_rd.data)),
+            array.ctl.eq(Mux(csparse, s1_ctl, ctl)),
         ]
         tag_w = data.StructLayout({"tj": unsigned(ceil_log2(ntmax + 1)),
                                    "cv": unsigned(ceil_log2(C + 1)),
@@ -317,20 +404,18 @@ class GemmEngine(wiring.Component):
                      tags.w_data.eq(tag_in.as_value()), tags.w_en.eq(issue & is_last)]
 
         with m.FSM(name="feed"):
-            with m.State("IDLE"):
-                with m.If(start):
-                    m.d.sync += [f_half.eq(0), f_k.eq(0), f_waddr.eq(0), f_tj.eq(0),
-                                 f_rows_left.eq(cm), f_cols_left.eq(cn)]
-                    m.next = "WAIT"
-            with m.State("WAIT"):
-                with m.If(weights_ready & a_full.bit_select(f_half, 1)):
-                    m.next = "RUN"
+            with m.State("IDLE"), m.If(start_data):
+                m.d.sync += [f_half.eq(0), f_k.eq(0), f_waddr.eq(0), f_tj.eq(0),
+                             f_rows_left.eq(cm), f_cols_left.eq(cn)]
+                m.next = "WAIT"
+            with m.State("WAIT"), m.If(weights_ready & a_full.bit_select(f_half, 1)):
+                m.next = "RUN"
             with m.State("RUN"):
                 # A tile's rows are reserved in the output FIFO when its last beat issues.
                 can = ~is_last | ((gap == self.tile_period) & (credits >= rv))
                 m.d.comb += issue.eq(can)
                 with m.If(can):
-                    m.d.sync += [f_k.eq(f_k + 1), f_waddr.eq(f_waddr + 1)]
+                    m.d.sync += [f_k.eq(f_k + 1), f_waddr.eq(f_waddr + ~t_empty)]
                     with m.If(is_last):
                         m.d.comb += [issue_last.eq(1), reserve.eq(rv)]
                         m.d.sync += [f_k.eq(0), f_tj.eq(f_tj + 1), f_cols_left.eq(f_cols_left - C)]
@@ -390,7 +475,7 @@ class GemmEngine(wiring.Component):
         ]
 
         # ---- status --------------------------------------------------------------------------
-        in_flight = tags.r_rdy | v1 | v2 | v3 | v4 | v5 | array.out_valid
+        in_flight = tags.r_rdy | v1 | v2 | v3 | v4 | v5 | array.out_valid | dec.busy
         m.d.comb += [pipeline_empty.eq(~in_flight),
                      self.busy.eq(~self.cmd.ready | in_flight | (ofifo.w_level != 0))]
         with m.If(self.busy):

@@ -5,13 +5,16 @@ The beat orders are those documented in :mod:`rtl.gemm` (and ``docs/gemm.md``):
 * weights ``B[k, n]``: ``for tj: for kk:`` one row segment of ``cols`` values;
 * epilogue parameters: one beat per column tile;
 * activations ``A[m, k]``: ``for ti: for kk:`` one column segment of ``rows`` values;
-* outputs: ``for ti: for tj: for r < valid rows:`` one row segment of ``cols`` values.
+* outputs: ``for ti: for tj: for r < valid rows:`` one row segment of ``cols`` values;
+* sparse weights: the compressed byte stream of ``docs/sparse_format.md`` on ``cw``, up to
+  ``cols`` bytes per beat (:func:`pack_compressed`), then the epilogue parameters.
 
 Padding lanes (past ``m`` or ``n``) are sent as zeros.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +25,19 @@ from rtl.gemm import GemmEngine
 
 from .streams import run_simulation, stream_recv, stream_send
 
-__all__ = ["GemmJob", "GemmRun", "pack_weights", "pack_epilogue", "pack_activations",
-           "unpack_outputs", "output_beats", "run_gemm", "run_gemm_jobs"]
+__all__ = [
+    "GemmJob",
+    "GemmRun",
+    "output_beats",
+    "pack_activations",
+    "pack_compressed",
+    "pack_epilogue",
+    "pack_weights",
+    "run_gemm",
+    "run_gemm_jobs",
+    "run_sparse_gemm",
+    "unpack_outputs",
+]
 
 
 def _ceil_div(a, b):
@@ -36,6 +50,20 @@ def pack_weights(cfg: AccelConfig, b) -> list[list[int]]:
     padded[:, :n] = b
     return [padded[kk, tj * cfg.cols:(tj + 1) * cfg.cols].tolist()
             for tj in range(_ceil_div(n, cfg.cols)) for kk in range(k)]
+
+
+def pack_compressed(cfg: AccelConfig, data: bytes, rng=None) -> list[dict]:
+    """Beats of the compressed stream for ``cw``: ``cols`` bytes each (the last one may be
+    shorter), or, with ``rng``, a random number of bytes in ``[1, cols]`` per beat."""
+    data = bytes(data)
+    beats, pos = [], 0
+    while pos < len(data) or not beats:
+        size = cfg.cols if rng is None else int(rng.integers(1, cfg.cols + 1))
+        chunk = data[pos:pos + size]
+        pos += len(chunk)
+        beats.append({"data": list(chunk) + [0] * (cfg.cols - len(chunk)), "n": len(chunk),
+                      "last": int(pos >= len(data))})
+    return beats
 
 
 def pack_epilogue(cfg: AccelConfig, ep: EpilogueParams) -> list[dict]:
@@ -84,12 +112,24 @@ def unpack_outputs(cfg: AccelConfig, beats, m: int, n: int) -> np.ndarray:
 
 @dataclass
 class GemmJob:
-    """One command for the engine. ``b``/``ep`` of ``None`` reuse the resident weights."""
+    """One command for the engine. ``b``/``ep`` of ``None`` reuse the resident weights.
+
+    Sparse commands set ``sparse``; their weights are the compressed stream ``compressed``
+    (``None``: reuse the resident sparse weights). ``k``/``n`` default to the shapes of ``a``
+    and ``b`` or of the stream's header. ``expect_error``: the command is rejected, so no
+    activations are sent and no outputs awaited (the weight stream still is)."""
     a: np.ndarray
     b: np.ndarray | None = None
     ep: EpilogueParams | None = None
     k: int | None = None
     n: int | None = None
+    sparse: bool = False
+    compressed: bytes | None = None
+    expect_error: bool = False
+
+    @property
+    def loads(self) -> bool:
+        return (self.compressed if self.sparse else self.b) is not None
 
 
 @dataclass
@@ -107,8 +147,13 @@ def run_gemm_jobs(cfg: AccelConfig, jobs, *, rng=None, stall=0.0, vcd=None,
     plans = []
     for job in jobs:
         m, k = job.a.shape
-        n = job.n if job.b is None else job.b.shape[1]
-        k = job.k if job.b is None and job.k is not None else k
+        if job.sparse:
+            hdr_n, hdr_k = _header_shape(job.compressed)
+            n = job.n if job.n is not None else hdr_n
+            k = job.k if job.k is not None else hdr_k if job.compressed else k
+        else:
+            n = job.n if job.b is None else job.b.shape[1]
+            k = job.k if job.b is None and job.k is not None else k
         plans.append((m, k, n))
     rngs = {name: (np.random.default_rng(rng.integers(1 << 32)) if rng is not None else None)
             for name in ("cmd", "w", "ep", "a", "o")}
@@ -116,8 +161,10 @@ def run_gemm_jobs(cfg: AccelConfig, jobs, *, rng=None, stall=0.0, vcd=None,
         work = sum(_ceil_div(m, cfg.rows) * _ceil_div(n, cfg.cols) *
                    max(k, cfg.rows, cfg.cols) + k * _ceil_div(n, cfg.cols) + m * n
                    for m, k, n in plans)
+        work += sum(len(job.compressed) for job in jobs if job.sparse and job.compressed)
         max_cycles = int((work + 200 * len(jobs) + 1000) * (1 + 4 * stall) * 2)
 
+    accepted = [plan for plan, job in zip(plans, jobs) if not job.expect_error]
     state = {"cycle": 0, "first": None, "last": None}
     cycles, errors = [], []
 
@@ -135,7 +182,8 @@ def run_gemm_jobs(cfg: AccelConfig, jobs, *, rng=None, stall=0.0, vcd=None,
                 state["first"] = state["cycle"]
             start = ctx.get(dut.cycles)
             await stream_send(ctx, dut.cmd, [{"m": m, "k": k, "n": n,
-                                              "load_weights": int(job.b is not None)}],
+                                              "load_weights": int(job.loads),
+                                              "sparse": int(job.sparse)}],
                               rng=rngs["cmd"], stall=stall)
             while ctx.get(dut.busy):
                 await ctx.tick()
@@ -144,7 +192,15 @@ def run_gemm_jobs(cfg: AccelConfig, jobs, *, rng=None, stall=0.0, vcd=None,
 
     async def weights(ctx):
         for job in jobs:
-            if job.b is not None:
+            if job.sparse and job.compressed is not None:
+                await stream_send(ctx, dut.cw,
+                                  pack_compressed(cfg, job.compressed,
+                                                  rngs["w"] if stall > 0 else None),
+                                  rng=rngs["w"], stall=stall)
+                if not job.expect_error:
+                    await stream_send(ctx, dut.ep, pack_epilogue(cfg, job.ep), rng=rngs["ep"],
+                                      stall=stall)
+            elif job.b is not None and not job.expect_error:
                 await stream_send(ctx, dut.w, pack_weights(cfg, job.b), rng=rngs["w"],
                                   stall=stall)
                 await stream_send(ctx, dut.ep, pack_epilogue(cfg, job.ep), rng=rngs["ep"],
@@ -152,10 +208,13 @@ def run_gemm_jobs(cfg: AccelConfig, jobs, *, rng=None, stall=0.0, vcd=None,
 
     async def activations(ctx):
         for job in jobs:
+            if job.expect_error:
+                continue
             await stream_send(ctx, dut.a, pack_activations(cfg, job.a), rng=rngs["a"],
                               stall=stall)
 
     async def outputs(ctx):
+        plans = accepted                # commands that produce outputs
         results = []
         for m, _, n in plans:
             beats = await stream_recv(ctx, dut.o, output_beats(cfg, m, n), rng=rngs["o"],
@@ -166,8 +225,25 @@ def run_gemm_jobs(cfg: AccelConfig, jobs, *, rng=None, stall=0.0, vcd=None,
 
     res = run_simulation(dut, [clock, commands, weights, activations, outputs],
                          max_cycles=max_cycles, vcd=vcd)
-    return GemmRun(outputs=res[4], cycles=cycles, errors=errors,
+    produced = iter(res[4])
+    outputs_per_job = [None if job.expect_error else next(produced) for job in jobs]
+    return GemmRun(outputs=outputs_per_job, cycles=cycles, errors=errors,
                    total_cycles=state["last"] - (state["first"] or 0))
+
+
+def _header_shape(compressed):
+    """``(out_features, in_features)`` from a compressed stream's header (0, 0 if short)."""
+    if compressed is None or len(compressed) < 20:
+        return 0, 0
+    return struct.unpack_from("<II", bytes(compressed), 12)
+
+
+def run_sparse_gemm(cfg: AccelConfig, a, compressed: bytes, ep: EpilogueParams, **kwargs):
+    """Run one sparse GEMM ``A @ W^T`` with ``W`` given as a compressed stream; returns
+    ``(O, GemmRun)``."""
+    run = run_gemm_jobs(cfg, [GemmJob(np.asarray(a), ep=ep, sparse=True,
+                                      compressed=bytes(compressed))], **kwargs)
+    return run.outputs[0], run
 
 
 def run_gemm(cfg: AccelConfig, a, b, ep: EpilogueParams | None = None, **kwargs):

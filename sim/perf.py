@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from golden.config import AccelConfig
-from rtl.gemm import engine_latency
+from golden.sparse_format import HEADER_BYTES, mask_bytes, tile_schedule
+from rtl.gemm import EPILOGUE_STAGES, FIFO_STAGES, SPARSE_EXTRA_STAGES, engine_latency
+from rtl.sparse_decoder import SparseDecoder
 
-__all__ = ["GemmCycles", "gemm_cycles", "ceil_div"]
+__all__ = ["GemmCycles", "ceil_div", "decode_cycles", "gemm_cycles", "sparse_gemm_cycles"]
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -45,20 +47,31 @@ def gemm_cycles(cfg: AccelConfig, m: int, k: int, n: int, load_weights: bool = T
     * a tile issues ``k`` reduction steps on consecutive cycles, its last one at least
       ``max(rows, cols)`` cycles after the previous tile's; a tile row starts the cycle after
       the previous one if its activations are loaded, else one cycle after they are;
-    * the last output row leaves ``latency + rows_in_last_tile - 1`` cycles after the last step.
+    * the last output row leaves ``latency + rows_in_last_tile - 1`` cycles after the last step;
+      the engine stays busy at least until the last tile's row ``rows - 1`` (valid or not) has
+      left the array, ``latency - EPILOGUE - FIFO + rows - 1`` cycles after it (this bound
+      matters when the last tile row is short and ``rows`` large, e.g. 197 tokens on 16 rows).
 
     In steady state this is ``mt * nt * max(k, rows, cols)`` compute cycles.
     """
-    R, C = cfg.rows, cfg.cols
-    mt, nt = ceil_div(m, R), ceil_div(n, C)
-    period = max(R, C)
+    nt = ceil_div(n, cfg.cols)
     S = nt + 1
     w_ready = S + 1 + ((k * nt + nt) if load_weights else 0)
+    return _tiles(cfg, m, k, [k] * nt, S, S, w_ready, engine_latency(cfg), m * k * n)
+
+
+def _tiles(cfg, m, k, lengths, S, data_start, w_ready, latency, macs) -> GemmCycles:
+    """The tile recurrence shared by dense and sparse commands: ``lengths[tj]`` reduction
+    steps per tile, activations start loading the cycle after ``data_start``, weights are
+    ready in cycle ``w_ready``."""
+    R = cfg.rows
+    mt = ceil_div(m, R)
+    period = max(R, cfg.cols)
     load_begin, avail, release = [], [], []
     last = None
     first_issue = None
     for i in range(mt):
-        begin = S + 1 if i == 0 else load_begin[-1] + k
+        begin = data_start + 1 if i == 0 else load_begin[-1] + k
         if i >= 2:
             begin = max(begin, release[i - 2] + 1)
         load_begin.append(begin)
@@ -70,11 +83,98 @@ def gemm_cycles(cfg: AccelConfig, m: int, k: int, n: int, load_weights: bool = T
             start = last + 1
         else:
             start = max(last + 1, avail[i]) + 1
-        for t in range(nt):
+        for t, steps in enumerate(lengths):
             first = start if t == 0 else last + 1
-            last = first + k - 1 if last is None else max(first + k - 1, last + period)
+            last = first + steps - 1 if last is None else max(first + steps - 1, last + period)
         release.append(last)
     rows_last = m - (mt - 1) * R
-    end = last + engine_latency(cfg) + rows_last - 1
+    array_drain = latency - EPILOGUE_STAGES - FIFO_STAGES + R - 1
+    end = last + max(latency + rows_last - 1, array_drain)
     return GemmCycles(setup=S, load=first_issue - S - 1, compute=last - first_issue + 1,
-                      drain=end - last, total=end, ideal=m * k * n / cfg.pes)
+                      drain=end - last, total=end, ideal=macs / cfg.pes)
+
+
+def decode_cycles(cfg: AccelConfig, pattern) -> int:
+    """Cycles of :class:`rtl.sparse_decoder.SparseDecoder` on the stream ``encode(w, pattern)``
+    sent in full ``cols``-byte beats with no stalls: from ``start`` to the ``done`` pulse
+    (inclusive). Mirrors the decoder's states cycle by cycle, including its byte aligner."""
+    C = W = cfg.cols
+    BUF = SparseDecoder.buffer_bytes(cfg)
+    n = pattern.shape[0]
+    br, bc = pattern.block
+    q = br // C
+    nt = ceil_div(n, C)
+    cols = pattern.column_mask()
+    hier = pattern.hierarchical
+    meta = 2 + (mask_bytes(bc) if hier else 0)
+    length = (HEADER_BYTES + 2 * pattern.n_block_rows + meta * pattern.kept_blocks
+              + br * int(cols.sum()))
+    st = {"cycles": 0, "level": 0, "sent": 0}
+
+    def cycle(take=0, idle=False):
+        # One clock: the parser takes `take` bytes, the aligner accepts a beat if it has room.
+        st["cycles"] += 1
+        st["level"] -= take
+        accept = not idle and st["sent"] < length and st["level"] <= BUF - W
+        if accept:
+            beat = min(W, length - st["sent"])
+            st["sent"] += beat
+            st["level"] += beat
+
+    def need(nbytes):
+        while st["level"] < nbytes:
+            cycle()
+        cycle(nbytes)
+
+    cycle(idle=True)                          # the start cycle (IDLE)
+    for nbytes in (4, 2, 2, 2, 2, 4, 4, 4):  # header fields
+        need(nbytes)
+    for _ in range(q):                        # QDIV
+        cycle()
+    for r in range(pattern.n_block_rows):
+        cycle()                               # ROW
+        need(2)                               # COUNT
+        kept = [c for c in range(pattern.n_block_cols) if pattern.blocks[r, c]]
+        for _ in kept:
+            need(2)                           # INDEX
+            if hier:
+                for _ in range(mask_bytes(bc)):
+                    need(1)                   # MASK bytes
+                cycle()                       # MASK check
+            cycle()                           # STORE
+        for _ in range(min(q, nt - r * q) + 1):
+            cycle()                           # CNT
+        for c in kept:
+            cycle()                           # FETCH
+            cycle()                           # LATCH
+            for _ in range(int(cols[r, c].sum()) * q):
+                need(W)                       # COLUMN
+        cycle()                               # ROWEND
+    cycle()                                   # ROW -> END
+    while st["sent"] < length:
+        cycle()                               # END waits for the last beat
+    cycle()                                   # END -> DONE
+    cycle()                                   # DONE
+    return st["cycles"]
+
+
+def sparse_gemm_cycles(cfg: AccelConfig, m: int, pattern, load_weights: bool = True
+                       ) -> GemmCycles:
+    """Busy cycles of one sparse :class:`rtl.gemm.GemmEngine` command (``W`` of ``pattern``,
+    ``b_r`` a multiple of ``cols``) with every stream ready, cycle-exact.
+
+    As :func:`gemm_cycles`, except: tile ``tj`` issues ``max(1, count_tj)`` steps
+    (``count_tj = len(tile_schedule(pattern, cfg)[tj])``); with ``load_weights`` the decoder
+    runs first (:func:`decode_cycles`), then the ``nt`` epilogue beats, and only then do
+    activations start loading; results leave one cycle later (``sparse_latency``).
+    """
+    n, k = pattern.shape
+    nt = ceil_div(n, cfg.cols)
+    lengths = [max(1, len(ks)) for ks in tile_schedule(pattern, cfg)]
+    S = nt + 1
+    if load_weights:
+        data_start = S + decode_cycles(cfg, pattern) - 1 + nt
+    else:
+        data_start = S
+    return _tiles(cfg, m, k, lengths, S, data_start, data_start + 1,
+                  engine_latency(cfg) + SPARSE_EXTRA_STAGES, m * pattern.kept_weights)

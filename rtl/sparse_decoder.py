@@ -1,0 +1,461 @@
+"""Block-sparse weight decoder: the compressed stream of ``docs/sparse_format.md`` into the
+GEMM engine's weight buffer, k-index buffer and per-tile counts.
+
+The decoder parses and validates the byte layout of :mod:`golden.sparse_format` (version 1,
+plain and hierarchical) and writes the engine's buffers directly, in the layout the sparse
+feeder of :class:`rtl.gemm.GemmEngine` reads:
+
+* ``wbuf[addr]`` / ``kbuf[addr]``: one word of ``cols`` weights and its ``k`` index per kept
+  ``(tile, k)``, tile-major: output tile ``tj``'s words are consecutive, in ascending ``k``
+  (exactly :func:`golden.sparse_format.tile_weight_words` and ``tile_schedule``);
+* ``cbuf[tj]``: the number of ``k`` steps of output tile ``tj`` (0 for an empty block-row).
+
+Input: ``cw``, a stream of beats of up to ``cols`` bytes (``data`` lanes ``0 .. n-1`` in stream
+order, ``n <= cols``; ``last`` marks the final beat). A beat as wide as a weight word lets the
+payload stream at one word per cycle; metadata fields (counts, indices, masks, header fields)
+take one cycle each. A small byte aligner (``cols + max(cols, 4)`` bytes) re-aligns the payload,
+which starts at arbitrary byte offsets.
+
+Mapping: ``b_r`` must be a multiple of ``cols`` (``b_r = q * cols``). A payload column of block-row
+``r`` (``b_r`` bytes for one kept ``k``) is ``q`` words, word ``s`` belonging to tile ``r*q + s``;
+the decoder writes it at ``base_r + s * cnt_r + p`` (``cnt_r``: kept ``k`` of the block-row,
+``p``: position of this ``k``), so the buffer is tile-major without any reordering memory. Words
+of tiles past ``out_features`` (padding rows) are checked to be zero and not written.
+
+Trade-offs: parsing the stream in hardware means one read of the compressed (smaller) weights
+from memory and no host-side expansion; it costs one cycle per metadata field and two cycles per
+kept block (the entry memory read), a few percent of the payload cycles. The entry memory keeps
+the block-row's indices (and masks) because the payload follows the whole index list.
+
+Checks (``error`` is raised, sticky until the next ``start``, and the rest of the stream is
+drained up to its ``last`` beat so that nothing hangs): magic, version, unknown flags, reserved
+field, ``b_r`` / ``b_c`` out of ``[1, 1024]``, ``b_r`` not a multiple of ``cols``, hierarchical
+``b_c`` wider than ``MAX_MASK_BITS``, ``out_features`` / ``in_features`` different from the
+command's ``n`` / ``k``, a count larger than the number of block-columns, an index out of range
+or not strictly increasing, a bad column mask (empty, unused bits, past ``in_features``), nonzero
+padding rows, a weight outside ``weight_width`` (when narrower than 8 bits), more words than
+the weight buffer holds, kept blocks differing from the header, a wrong balanced flag, a
+truncated stream (``last`` before the end), trailing bytes (``last`` after the end), and a beat
+with ``n > cols``.
+"""
+
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from golden.config import AccelConfig
+
+__all__ = ["MAGIC_WORD", "MAX_MASK_BITS", "SparseDecoder", "compressed_beat_layout"]
+
+#: Widest hierarchical block (``b_c``) whose column mask the decoder holds.
+MAX_MASK_BITS = 32
+#: ``b"SVWB"`` read as a little-endian 32-bit word.
+MAGIC_WORD = int.from_bytes(b"SVWB", "little")
+_VERSION = 1
+_MAX_BLOCK = 1024
+
+
+def compressed_beat_layout(cfg: AccelConfig) -> data.StructLayout:
+    """One beat of the compressed stream: ``n`` valid bytes in ``data[0 .. n-1]``, ``last``."""
+    return data.StructLayout({
+        "data": data.ArrayLayout(unsigned(8), cfg.cols),
+        "n": unsigned(ceil_log2(cfg.cols + 1)),
+        "last": 1,
+    })
+
+
+class SparseDecoder(wiring.Component):
+    """Validating decoder of the compressed block-sparse weight format.
+
+    Latency / throughput: one metadata field per cycle (a hierarchical mask one byte per cycle),
+    two cycles per kept block, then one payload word (``cols`` bytes) per cycle while the input
+    keeps up; ``done`` pulses one cycle after the last byte is parsed (or, on an error, after the
+    stream's ``last`` beat). Stalls: an idle ``cw`` stalls the parse; the write ports never stall.
+
+    Members
+    -------
+    cw : In(stream.Signature(compressed_beat_layout))
+        The compressed stream.
+    start : In(1)
+        Pulse: a new stream begins; ``exp_k`` / ``exp_n`` are the command's ``k`` / ``n``.
+    exp_k, exp_n : In(range(max_gemm_dim + 1))
+        Expected ``in_features`` / ``out_features``.
+    busy : Out(1)
+        Between ``start`` and ``done``.
+    done : Out(1)
+        Pulses when the stream is finished (with ``error`` valid).
+    error : Out(1)
+        The stream was malformed (sticky until the next ``start``).
+    words : Out(range(weight_buffer_depth + 1))
+        Weight words written.
+    w_en, w_addr, w_data, w_k : Out
+        Write port of the weight buffer and of the k-index buffer (same address).
+    c_en, c_addr, c_data : Out
+        Write port of the per-tile count buffer.
+    """
+
+    def __init__(self, cfg: AccelConfig):
+        if not isinstance(cfg, AccelConfig):
+            self._MustUse__silence = True
+            raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
+        self._cfg = cfg
+        kmax = cfg.max_gemm_dim
+        ntmax = -(-kmax // cfg.cols)
+        super().__init__({
+            "cw": In(stream.Signature(compressed_beat_layout(cfg))),
+            "start": In(1),
+            "exp_k": In(range(kmax + 1)),
+            "exp_n": In(range(kmax + 1)),
+            "busy": Out(1),
+            "done": Out(1),
+            "error": Out(1),
+            "words": Out(range(cfg.weight_buffer_depth + 1)),
+            "w_en": Out(1),
+            "w_addr": Out(range(cfg.weight_buffer_depth)),
+            "w_data": Out(data.ArrayLayout(signed(cfg.weight_width), cfg.cols)),
+            "w_k": Out(range(kmax)),
+            "c_en": Out(1),
+            "c_addr": Out(range(ntmax)),
+            "c_data": Out(range(kmax + 1)),
+        })
+
+    @property
+    def config(self) -> AccelConfig:
+        return self._cfg
+
+    @staticmethod
+    def buffer_bytes(cfg: AccelConfig) -> int:
+        """Size of the byte aligner."""
+        return cfg.cols + max(cfg.cols, 4)
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._cfg
+        C = cfg.cols
+        W = C                                   # bytes per input beat
+        BUF = self.buffer_bytes(cfg)
+        kmax = cfg.max_gemm_dim
+        depth = cfg.weight_buffer_depth
+
+        # ---- byte aligner ----------------------------------------------------------------
+        buf = Signal(8 * BUF)
+        level = Signal(range(BUF + 1))
+        ended = Signal()
+        take = Signal(range(BUF + 1))          # bytes consumed this cycle (comb, by the parser)
+        accepting = Signal()                    # the parser wants input (comb)
+        drop = Signal()                         # discard the buffer (comb)
+        # Room is counted after this cycle's consumption: a misaligned payload still streams
+        # at one word per cycle. (``take`` depends on the parse state only, never on ``valid``.)
+        m.d.comb += self.cw.ready.eq(accepting & ~ended & (level - take <= BUF - W))
+        beat = self.cw.payload
+        n_in = Signal(range(2 ** beat.n.shape().width))
+        m.d.comb += n_in.eq(beat.n)
+        bad_beat = Signal()
+        m.d.comb += bad_beat.eq(self.cw.valid & self.cw.ready & (n_in > W))
+        in_bytes = Signal(8 * W)
+        for i in range(W):
+            m.d.comb += in_bytes[8 * i:8 * i + 8].eq(Mux(n_in > i, beat.data[i], 0))
+        rest = Signal(8 * BUF)
+        rest_level = Signal(range(BUF + 1))
+        m.d.comb += [rest.eq(buf >> (take * 8)), rest_level.eq(level - take)]
+        with m.If(drop):
+            m.d.sync += [buf.eq(0), level.eq(0)]
+        with m.Elif(self.cw.valid & self.cw.ready):
+            m.d.sync += [buf.eq(rest | (in_bytes << (rest_level * 8))[:8 * BUF]),
+                         level.eq(rest_level + Mux(n_in > W, 0, n_in))]
+            with m.If(beat.last):
+                m.d.sync += ended.eq(1)
+        with m.Else():
+            m.d.sync += [buf.eq(rest), level.eq(rest_level)]
+
+        u8, u16, u32 = buf[:8], buf[:16], buf[:32]
+
+        # ---- parse state -----------------------------------------------------------------
+        hier = Signal()
+        bal = Signal()
+        br = Signal(range(_MAX_BLOCK + 1))
+        bc = Signal(range(_MAX_BLOCK + 1))
+        total = Signal(32)
+        rem = Signal(range(_MAX_BLOCK + 1))
+        q = Signal(range(_MAX_BLOCK + 1))
+        ck = Signal(range(kmax + 1))
+        cn = Signal(range(kmax + 1))
+        ntmax = -(-kmax // C)
+        ch_row = Signal(range(kmax + _MAX_BLOCK + 1))   # first output channel of the block-row
+        tile_row = Signal(range(ntmax + _MAX_BLOCK + 1))  # first tile of the block-row
+        first_row = Signal()
+        first_cnt = Signal(16)
+        uneven = Signal()
+        seen = Signal(33)
+        cnt = Signal(16)
+        e = Signal(16)
+        prev = Signal(16)
+        cols_r = Signal(range(kmax + 1))
+        base = Signal(range(depth + 1))
+        mask = Signal(MAX_MASK_BITS)
+        mbyte = Signal(range(MAX_MASK_BITS // 8 + 1))
+        idx = Signal(16)
+        s = Signal(range(_MAX_BLOCK + 1))
+        ch_s = Signal(range(kmax + 2 * _MAX_BLOCK + 1))
+        pos_addr = Signal(range(depth + kmax + 1))
+        waddr = Signal(range(depth + _MAX_BLOCK * (kmax + 1) + 1))
+        cur_mask = Signal(MAX_MASK_BITS)
+        cur_j = Signal(range(_MAX_BLOCK + 1))
+        cur_ncols = Signal(range(_MAX_BLOCK + 1))
+        kb = Signal(range(kmax + 1))
+        ctile = Signal(range(ntmax + _MAX_BLOCK + 1))
+        cs = Signal(range(_MAX_BLOCK + 1))
+
+        # Shared multiplier: (block-column index) * b_c.
+        mul_a = Signal(16)
+        prod = Signal(16 + 11)
+        m.d.comb += prod.eq(mul_a * bc)
+
+        # Entry memory: the index list (and masks) of the current block-row.
+        entry_layout = data.StructLayout({"c": unsigned(16), "mask": unsigned(MAX_MASK_BITS)})
+        m.submodules.entries = entries = memory.Memory(shape=entry_layout, depth=kmax, init=[])
+        ent_wr, ent_rd = entries.write_port(), entries.read_port()
+
+        # Valid columns of block c: nvalid = min(b_c, k - c*b_c) (c*b_c < k checked before).
+        nvalid = Signal(range(_MAX_BLOCK + 1))
+        span = Signal(signed(28))
+        m.d.comb += [span.eq(ck - prod),
+                     nvalid.eq(Mux(span > bc, bc, span[:11]))]
+        valid_bits = Signal(MAX_MASK_BITS)
+        m.d.comb += valid_bits.eq(((Const(1, MAX_MASK_BITS + 1) << nvalid[:6]) - 1)
+                                  [:MAX_MASK_BITS])
+        popcount = Signal(range(MAX_MASK_BITS + 1))
+        m.d.comb += popcount.eq(sum(mask[i] for i in range(MAX_MASK_BITS)))
+        mask_bytes = Signal(range(MAX_MASK_BITS // 8 + 1))
+        m.d.comb += mask_bytes.eq((bc + 7) >> 3)
+
+        jlow = Signal(range(MAX_MASK_BITS))
+        for i in reversed(range(MAX_MASK_BITS)):
+            with m.If(cur_mask[i]):
+                m.d.comb += jlow.eq(i)
+
+        beat_err = Signal()
+        with m.If(bad_beat):
+            m.d.sync += beat_err.eq(1)
+
+        def need(nbytes):
+            """Condition 'nbytes are buffered' (and no bad beat); else the truncation error."""
+            ok = (level >= nbytes) & ~beat_err
+            with m.If((~ok & ended) | beat_err):
+                m.next = "ERROR"
+            return ok
+
+        with m.FSM(name="parse"):
+            with m.State("IDLE"), m.If(self.start):
+                m.d.sync += [self.error.eq(0), ended.eq(0), buf.eq(0), level.eq(0),
+                             ck.eq(self.exp_k), cn.eq(self.exp_n), self.words.eq(0),
+                             first_row.eq(1), uneven.eq(0), seen.eq(0), base.eq(0),
+                             ch_row.eq(0), tile_row.eq(0), q.eq(0), beat_err.eq(0)]
+                m.next = "MAGIC"
+            with m.State("MAGIC"):
+                m.d.comb += accepting.eq(1)
+                with m.If(need(4)):
+                    m.d.comb += take.eq(4)
+                    m.next = "VERSION"
+                    with m.If(u32 != MAGIC_WORD):
+                        m.next = "ERROR"
+            with m.State("VERSION"):
+                m.d.comb += accepting.eq(1)
+                with m.If(need(2)):
+                    m.d.comb += take.eq(2)
+                    m.d.sync += [hier.eq(buf[8]), bal.eq(buf[9])]
+                    m.next = "BR"
+                    with m.If((u8 != _VERSION) | (buf[10:16] != 0)):
+                        m.next = "ERROR"
+            with m.State("BR"):
+                m.d.comb += accepting.eq(1)
+                with m.If(need(2)):
+                    m.d.comb += take.eq(2)
+                    m.d.sync += [br.eq(u16), rem.eq(u16)]
+                    m.next = "BC"
+                    with m.If((u16 == 0) | (u16 > _MAX_BLOCK)):
+                        m.next = "ERROR"
+            with m.State("BC"):
+                m.d.comb += accepting.eq(1)
+                with m.If(need(2)):
+                    m.d.comb += take.eq(2)
+                    m.d.sync += bc.eq(u16)
+                    m.next = "RESERVED"
+                    with m.If((u16 == 0) | (u16 > _MAX_BLOCK) | (hier & (u16 > MAX_MASK_BITS))):
+                        m.next = "ERROR"
+            with m.State("RESERVED"):
+                m.d.comb += accepting.eq(1)
+                with m.If(need(2)):
+                    m.d.comb += take.eq(2)
+                    m.next = "OUT"
+                    with m.If(u16 != 0):
+                        m.next = "ERROR"
+            with m.State("OUT"):
+                m.d.comb += accepting.eq(1)
+                with m.If(need(4)):
+                    m.d.comb += take.eq(4)
+                    m.next = "IN"
+                    with m.If(u32 != cn):
+                        m.next = "ERROR"
+            with m.State("IN"):
+                m.d.comb += accepting.eq(1)
+                with m.If(need(4)):
+                    m.d.comb += take.eq(4)
+                    m.next = "TOTAL"
+                    with m.If(u32 != ck):
+                        m.next = "ERROR"
+            with m.State("TOTAL"):
+                m.d.comb += accepting.eq(1)
+                with m.If(need(4)):
+                    m.d.comb += take.eq(4)
+                    m.d.sync += total.eq(u32)
+                    m.next = "QDIV"
+            with m.State("QDIV"):
+                # q = b_r / cols by repeated subtraction; b_r must be a multiple of cols.
+                m.d.comb += accepting.eq(1)
+                with m.If(rem == C):
+                    m.d.sync += q.eq(q + 1)
+                    m.next = "ROW"
+                with m.Elif(rem > C):
+                    m.d.sync += [q.eq(q + 1), rem.eq(rem - C)]
+                with m.Else():
+                    m.next = "ERROR"
+            with m.State("ROW"):
+                m.d.comb += accepting.eq(1)
+                with m.If(ch_row >= cn):
+                    m.next = "END"
+                with m.Else():
+                    m.next = "COUNT"
+            with m.State("COUNT"):
+                m.d.comb += [accepting.eq(1), mul_a.eq(u16 - 1)]
+                with m.If(need(2)):
+                    m.d.comb += take.eq(2)
+                    m.d.sync += [cnt.eq(u16), e.eq(0), cols_r.eq(0), seen.eq(seen + u16),
+                                 first_row.eq(0), ctile.eq(tile_row), cs.eq(0)]
+                    with m.If(first_row):
+                        m.d.sync += first_cnt.eq(u16)
+                    with m.Elif(u16 != first_cnt):
+                        m.d.sync += uneven.eq(1)
+                    with m.If(u16 == 0):
+                        m.next = "CNT"
+                    with m.Else():
+                        m.next = "INDEX"
+                    with m.If(((u16 != 0) & (prod >= ck)) | (seen + u16 > total)):
+                        m.next = "ERROR"
+            with m.State("INDEX"):
+                m.d.comb += [accepting.eq(1), mul_a.eq(u16)]
+                with m.If(need(2)):
+                    m.d.comb += take.eq(2)
+                    m.d.sync += [idx.eq(u16), prev.eq(u16), mask.eq(valid_bits),
+                                 mbyte.eq(0)]
+                    with m.If(hier):
+                        m.d.sync += mask.eq(0)
+                        m.next = "MASK"
+                    with m.Else():
+                        m.d.sync += cols_r.eq(cols_r + nvalid)
+                        m.next = "STORE"
+                    with m.If((prod >= ck) | ((e != 0) & (u16 <= prev))):
+                        m.next = "ERROR"
+            with m.State("MASK"):
+                m.d.comb += [accepting.eq(1), mul_a.eq(idx)]
+                byte_ok = need(1)
+                with m.If(mbyte == mask_bytes):
+                    m.d.sync += cols_r.eq(cols_r + popcount)
+                    m.next = "STORE"
+                    with m.If((mask == 0) | ((mask & ~valid_bits) != 0)):
+                        m.next = "ERROR"
+                with m.Elif(byte_ok):
+                    m.d.comb += take.eq(1)
+                    m.d.sync += [mbyte.eq(mbyte + 1),
+                                 mask.eq(mask | (u8 << (mbyte * 8))[:MAX_MASK_BITS])]
+                    # Bits past MAX_MASK_BITS cannot occur: b_c <= MAX_MASK_BITS here.
+            with m.State("STORE"):
+                m.d.comb += [accepting.eq(1), ent_wr.en.eq(1), ent_wr.addr.eq(e),
+                             ent_wr.data.c.eq(idx), ent_wr.data.mask.eq(mask)]
+                m.d.sync += e.eq(e + 1)
+                with m.If(e + 1 == cnt):
+                    m.next = "CNT"
+                with m.Else():
+                    m.next = "INDEX"
+            with m.State("CNT"):
+                # Counts of the block-row's tiles (those before out_features).
+                m.d.comb += accepting.eq(1)
+                with m.If((cs == q) | (ctile * C >= cn)):
+                    m.d.sync += [e.eq(0), pos_addr.eq(base), waddr.eq(base), s.eq(0),
+                                 ch_s.eq(ch_row)]
+                    with m.If(cnt == 0):
+                        m.next = "ROWEND"
+                    with m.Else():
+                        m.next = "FETCH"
+                with m.Else():
+                    m.d.comb += [self.c_en.eq(1), self.c_addr.eq(ctile), self.c_data.eq(cols_r)]
+                    m.d.sync += [cs.eq(cs + 1), ctile.eq(ctile + 1)]
+            with m.State("FETCH"):
+                m.d.comb += [accepting.eq(1), ent_rd.addr.eq(e)]
+                m.next = "LATCH"
+            with m.State("LATCH"):
+                m.d.comb += [accepting.eq(1), mul_a.eq(ent_rd.data.c)]
+                m.d.sync += [cur_mask.eq(ent_rd.data.mask), cur_j.eq(0), kb.eq(prod),
+                             cur_ncols.eq(nvalid)]
+                m.next = "COLUMN"
+            with m.State("COLUMN"):
+                m.d.comb += accepting.eq(1)
+                j = Mux(hier, jlow, cur_j)
+                exists = ch_s < cn
+                with m.If(need(W)):
+                    m.d.comb += take.eq(W)
+                    word = buf[:8 * W]
+                    pad_bad = Signal()
+                    for lane in range(C):
+                        byte = word[8 * lane:8 * lane + 8]
+                        with m.If((ch_s + lane >= cn) & (byte != 0)):
+                            m.d.comb += pad_bad.eq(1)
+                        if cfg.weight_width < 8:
+                            # The format holds int8: a value outside weight_width is an error.
+                            top = byte.as_signed() >> (cfg.weight_width - 1)
+                            with m.If((top != 0) & (top != -1)):
+                                m.d.comb += pad_bad.eq(1)
+                        m.d.comb += self.w_data[lane].eq(byte.as_signed())
+                    m.d.comb += [self.w_addr.eq(waddr), self.w_k.eq(kb + j)]
+                    with m.If(exists):
+                        m.d.comb += self.w_en.eq(waddr < depth)
+                        m.d.sync += self.words.eq(self.words + 1)
+                    m.d.sync += [s.eq(s + 1), ch_s.eq(ch_s + C), waddr.eq(waddr + cols_r)]
+                    with m.If(s + 1 == q):
+                        # Next kept column.
+                        m.d.sync += [s.eq(0), ch_s.eq(ch_row), pos_addr.eq(pos_addr + 1),
+                                     waddr.eq(pos_addr + 1), cur_j.eq(cur_j + 1),
+                                     cur_mask.eq(cur_mask & (cur_mask - 1))]
+                        col_end = Mux(hier, (cur_mask & (cur_mask - 1)) == 0,
+                                      cur_j + 1 == cur_ncols)
+                        with m.If(col_end):
+                            m.d.sync += e.eq(e + 1)
+                            with m.If(e + 1 == cnt):
+                                m.next = "ROWEND"
+                            with m.Else():
+                                m.next = "FETCH"
+                    with m.If(pad_bad | (exists & (waddr >= depth))):
+                        m.next = "ERROR"
+            with m.State("ROWEND"):
+                m.d.comb += accepting.eq(1)
+                m.d.sync += [base.eq(self.words), ch_row.eq(ch_row + br),
+                             tile_row.eq(tile_row + q)]
+                m.next = "ROW"
+            with m.State("END"):
+                m.d.comb += accepting.eq(1)
+                with m.If((seen != total) | (bal == uneven) | (level != 0) | beat_err):
+                    m.next = "ERROR"
+                with m.Elif(ended):
+                    m.next = "DONE"
+            with m.State("ERROR"):
+                # Drain the rest of the stream up to its last beat.
+                m.d.comb += [accepting.eq(1), drop.eq(1)]
+                m.d.sync += self.error.eq(1)
+                with m.If(ended | (self.cw.valid & self.cw.ready & beat.last)):
+                    m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += self.done.eq(1)
+                m.next = "IDLE"
+        m.d.comb += self.busy.eq(accepting | self.done)
+        return m

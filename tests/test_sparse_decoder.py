@@ -1,0 +1,239 @@
+"""RTL block-sparse weight decoder: buffer images bit-exact vs the golden schedule, exact cycle
+model, every malformed stream flagged (and rejected by the golden decoder), no hangs."""
+
+import struct
+
+import numpy as np
+import pytest
+
+from golden.config import AccelConfig
+from golden.pruning import BlockPattern, block_prune, hierarchical_prune
+from golden.sparse_format import decode, encode, tile_schedule, tile_weight_words
+from rtl.sparse_decoder import SparseDecoder
+from sim.gemm import pack_compressed
+from sim.perf import decode_cycles
+from sim.streams import run_simulation, stream_send
+
+
+def run_decoder(cfg, streams, *, rng=None, stall=0.0, dut=None):
+    """Decode ``streams`` (``(bytes, k, n)`` or ``(beats, k, n)``) one after the other on one
+    decoder. Returns, per stream, ``(error, cycles, wmem, kmem, cmem)``; ``cycles`` counts the
+    start cycle to the ``done`` pulse inclusive."""
+    dut = SparseDecoder(cfg) if dut is None else dut
+    src_rng = np.random.default_rng(rng.integers(1 << 32)) if rng is not None else None
+    go = []
+
+    async def control(ctx):
+        results = []
+        for i, (_, k, n) in enumerate(streams):
+            wmem, kmem, cmem = {}, {}, {}
+            ctx.set(dut.exp_k, k)
+            ctx.set(dut.exp_n, n)
+            ctx.set(dut.start, 1)
+            go.append(i)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            cycles = 1
+            while True:
+                if ctx.get(dut.w_en):
+                    addr = ctx.get(dut.w_addr)
+                    wmem[addr] = [int(x) for x in ctx.get(dut.w_data)]
+                    kmem[addr] = ctx.get(dut.w_k)
+                if ctx.get(dut.c_en):
+                    cmem[ctx.get(dut.c_addr)] = ctx.get(dut.c_data)
+                cycles += 1
+                if ctx.get(dut.done):
+                    results.append((ctx.get(dut.error), cycles, wmem, kmem, cmem))
+                    break
+                await ctx.tick()
+            await ctx.tick()
+        return results
+
+    async def source(ctx):
+        for i, (data, _, _) in enumerate(streams):
+            while len(go) <= i:
+                await ctx.tick()
+            beats = data if isinstance(data, list) else pack_compressed(
+                cfg, data, src_rng if stall > 0 else None)
+            await stream_send(ctx, dut.cw, beats, rng=src_rng, stall=stall)
+
+    total = sum(len(d) if not isinstance(d, list) else 8 * len(d) for d, _, _ in streams)
+    return run_simulation(dut, [control, source], max_cycles=4 * total + 2000)[0]
+
+
+def expected_image(cfg, w, pattern):
+    sched = tile_schedule(pattern, cfg)
+    words = tile_weight_words(pattern.apply(w), sched, cfg)
+    return (np.concatenate(words) if words else np.zeros((0, cfg.cols)),
+            np.concatenate(sched), [len(s) for s in sched])
+
+
+def check_image(cfg, result, w, pattern):
+    error, _, wmem, kmem, cmem = result
+    assert error == 0
+    exp_w, exp_k, exp_c = expected_image(cfg, w, pattern)
+    assert sorted(wmem) == list(range(len(exp_w)))
+    assert np.array_equal(np.array([wmem[i] for i in range(len(exp_w))]).reshape(exp_w.shape),
+                          exp_w)
+    assert [kmem[i] for i in range(len(exp_k))] == exp_k.tolist()
+    assert [cmem[i] for i in range(len(exp_c))] == exp_c
+
+
+def patterns(rng):
+    """(w, pattern) cases on the tiny preset (cols = 4)."""
+    cases = []
+    w = rng.integers(-128, 128, (20, 30))                   # N, K not multiples of the block
+    cases.append((w, block_prune(w, 0.5, (8, 8), balanced=True)))
+    cases.append((w, block_prune(w, 0.5, (8, 8), balanced=False)))
+    cases.append((w, hierarchical_prune(w, 0.5, (8, 8), balanced=False)))
+    w2 = rng.integers(-128, 128, (16, 32))
+    blocks = np.array([[1, 0, 1, 1], [0, 0, 0, 0]], bool)   # an all-zero block-row
+    cases.append((w2, BlockPattern((16, 32), (8, 8), blocks)))
+    cases.append((w2, BlockPattern.dense((16, 32), (4, 4))))  # density 1.0, q = 1
+    one = np.zeros((1, 2), bool)
+    one[0, 1] = True                                       # a single kept block, q = 4
+    cases.append((w2, BlockPattern((16, 32), (16, 16), one)))
+    return cases
+
+
+def test_decoder_images_and_cycles(tiny, rng):
+    cases = patterns(rng)
+    results = run_decoder(tiny, [(encode(w, p), p.shape[1], p.shape[0]) for w, p in cases])
+    for (w, p), res in zip(cases, results):
+        check_image(tiny, res, w, p)
+        assert res[1] == decode_cycles(tiny, p)
+
+
+def test_decoder_stalls_and_ragged_beats(tiny, rng):
+    cases = patterns(rng)[:4]
+    results = run_decoder(tiny, [(encode(w, p), p.shape[1], p.shape[0]) for w, p in cases],
+                          rng=rng, stall=0.3)
+    for (w, p), res in zip(cases, results):
+        check_image(tiny, res, w, p)
+
+
+def _corruptions(rng):
+    """(name, stream, k, n, golden_rejects) on the tiny preset."""
+    w = rng.integers(-128, 128, (20, 30))
+    p = block_prune(w, 0.5, (8, 8), balanced=False)
+    good = encode(w, p)
+    k, n = 30, 20
+    nbc = 4
+    ph = hierarchical_prune(w, 0.5, (8, 8), balanced=False)
+    hgood = encode(w, ph)
+    h4 = encode(w, hierarchical_prune(w, 0.5, (4, 4)))   # b_c = 4: mask bits 4..7 unused
+
+    def patch(data, offset, fmt, value):
+        out = bytearray(data)
+        struct.pack_into(fmt, out, offset, value)
+        return bytes(out)
+
+    hcount0 = struct.unpack_from("<H", hgood, 24)[0]
+    last = 26 + 3 * (hcount0 - 1)            # last entry of block-row 0: index, 1 mask byte
+    first_idx = struct.unpack_from("<H", good, 26)[0]
+    count0 = struct.unpack_from("<H", good, 24)[0]
+    assert count0 >= 2
+    cases = [
+        ("magic", patch(good, 0, "<B", ord("X")), k, n, True),
+        ("version", patch(good, 4, "<B", 2), k, n, True),
+        ("flags", patch(good, 5, "<B", good[5] | 0x04), k, n, True),
+        ("balanced flag", patch(good, 5, "<B", good[5] ^ 0x02), k, n, True),
+        ("reserved", patch(good, 10, "<H", 1), k, n, True),
+        ("b_r zero", patch(good, 6, "<H", 0), k, n, True),
+        ("out_features vs command", good, k, n - 1, False),
+        ("in_features vs command", good, k + 1, n, False),
+        ("b_r not a multiple of cols", encode(w, block_prune(w, 0.5, (2, 2))), k, n, False),
+        ("count too large", patch(good, 24, "<H", nbc + 1), k, n, True),
+        ("index out of range", patch(good, 26, "<H", nbc), k, n, True),
+        ("index not increasing", patch(good, 28, "<H", first_idx), k, n, True),
+        ("total too small", patch(good, 20, "<I", p.kept_blocks - 1), k, n, True),
+        ("total too large", patch(good, 20, "<I", p.kept_blocks + 1), k, n, True),
+        ("truncated header", good[:10], k, n, True),
+        ("truncated index list", good[:27], k, n, True),
+        ("truncated payload", good[:-5], k, n, True),
+        ("trailing bytes", good + b"\0", k, n, True),
+        ("nonzero padding row", good[:-1] + b"\x01", k, n, True),
+        ("empty mask", patch(hgood, 28, "<B", 0), k, n, True),
+        ("mask past in_features", patch(patch(hgood, last, "<H", nbc - 1), last + 2, "<B", 0xff),
+         k, n, True),
+        ("mask unused bits", patch(h4, 28, "<B", h4[28] | 0x10), k, n, True),
+    ]
+    return cases, (good, k, n, w, p)
+
+
+def test_corrupted_streams_raise_error(tiny, rng):
+    cases, (good, k, n, w, p) = _corruptions(rng)
+    streams = []
+    for _, data, ck, cn, _ in cases:
+        streams += [(data, ck, cn), (good, k, n)]     # every error followed by a good stream
+    results = run_decoder(tiny, streams)
+    for i, (name, data, _, _, golden_rejects) in enumerate(cases):
+        assert results[2 * i][0] == 1, name
+        check_image(tiny, results[2 * i + 1], w, p)
+        if golden_rejects:
+            with pytest.raises(ValueError, match="compressed weights"):
+                decode(data)
+
+
+def test_overlong_beat_and_weight_buffer_overflow(tiny, rng):
+    w = rng.integers(-128, 128, (20, 30))
+    p = block_prune(w, 0.5, (8, 8))
+    good = encode(w, p)
+    beats = pack_compressed(tiny, good)
+    beats[3] = dict(beats[3], n=tiny.cols + 1)
+    small = AccelConfig.from_dict({**tiny.to_dict(), "weight_buffer_depth": 16})
+    assert run_decoder(tiny, [(beats, 30, 20), (good, 30, 20)])[0][0] == 1
+    results = run_decoder(small, [(good, 30, 20)])
+    assert results[0][0] == 1
+
+
+def test_narrow_weight_width_rejects_wide_weights(tiny, rng):
+    cfg = tiny.replace(weight_width=6)
+    w = rng.integers(-32, 32, (8, 16))
+    p = block_prune(w, 0.5, (4, 4))
+    wide = w.copy()
+    wide[p.element_mask()] = 100
+    results = run_decoder(cfg, [(encode(wide, p), 16, 8), (encode(w, p), 16, 8)])
+    assert results[0][0] == 1
+    check_image(cfg, results[1], w, p)
+
+
+def test_decoder_rejects_bad_config():
+    with pytest.raises(TypeError, match="cfg must be an AccelConfig"):
+        SparseDecoder("tiny")
+
+
+def test_fuzz_matches_golden_decoder(tiny, rng):
+    """Random byte flips, truncations and insertions: the RTL flags an error exactly when the
+    golden decoder rejects the stream (or it breaks a hardware limit), else writes the golden
+    image of the decoded pattern."""
+    w = rng.integers(-128, 128, (20, 30))
+    sources = [encode(w, block_prune(w, 0.5, (8, 8), balanced=False)),
+               encode(w, hierarchical_prune(w, 0.5, (8, 8)))]
+    streams, expect = [], []
+    for i in range(40):
+        data = bytearray(sources[i % 2])
+        kind = rng.integers(3)
+        pos = int(rng.integers(len(data)))
+        if kind == 0:
+            data[pos] ^= 1 << int(rng.integers(8))
+        elif kind == 1:
+            del data[pos:]
+        else:
+            data.insert(pos, int(rng.integers(256)))
+        data = bytes(data)
+        try:
+            dec = decode(data)
+        except ValueError:
+            dec = None
+        ok = (dec is not None and dec.pattern.shape == (20, 30)
+              and dec.pattern.block[0] % tiny.cols == 0
+              and (not dec.pattern.hierarchical or dec.pattern.block[1] <= 32))
+        streams.append((data, 30, 20))
+        expect.append(dec if ok else None)
+    results = run_decoder(tiny, streams)
+    for dec, res in zip(expect, results):
+        if dec is None:
+            assert res[0] == 1
+        else:
+            check_image(tiny, res, dec.weights, dec.pattern)
