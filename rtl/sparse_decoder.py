@@ -46,6 +46,8 @@ from amaranth.utils import ceil_log2
 
 from golden.config import AccelConfig
 
+from .checks import check_config, validating
+
 __all__ = ["MAGIC_WORD", "MAX_MASK_BITS", "SparseDecoder", "compressed_beat_layout"]
 
 #: Widest hierarchical block (``b_c``) whose column mask the decoder holds.
@@ -96,9 +98,8 @@ class SparseDecoder(wiring.Component):
     """
 
     def __init__(self, cfg: AccelConfig):
-        if not isinstance(cfg, AccelConfig):
-            self._MustUse__silence = True
-            raise TypeError(f"cfg must be an AccelConfig, not {cfg!r}")
+        with validating(self):
+            check_config(cfg)
         self._cfg = cfg
         kmax = cfg.max_gemm_dim
         ntmax = -(-kmax // cfg.cols)
