@@ -110,6 +110,13 @@ def find_tool(name):
                        f"(pip install {command}) or set {env}")
 
 
+def _tool_or_none(name):
+    try:
+        return find_tool(name)
+    except ToolNotFound:
+        return None
+
+
 def _run(cmd, args, cwd, what):
     proc = subprocess.run([*cmd, *args], check=False, cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
