@@ -1,23 +1,26 @@
-"""A stand-in design for the FPGA flows: an R x C array of registered int8 MACs.
+"""A stand-in design for the FPGA flows: an R x C systolic array of registered int8 MACs.
 
-:class:`MacArray` is the arithmetic core of a GEMM engine and nothing else: an outer-product
-multiply-accumulate of an ``rows``-vector of activations and a ``cols``-vector of weights into
-``rows * cols`` accumulators, fully pipelined. It has no control, buffers or streams, so its
-place-and-route figures are an upper bound on the Fmax and a lower bound on the resources of any
+:class:`MacArray` is the arithmetic core of a GEMM engine and nothing else: an output-stationary
+systolic array in which activations flow left to right, weights top to bottom, and each PE
+multiply-accumulates the pair it holds into its own accumulator. Functionally it accumulates
+outer products (``acc[r][c] += a[r] * b[c]``); inputs are skewed inside, so the ports take one
+whole ``a`` and ``b`` vector per cycle. It has no control, buffers or streams, so its
+place-and-route figures are an upper bound on the Fmax and a lower bound on the resources of an
 engine built from the same MACs: the reference the engine's figures are read against
 (``docs/fpga_flow.md``). It is used by the flow tests and by ``python -m platforms.report
 --design mac``.
 
-The multiplier operands and product are registered (``a``/``b`` -> register -> multiply ->
-register -> accumulate), the usual shape that lets synthesis map one multiply onto one DSP
-block (MULT18X18D on ECP5, DSP48E2 on UltraScale+). With ``multiplier="mult18x18d"`` the operand
-registers move into an instantiated ECP5 MULT18X18D (:func:`platforms.ecp5.mult18x18d`): same
+Each PE is operand registers (forwarded to the neighbours, so every register drives one
+multiplier and one register: no broadcast) -> multiply -> product register -> accumulator, the
+usual shape that lets synthesis map one multiply onto one DSP block (MULT18X18D on ECP5,
+DSP48E2 on UltraScale+). With ``multiplier="mult18x18d"`` each multiplier's operand registers
+are duplicated inside an instantiated ECP5 MULT18X18D (:func:`platforms.ecp5.mult18x18d`): same
 latency and function, but the array can then only be synthesized for ECP5, not simulated.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Cat, Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -32,10 +35,11 @@ def _check(name, value, lo, hi):
 
 
 class MacArray(wiring.Component):
-    """``rows`` x ``cols`` registered multiply-accumulate array (outer product).
+    """``rows`` x ``cols`` systolic multiply-accumulate array (outer products).
 
     Each cycle with ``en`` high, ``acc[r*cols + c] += a[r] * b[c]`` (or ``= a[r] * b[c]`` when
-    ``clear`` is also high). Accumulators wrap at ``acc_width`` bits.
+    ``clear`` is also high), each PE doing its update ``r + c`` cycles after PE ``(0, 0)``.
+    Accumulators wrap at ``acc_width`` bits.
 
     Parameters
     ----------
@@ -49,8 +53,10 @@ class MacArray(wiring.Component):
         ``"infer"`` (a ``*`` that synthesis maps) or ``"mult18x18d"`` (an ECP5 MULT18X18D
         instance with its input registers; synthesis only).
 
-    Latency: 3 cycles from ``a``/``b``/``en``/``clear`` to the updated ``acc`` (operand register,
-    product register, accumulator). Throughput: one outer product per cycle. No stalls.
+    Latency: ``3 + r + c`` cycles from ``a``/``b``/``en``/``clear`` to the updated
+    ``acc[r*cols + c]`` (input skew ``r + c``, operand register, product register, accumulator);
+    :attr:`latency` is that of the last PE, ``rows + cols + 1``. Throughput: one outer product
+    per cycle. No stalls.
 
     Members
     -------
@@ -94,32 +100,50 @@ class MacArray(wiring.Component):
 
     @property
     def latency(self):
-        return 3
+        return 3 + (self.rows - 1) + (self.cols - 1)
 
     def elaborate(self, platform):
         m = Module()
-        en_q = Signal(2, name="en_q")
-        clear_q = Signal(2, name="clear_q")
-        m.d.sync += [en_q.eq((en_q << 1) | self.en), clear_q.eq((clear_q << 1) | self.clear)]
-        if self.multiplier == "infer":
-            a_q = Signal.like(self.a, name="a_q")
-            b_q = Signal.like(self.b, name="b_q")
-            m.d.sync += [a_q.eq(self.a), b_q.eq(self.b)]
-        else:
+        if self.multiplier == "mult18x18d":
             from .ecp5 import mult18x18d
+
+        def delayed(value, cycles, name):
+            for k in range(cycles):
+                reg = Signal.like(value, name=f"{name}_d{k}")
+                m.d.sync += reg.eq(value)
+                value = reg
+            return value
+
+        # Skew: row r of `a` (and its en/clear) by r cycles, column c of `b` by c cycles.
+        ctrl_in = [delayed(Cat(self.en, self.clear), r, f"ctrl_skew_{r}")
+                   for r in range(self.rows)]
+        a_in = [delayed(self.a[r], r, f"a_skew_{r}") for r in range(self.rows)]
+        b_in = [delayed(self.b[c], c, f"b_skew_{c}") for c in range(self.cols)]
+
+        prod_shape = signed(self.act_width + self.weight_width)
+        b_above = b_in
         for r in range(self.rows):
+            a_left, ctrl_left = a_in[r], ctrl_in[r]
             for c in range(self.cols):
-                i = r * self.cols + c
-                prod = Signal(signed(self.act_width + self.weight_width), name=f"prod_{r}_{c}")
+                a_pe = Signal(signed(self.act_width), name=f"a_{r}_{c}")
+                b_pe = Signal(signed(self.weight_width), name=f"b_{r}_{c}")
+                ctrl_pe = Signal(2, name=f"ctrl_{r}_{c}")
+                ctrl_q = Signal(2, name=f"ctrl_q_{r}_{c}")
+                prod = Signal(prod_shape, name=f"prod_{r}_{c}")
+                m.d.sync += [a_pe.eq(a_left), b_pe.eq(b_above[c]), ctrl_pe.eq(ctrl_left),
+                             ctrl_q.eq(ctrl_pe)]
                 if self.multiplier == "infer":
-                    m.d.sync += prod.eq(a_q[r] * b_q[c])
+                    m.d.sync += prod.eq(a_pe * b_pe)
                 else:
-                    p = mult18x18d(m, self.a[r], self.b[c], name=f"dsp_{r}_{c}")
+                    # The DSP's input registers load what a_pe/b_pe load: same timing.
+                    p = mult18x18d(m, a_left, b_above[c], name=f"dsp_{r}_{c}")
                     m.d.sync += prod.eq(p[:len(prod)])
-                acc = self.acc[i]
-                with m.If(en_q[1]):
-                    with m.If(clear_q[1]):
+                acc = self.acc[r * self.cols + c]
+                with m.If(ctrl_q[0]):
+                    with m.If(ctrl_q[1]):
                         m.d.sync += acc.eq(prod)
                     with m.Else():
                         m.d.sync += acc.eq(acc + prod)
+                a_left, ctrl_left = a_pe, ctrl_pe
+                b_above = b_above[:c] + [b_pe] + b_above[c + 1:]
         return m
