@@ -3,9 +3,10 @@
 Yosys maps a ``*`` of two narrow operands onto one MULT18X18D but leaves all of the DSP's
 registers unused ("NONE"), so a registered multiply is FF -> (routing into the DSP block) ->
 combinational 18x18 multiply (about 3.9 ns) -> (routing) -> FF. On an LFE5U-85F that path alone
-limits a MAC array to roughly 125-140 MHz (see ``docs/fpga_flow.md``). Registering the operands
-inside the DSP (``REG_INPUTA_CLK``/``REG_INPUTB_CLK`` = ``CLK0``) removes the routing into the
-block from the critical path and measured 175 MHz for the same array.
+limits a systolic MAC array to about 135 MHz (4x4) or 117 MHz (8x8) (see
+``docs/fpga_flow.md``). Registering the operands inside the DSP (``REG_INPUTA_CLK`` /
+``REG_INPUTB_CLK`` = ``CLK0``) takes the routing into the block off the critical path: about
+170 MHz for the same 4x4 array.
 
 :func:`mult18x18d` instantiates that configuration. An :class:`~amaranth.hdl.Instance` cannot be
 simulated by Amaranth's simulator, so a design using it keeps an inferred ``*`` for simulation

@@ -198,3 +198,16 @@ def test_mac_array_rejects_bad_parameters():
         MacArray(1, 1, acc_width=8)
     with pytest.raises(ValueError, match="multiplier must be 'infer' or 'mult18x18d'"):
         MacArray(1, 1, multiplier="lut")
+
+
+def test_mac_array_mult18x18d_instances():
+    text = rtlil.convert(MacArray(1, 2, multiplier="mult18x18d"), name="top")
+    assert text.count("cell \\MULT18X18D") == 2
+    assert re.search(r'parameter \\REG_INPUTA_CLK "CLK0"', text)
+    assert re.search(r'parameter \\REG_OUTPUT_CLK "NONE"', text)
+
+
+def test_mult18x18d_rejects_wide_operands():
+    from platforms.ecp5 import mult18x18d
+    with pytest.raises(ValueError, match="a must be at most 18 bits wide, not 19"):
+        mult18x18d(Module(), Signal(19), Signal(8), name="m")
