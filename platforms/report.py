@@ -259,7 +259,7 @@ def _synthesize(yosys, rtlil_text, workdir, family):
 def _place_and_route(nextpnr, workdir, seed, freq):
     lpf = (f'LOCATE COMP "clk" SITE "{ECP5_CLOCK_PIN}";\n'
            f'IOBUF PORT "clk" IO_TYPE=LVCMOS33;\n'
-           f'FREQUENCY PORT "clk" {freq} MHZ;\n')
+           f'FREQUENCY PORT "clk" {freq:g} MHZ;\n')
     (workdir / "design.lpf").write_text(lpf)
     args = ["--85k", "--package", ECP5_PACKAGE, "--json", "design.json",
             "--textcfg", "design.config", "--lpf", "design.lpf", "--lpf-allow-unconstrained",
