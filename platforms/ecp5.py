@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from amaranth.hdl import ClockSignal, Const, Instance, Signal, Value
 
-__all__ = ["mult18x18d"]
+__all__ = ["mult18x18d", "ECP5Synthesis"]
 
 
 def mult18x18d(m, a, b, *, name, domain="sync"):
@@ -70,3 +70,13 @@ def mult18x18d(m, a, b, *, name, domain="sync"):
         i_SIGNEDA=one, i_SIGNEDB=one, i_SOURCEA=zero, i_SOURCEB=zero,
         **ports)
     return p
+
+
+class ECP5Synthesis:
+    """The platform object the ECP5 flow elaborates designs with: it offers
+    ``registered_multiply`` (:mod:`rtl.multiply`), so every multiplier becomes a MULT18X18D with
+    its operand registers inside the DSP block."""
+
+    @staticmethod
+    def registered_multiply(m, a, b, *, name):
+        return mult18x18d(m, a, b, name=name)

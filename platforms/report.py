@@ -50,6 +50,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .ecp5 import ECP5Synthesis
+
 __all__ = [
     "FlowError",
     "ToolNotFound",
@@ -269,13 +271,13 @@ def _place_and_route(nextpnr, workdir, seed, freq):
     return parse_nextpnr_report((workdir / "report.json").read_text())
 
 
-def _harness_rtlil(component, in_pins, out_pins):
+def _harness_rtlil(component, in_pins, out_pins, platform=None):
     from amaranth.back import rtlil
 
     from .harness import OOCHarness
 
     harness = OOCHarness(component, in_pins=in_pins, out_pins=out_pins)
-    text = rtlil.convert(harness, name=_TOP)
+    text = rtlil.convert(harness, name=_TOP, platform=platform)
     if not re.search(rf"^module \\{re.escape(_DUT)}$", text, re.MULTILINE):
         raise FlowError(f"the emitted RTLIL has no module {_DUT!r}")
     return harness, text
@@ -317,14 +319,19 @@ def run_flows(component, *, flows=FLOWS, workdir, seed=1, freq=150.0, in_pins=1,
     yosys = find_tool("yosys")
     nextpnr = find_tool("nextpnr-ecp5") if "ecp5" in flows else None
     workdir = Path(workdir)
-    harness, text = _harness_rtlil(component, in_pins, out_pins)
+    # ECP5: elaborate with the DSP-primitive hook (rtl.multiply), since Yosys' ECP5 flow does not
+    # move fabric registers into MULT18X18D blocks; UltraScale+: Yosys' xilinx_dsp does.
+    texts = {}
+    for flow in flows:
+        harness, texts[flow] = _harness_rtlil(component, in_pins, out_pins,
+                                              ECP5Synthesis() if flow == "ecp5" else None)
     result = {
         "dut_port_bits": {"in": harness.dut_in_bits, "out": harness.dut_out_bits},
         "harness": {"in_pins": in_pins, "out_pins": out_pins,
                     "ff": harness.dut_in_bits + harness.dut_out_bits},
     }
     for flow in flows:
-        dut_cells, total_cells = _synthesize(yosys, text, workdir / flow, flow)
+        dut_cells, total_cells = _synthesize(yosys, texts[flow], workdir / flow, flow)
         entry = {"dut": summarize_cells(dut_cells, flow),
                  "total": summarize_cells(total_cells, flow),
                  "dut_cells": dut_cells}

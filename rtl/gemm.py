@@ -58,7 +58,7 @@ before any activation is taken. ``load_weights = 0`` reuses resident sparse weig
 ``k`` and ``n``; dense and sparse resident weights are not interchangeable (``error``).
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -66,6 +66,7 @@ from amaranth.utils import ceil_log2
 from golden.config import AccelConfig
 
 from .checks import check_config, validating
+from .multiply import multiply_latency, pipelined_multiply
 from .pe import Control
 from .sparse_decoder import SparseDecoder, compressed_beat_layout
 from .systolic import SystolicArray
@@ -79,14 +80,24 @@ __all__ = [
 ]
 
 FEED_STAGES = 1       # command issue -> operands at the array (synchronous buffer read)
-EPILOGUE_STAGES = 5   # bias, multiply, round, shift, saturate
+EPILOGUE_FIXED_STAGES = 6   # row, bias, round, coarse shift, fine shift, saturate
 FIFO_STAGES = 2       # SyncFIFOBuffered: write to readable
 SPARSE_EXTRA_STAGES = 1   # sparse commands: k-index buffer read before the A buffer read
 
 
 def engine_latency(cfg: AccelConfig) -> int:
     """Cycles from the issue of a tile's ``last`` beat to its first row on ``o``."""
-    return FEED_STAGES + SystolicArray.array_latency(cfg) + EPILOGUE_STAGES + FIFO_STAGES
+    return FEED_STAGES + SystolicArray.array_latency(cfg) + epilogue_stages(cfg) + FIFO_STAGES
+
+
+def epilogue_stages(cfg: AccelConfig) -> int:
+    """Stages from a finished row leaving the array to its write into the output FIFO."""
+    return EPILOGUE_FIXED_STAGES + epilogue_multiply_latency(cfg)
+
+
+def epilogue_multiply_latency(cfg: AccelConfig) -> int:
+    """Stages of the requantization multiply ``(acc + bias) * M``."""
+    return multiply_latency(cfg.acc_width + 1, True, cfg.mult_width, False)
 
 
 def default_fifo_depth(cfg: AccelConfig) -> int:
@@ -116,7 +127,8 @@ class GemmEngine(wiring.Component):
     """Tiled GEMM with bias + requantize epilogue on a ``rows x cols`` systolic array.
 
     Latency (:attr:`latency`): from the cycle the ``last`` beat of a tile is issued to the array
-    until its first output row is valid on ``o``: ``FEED + (cols + 2) + EPILOGUE + FIFO``
+    until its first output row is valid on ``o``:
+    ``FEED + (cols + PE.latency) + epilogue_stages(cfg) + FIFO``
     (one more for sparse commands: :attr:`sparse_latency`).
     Throughput: ``rows * cols`` MACs per cycle while ``k >= max(rows, cols)``; a tile with a
     shorter ``k`` (sparse: fewer kept ``k`` steps) occupies ``max(rows, cols)`` cycles.
@@ -436,37 +448,57 @@ class GemmEngine(wiring.Component):
         aw, accw = cfg.act_width, cfg.acc_width
         lo, hi = -(1 << (aw - 1)), (1 << (aw - 1)) - 1
 
+        # Stage 1: the finished row and its tile's lane mask.
         v1 = Signal()
         acc1 = Signal(data.ArrayLayout(signed(accw), C))
         keep1 = Signal(C)
         m.d.sync += [v1.eq(array.out_valid & (array.out_row < head.rv)), acc1.eq(array.out_data)]
         for c in range(C):
             m.d.sync += keep1[c].eq(head.cv > c)
-        v2, v3, v4, v5 = Signal(), Signal(), Signal(), Signal()
-        keep2, keep3, keep4, keep5 = Signal(C), Signal(C), Signal(C), Signal(C)
-        m.d.sync += [v2.eq(v1), v3.eq(v2), v4.eq(v3), v5.eq(v4),
-                     keep2.eq(keep1), keep3.eq(keep2), keep4.eq(keep3), keep5.eq(keep4)]
-        prod_w = accw + 1 + cfg.mult_width + 1
+
+        def delayed(sig, cycles, name):
+            for i in range(cycles):
+                nxt = Signal.like(sig, name=f"{name}_d{i}")
+                m.d.sync += nxt.eq(sig)
+                sig = nxt
+            return sig
+
+        mul_stages = epilogue_multiply_latency(cfg)
+        valids = [v1]
         out_row = Signal(data.ArrayLayout(signed(aw), C))
+        par = ep_rd.data
         for c in range(C):
-            par = ep_rd.data
+            # Stage 2: bias (one bit wider than the accumulator).
             s2 = Signal(signed(accw + 1), name=f"biased_{c}")
             mult2 = Signal(unsigned(cfg.mult_width), name=f"mult_{c}")
             sh2 = Signal(unsigned(cfg.shift_width), name=f"shift2_{c}")
             m.d.sync += [s2.eq(acc1[c] + par.bias[c]), mult2.eq(par.mult[c]),
                          sh2.eq(par.shift[c])]
-            p3 = Signal(signed(prod_w), name=f"prod_{c}")
-            sh3 = Signal.like(sh2, name=f"shift3_{c}")
-            m.d.sync += [p3.eq(s2 * mult2), sh3.eq(sh2)]
+            # Stages 3..: multiply (DSP with operand and product registers).
+            p3, _ = pipelined_multiply(m, platform, s2, mult2, name=f"requant_{c}")
+            sh3 = delayed(sh2, mul_stages, f"shift_{c}")
+            # Round: add 2^(S-1).
+            prod_w = len(p3)
             r4 = Signal(signed(prod_w + 1), name=f"rounded_{c}")
             sh4 = Signal.like(sh2, name=f"shift4_{c}")
             half = Mux(sh3 == 0, 0, (Const(1, prod_w) << (sh3 - 1)[:cfg.shift_width])[:prod_w])
             m.d.sync += [r4.eq(p3 + half), sh4.eq(sh3)]
-            q5 = Signal(signed(prod_w + 1), name=f"shifted_{c}")
-            m.d.sync += q5.eq(r4 >> sh4)
-            sat = Mux(q5 > hi, hi, Mux(q5 < lo, lo, q5[:aw]))
-            m.d.comb += out_row[c].eq(Mux(keep5[c], sat, 0))
-        m.d.comb += [ofifo.w_data.eq(out_row.as_value()), ofifo.w_en.eq(v5)]
+            # Arithmetic shift in two steps: multiples of 8, then the rest.
+            q5 = Signal(signed(prod_w + 1), name=f"coarse_{c}")
+            sh5 = Signal(3, name=f"shift5_{c}")
+            m.d.sync += [q5.eq(r4 >> Cat(Const(0, 3), sh4[3:])), sh5.eq(sh4[:3])]
+            q6 = Signal(signed(prod_w + 1), name=f"shifted_{c}")
+            m.d.sync += q6.eq(q5 >> sh5)
+            # Saturate and zero the lanes past n.
+            keep6 = delayed(keep1[c], 4 + mul_stages, f"keep_{c}")
+            m.d.sync += out_row[c].eq(Mux(keep6, Mux(q6 > hi, hi, Mux(q6 < lo, lo, q6[:aw])), 0))
+        v = v1
+        for i in range(EPILOGUE_FIXED_STAGES - 1 + mul_stages):
+            nxt = Signal(name=f"epilogue_valid_{i + 2}")
+            m.d.sync += nxt.eq(v)
+            valids.append(nxt)
+            v = nxt
+        m.d.comb += [ofifo.w_data.eq(out_row.as_value()), ofifo.w_en.eq(v)]
 
         m.d.comb += [
             self.o.valid.eq(ofifo.r_rdy),
@@ -475,7 +507,7 @@ class GemmEngine(wiring.Component):
         ]
 
         # ---- status --------------------------------------------------------------------------
-        in_flight = tags.r_rdy | v1 | v2 | v3 | v4 | v5 | array.out_valid | dec.busy
+        in_flight = tags.r_rdy | Cat(valids).any() | array.out_valid | dec.busy
         m.d.comb += [pipeline_empty.eq(~in_flight),
                      self.busy.eq(~self.cmd.ready | in_flight | (ofifo.w_level != 0))]
         with m.If(self.busy):

@@ -2,8 +2,15 @@
 
 The PE keeps one output element in its accumulator. Operands arrive from the left (``a``, with
 the control flags) and from the top (``b``) and leave, one cycle later, to the right and bottom
-neighbours. The product is registered before the accumulate so that the multiplier maps onto
-one DSP block with its output register (one MULT18X18D on ECP5, one DSP48E2 on UltraScale+).
+neighbours. The multiply is two register stages deep: operand registers, then a product
+register, so that it maps onto one DSP block with its input registers (MULT18X18D on ECP5,
+DSP48E2 on UltraScale+) and the accumulator adder starts from a register.
+
+FPGA synthesis infers the multiplier, but not every flow moves fabric registers into the DSP
+(Yosys' ECP5 flow does not). The multiply is therefore built by
+:func:`rtl.multiply.pipelined_multiply`, which uses a platform's DSP primitive with input
+registers when the platform provides one; the latency, and so the simulated timing, is the same
+either way.
 
 A ``first`` flag starts a new dot product (the accumulator is loaded instead of added to); a
 ``last`` flag copies the finished sum to ``result`` while the accumulator already starts on the
@@ -15,6 +22,8 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.config import AccelConfig
+
+from .multiply import pipelined_multiply
 
 __all__ = ["PE", "Control"]
 
@@ -31,8 +40,8 @@ class PE(wiring.Component):
     """Output-stationary int8 x int8 MAC.
 
     Latency: operands and flags pass to the neighbours in 1 cycle; a ``last`` term presented in
-    cycle ``t`` asserts ``done`` in cycle ``t + 1`` and the sum is visible on ``result`` from
-    cycle ``t + 2`` (:attr:`latency` = 2). Throughput: one term per cycle; no stalls (invalid
+    cycle ``t`` asserts ``done`` in cycle ``t + 2`` and the sum is visible on ``result`` from
+    cycle ``t + 3`` (:attr:`latency` = 3). Throughput: one term per cycle; no stalls (invalid
     beats are bubbles).
 
     Members
@@ -47,7 +56,7 @@ class PE(wiring.Component):
         High in the cycle in which ``result`` is being updated.
     """
 
-    latency = 2
+    latency = 3
 
     def __init__(self, cfg: AccelConfig):
         self._cfg = cfg
@@ -70,9 +79,12 @@ class PE(wiring.Component):
             self.b_out.eq(self.b_in),
             self.ctl_out.eq(self.ctl_in),
         ]
-        product = Signal(signed(cfg.act_width + cfg.weight_width))
+        # Operand registers (inside the DSP when the platform provides them), product register.
+        product, stages = pipelined_multiply(m, platform, self.a_in, self.b_in, name="mul")
+        assert stages == self.latency - 1
+        ctl_reg = Signal(Control)
         pctl = Signal(Control)
-        m.d.sync += [product.eq(self.a_in * self.b_in), pctl.eq(self.ctl_in)]
+        m.d.sync += [ctl_reg.eq(self.ctl_in), pctl.eq(ctl_reg)]
 
         acc = Signal(signed(cfg.acc_width))
         total = Mux(pctl.first, 0, acc) + product

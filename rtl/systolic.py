@@ -31,7 +31,7 @@ class SystolicArray(wiring.Component):
     """``rows x cols`` output-stationary int8 MAC array.
 
     Latency: a tile whose ``last`` beat is presented in cycle ``t`` puts its row ``r`` on
-    ``out_data`` in cycle ``t + latency + r`` with ``latency = cols + 2``. Throughput: one
+    ``out_data`` in cycle ``t + latency + r`` with ``latency = cols + PE.latency``. Throughput: one
     reduction step (``rows * cols`` MACs) per cycle; one result row per cycle out.
 
     Members
@@ -63,7 +63,7 @@ class SystolicArray(wiring.Component):
 
     @staticmethod
     def array_latency(cfg: AccelConfig) -> int:
-        return cfg.cols + 2
+        return cfg.cols + PE.latency
 
     @property
     def latency(self) -> int:

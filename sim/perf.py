@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from golden.config import AccelConfig
 from golden.sparse_format import HEADER_BYTES, mask_bytes, tile_schedule
-from rtl.gemm import EPILOGUE_STAGES, FIFO_STAGES, SPARSE_EXTRA_STAGES, engine_latency
+from rtl.gemm import FIFO_STAGES, SPARSE_EXTRA_STAGES, engine_latency, epilogue_stages
 from rtl.sparse_decoder import SparseDecoder
 
 __all__ = ["GemmCycles", "ceil_div", "decode_cycles", "gemm_cycles", "sparse_gemm_cycles"]
@@ -88,7 +88,7 @@ def _tiles(cfg, m, k, lengths, S, data_start, w_ready, latency, macs) -> GemmCyc
             last = first + steps - 1 if last is None else max(first + steps - 1, last + period)
         release.append(last)
     rows_last = m - (mt - 1) * R
-    array_drain = latency - EPILOGUE_STAGES - FIFO_STAGES + R - 1
+    array_drain = latency - epilogue_stages(cfg) - FIFO_STAGES + R - 1
     end = last + max(latency + rows_last - 1, array_drain)
     return GemmCycles(setup=S, load=first_issue - S - 1, compute=last - first_issue + 1,
                       drain=end - last, total=end, ideal=macs / cfg.pes)
