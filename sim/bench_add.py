@@ -10,7 +10,8 @@ tensors, packed into beats of ``cols`` lanes (the last beat zero-padded), with t
   first input handshake to the last output beat; ``ideal_cycles`` is the beat count (one beat
   per cycle); ``fill_latency`` is the pipeline depth.
 * Stalls (``--stall``, default 0.3): the same operands again with random stalls on all three
-  streams, for bit-exactness under back-pressure (its cycle count is reported, not judged).
+  streams, for bit-exactness under back-pressure (``stalled_cycles``, counted from the start
+  of the simulation, is reported, not judged).
 * Accuracy: the integer result against the float residual ``(a s_a + b s_b) / s_out``, clipped
   to int8, in output LSBs (the rounding alone is at most 0.5).
 
@@ -55,14 +56,15 @@ def _cmd(p):
 
 
 def run_pairs(dut, a_beats, b_beats, rng, stall=0.3, *, cmd=None, cmds=None, stalls=None,
-              error_clear_after=False):
+              error_clear_after=False, count_cycles=False):
     """Stream beat lists into ``dut.a`` / ``dut.b`` with independent random stalls and receive
     as many output beats.
 
     ``cmd`` (an :class:`golden.add.AddParams` or a dict) is set once before the first beat;
     ``cmds`` instead gives one per ``a`` beat, set together with it (``cmd`` is sampled with
     each accepted pair). ``stalls`` overrides ``stall`` per stream as ``(a, b, o)``. Returns the
-    output beats; with ``error_clear_after``, ``(beats, error, error after a clear)``.
+    output beats; with ``error_clear_after``, ``(beats, error, error after a clear)``; with
+    ``count_cycles``, ``(beats, cycles until the last output beat)``.
     """
     sa, sb, so = (stall, stall, stall) if stalls is None else stalls
 
@@ -84,8 +86,11 @@ def run_pairs(dut, a_beats, b_beats, rng, stall=0.3, *, cmd=None, cmds=None, sta
     async def send_b(ctx):
         await stream_send(ctx, dut.b, b_beats, rng=rng, stall=sb)
 
+    state = {"done": False}
+
     async def recv(ctx):
         out = await stream_recv(ctx, dut.o, len(a_beats), rng=rng, stall=so)
+        state["done"] = True
         if not error_clear_after:
             return out
         err = ctx.get(dut.error)
@@ -95,8 +100,15 @@ def run_pairs(dut, a_beats, b_beats, rng, stall=0.3, *, cmd=None, cmds=None, sta
         return out, err, ctx.get(dut.error)
 
     budget = int(len(a_beats) * (4 + 12 * max(sa, sb, so)) / (1 - max(sa, sb, so, 0.5)) + 100)
-    _, _, out = run_simulation(dut, [send_a, send_b, recv], max_cycles=budget)
-    return out
+    async def count(ctx):
+        cycles = 0
+        while not state["done"]:
+            await ctx.tick()
+            cycles += 1
+        return cycles
+
+    _, _, out, cycles = run_simulation(dut, [send_a, send_b, recv, count], max_cycles=budget)
+    return (out, cycles) if count_cycles else out
 
 
 async def _timed(ctx, dut, a_beats, b_beats):
@@ -189,8 +201,10 @@ def run(args) -> dict:
     }
     if args.stall > 0:
         dut2 = ResidualAdd(cfg)
-        stalled = run_pairs(dut2, a_beats, b_beats, rng, args.stall, cmd=p)
+        stalled, cycles2 = run_pairs(dut2, a_beats, b_beats, rng, args.stall, cmd=p,
+                                     count_cycles=True)
         result["stalled_bit_exact"] = stalled == want
+        result["stalled_cycles"] = cycles2
         result["bit_exact"] = result["bit_exact"] and result["stalled_bit_exact"]
     real = np.clip((a * s_a + b * s_b) / s_out, lo, hi - 1)
     err = np.abs(expected - real)
