@@ -18,9 +18,10 @@ memory, requirements on the RTL) is ``docs/isa.md``. In short:
 * Weights, epilogue parameters and unit constants stay in external memory; an instruction
   names their byte address, and the engine streams them in through the one memory port.
 
-This module also holds the semantics of the two operations that no unit module defines yet:
-:func:`gemm_ext` (the GEMM engine with an unsigned-A and a 16-bit-output option) and
-:func:`add_int` (the requantizing residual add). Everything else is a golden unit function.
+This module also holds the semantics of the one operation that no unit module defines yet:
+:func:`gemm_ext` (the GEMM engine with an unsigned-A and a 16-bit-output option). Everything
+else is a golden unit function (the residual add, :func:`add_int` and :class:`AddParams`, is
+:mod:`golden.add`, re-exported here).
 
 Trade-off: a wide fixed-format word wastes bits on short instructions (HALT) but decodes with
 no state and no variable-length fetch; an encoder block needs ``9 + 3 * heads`` instructions
@@ -36,8 +37,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .add import AddParams, add_int
 from .config import AccelConfig
-from .fixedpoint import check_int_array, requantize, round_shift, saturate
+from .fixedpoint import check_int_array, requantize
 from .gelu import GeluParams
 from .gemm import EpilogueParams, gemm_acc
 from .layernorm import LnParams
@@ -303,13 +305,6 @@ def unpack_gelu(data: bytes, in_bits: int, mult_width: int) -> GeluParams:
     return GeluParams(b, c, one, mult, shift, in_bits=in_bits, mult_width=mult_width)
 
 
-class AddParams(NamedTuple):
-    """Residual add ``sat(round_shift(a * ma + b * mb, shift))``."""
-    ma: int
-    mb: int
-    shift: int
-
-
 def pack_add(p: AddParams) -> bytes:
     """ma (u16), mb (u16), shift (u8), three zero bytes."""
     return struct.pack("<HHB3x", p.ma, p.mb, p.shift)
@@ -340,16 +335,6 @@ def gemm_ext(cfg: AccelConfig, a, b, ep: EpilogueParams, *, a_unsigned: bool = F
     acc = gemm_acc(a, b) + ep.bias[None, :]
     return requantize(acc, ep.mult[None, :], ep.shift[None, :],
                       cfg.act_width if out_bits is None else out_bits)
-
-
-def add_int(a, b, p: AddParams, out_bits: int = 8) -> np.ndarray:
-    """Residual add of two int8 tensors at different scales onto a third scale:
-    ``sat(round_shift(a * ma + b * mb, shift), out_bits)`` (the project's rounding rule)."""
-    a = np.asarray(a, np.int64)
-    b = np.asarray(b, np.int64)
-    if a.shape != b.shape:
-        raise ValueError(f"a and b must have the same shape, not {a.shape} and {b.shape}")
-    return saturate(round_shift(a * p.ma + b * p.mb, p.shift), out_bits)
 
 
 # -- validation ------------------------------------------------------------------------------

@@ -13,8 +13,18 @@ activation buffers that its parent owns,
 
 Buffer layout: a token row of ``D`` int8 values is ``segs = ceil(D / cols)`` words of ``cols``
 values (the buffer's port width; lanes past ``D`` are zero padding); row ``r`` segment ``j``
-lives at word ``r * stride + j``, ``stride = ceil(max_dim / cols)``. The unit moves one
-segment per cycle.
+lives at word ``r * stride + j``. The row stride is an elaboration parameter: at least
+``ceil(max_dim / cols)`` (:func:`row_stride`, the default: rows packed back to back), or the
+row pitch of the buffers the unit is connected to, e.g. the accelerator's activation banks,
+whose rows hold ``max(3 * max_dim, max_hidden)`` elements (:func:`bank_stride`). A token row is
+at most ``max_dim`` wide, so ``segs`` stays within ``[1, ceil(max_dim / cols)]`` whatever the
+stride, and the words of a row past its ``segs`` are neither read nor written. The unit moves
+one segment per cycle.
+
+Stride trade-off: the bank layout is fixed per configuration, so an elaboration parameter
+costs nothing at run time (the address is ``row * stride + seg`` with a constant ``stride``, a
+few adders); a run-time stride port would need a real multiplier (or a running row base) and a
+range check, for no use in the accelerator.
 
 Interface trade-off: memory ports rather than streams let the unit sit between two buffers
 that other units also use, with no extra copy; the parent instantiates the
@@ -36,16 +46,41 @@ from amaranth.lib.wiring import In, Out, connect, flipped
 from amaranth.utils import bits_for, ceil_log2
 
 from golden.config import AccelConfig
+from golden.isa import Buf, buffers
 from rtl.topk import PROB_BITS, ClsScore, TopK, token_layout
 
 from .checks import check_config, check_width, validating
 
-__all__ = ["TokenCompaction", "TokenPrune", "row_stride"]
+__all__ = ["MAX_STRIDE", "TokenCompaction", "TokenPrune", "bank_stride", "check_stride",
+           "row_stride"]
+
+#: Largest row stride (words) :class:`TokenCompaction` accepts.
+MAX_STRIDE = 1 << 16
 
 
 def row_stride(cfg: AccelConfig) -> int:
-    """Words per token row in the activation buffers: ``ceil(max_dim / cols)``."""
+    """Words of a ``max_dim``-wide token row: ``ceil(max_dim / cols)``, the smallest stride
+    (and the most segments per row)."""
     return -(-cfg.max_dim // cfg.cols)
+
+
+def bank_stride(cfg: AccelConfig) -> int:
+    """Words per row of the accelerator's activation banks (:func:`golden.isa.buffers`):
+    ``ceil(max(3 * max_dim, max_hidden) / cols)``."""
+    return -(-buffers(cfg)[Buf.ACT0].cols // cfg.cols)
+
+
+def check_stride(cfg: AccelConfig, stride):
+    """The ``stride`` argument of :class:`TokenCompaction` (``None``: :func:`row_stride`)."""
+    lo = row_stride(cfg)
+    if stride is None:
+        return lo
+    if isinstance(stride, bool) or not isinstance(stride, int):
+        raise TypeError(f"stride must be an integer, not {stride!r}")
+    if not lo <= stride <= MAX_STRIDE:
+        raise ValueError(f"stride must be in the range [{lo}, {MAX_STRIDE}] (at least "
+                         f"ceil(max_dim / cols)), not {stride}")
+    return stride
 
 
 class TokenCompaction(wiring.Component):
@@ -56,13 +91,18 @@ class TokenCompaction(wiring.Component):
     cfg : AccelConfig
         Uses ``max_tokens``, ``max_dim``, ``cols`` (port width), ``act_width``,
         ``score_width`` (weight width) and ``mult_width`` (reciprocal precision).
+    stride : int or None
+        Words between the starts of consecutive rows in both buffers, in
+        ``[ceil(max_dim / cols), 65536]``; ``None`` (the default) is ``ceil(max_dim / cols)``
+        (:func:`row_stride`). The accelerator's activation banks use :func:`bank_stride`.
 
     Members
     -------
     start : In(1)
         Pulse (while not ``busy``) to begin; ``segs`` is sampled in that cycle.
     segs : In(unsigned)
-        Segments per row, ``ceil(D / cols)``; valid range ``[1, stride]``.
+        Segments per row, ``ceil(D / cols)``; valid range ``[1, max_segs]``,
+        ``max_segs = ceil(max_dim / cols)``.
     sel : In(stream.Signature(rtl.topk.token_layout(max_tokens, score_width)))
         One beat per candidate token ``index = 0, 1, ...`` (source row ``index + 1``), with its
         ``keep`` bit, its ``score`` (the package-token weight) and ``last`` on the final one.
@@ -87,9 +127,10 @@ class TokenCompaction(wiring.Component):
     cycles from a segment's source read address to its destination write (``dst.en``).
     """
 
-    def __init__(self, cfg: AccelConfig):
+    def __init__(self, cfg: AccelConfig, stride=None):
         with validating(self):
             check_config(cfg)
+            stride = check_stride(cfg, stride)
             if cfg.max_tokens < 2:
                 raise ValueError(f"max_tokens must be in the range [2, 4096] for token "
                                  f"compaction, not {cfg.max_tokens}")
@@ -97,7 +138,11 @@ class TokenCompaction(wiring.Component):
                 raise ValueError(f"mult_width must be in the range [2, {61 - cfg.acc_width}] "
                                  f"for token compaction, not {cfg.mult_width}")
         self.cfg = cfg
-        self.stride = row_stride(cfg)
+        #: row pitch of the buffers (words)
+        self.stride = stride
+        #: most segments per row (``ceil(max_dim / cols)``): the range of ``segs``
+        self.max_segs = row_stride(cfg)
+        #: buffer words the addresses span (``max_tokens`` rows)
         self.depth = cfg.max_tokens * self.stride
         self.addr_width = max(1, ceil_log2(self.depth))
         self.row_layout = data.ArrayLayout(signed(cfg.act_width), cfg.cols)
@@ -105,7 +150,7 @@ class TokenCompaction(wiring.Component):
         self.acc_width = cfg.act_width + cfg.score_width + ceil_log2(cfg.max_tokens) + 1
         super().__init__({
             "start": In(1),
-            "segs": In(unsigned(bits_for(self.stride))),
+            "segs": In(unsigned(bits_for(self.max_segs))),
             "sel": In(stream.Signature(token_layout(cfg.max_tokens, cfg.score_width))),
             "src": In(memory.ReadPort.Signature(addr_width=self.addr_width,
                                                 shape=self.row_layout)),
@@ -136,12 +181,13 @@ class TokenCompaction(wiring.Component):
         cols, aw = cfg.cols, cfg.act_width
         mw = cfg.mult_width
         stride = self.stride
+        max_segs = self.max_segs
         row_shape = unsigned(bits_for(cfg.max_tokens))
-        seg_shape = unsigned(bits_for(self.stride))
+        seg_shape = unsigned(bits_for(max_segs))
         wt_width = self.weight_total_width
 
         acc_layout = data.ArrayLayout(signed(self.acc_width), cols)
-        m.submodules.acc = acc = memory.Memory(shape=acc_layout, depth=stride, init=[])
+        m.submodules.acc = acc = memory.Memory(shape=acc_layout, depth=max_segs, init=[])
         acc_wr = acc.write_port()
         acc_rd = acc.read_port(transparent_for=(acc_wr,))
 
@@ -211,7 +257,7 @@ class TokenCompaction(wiring.Component):
 
         with m.FSM(name="fsm"):
             with m.State("IDLE"), m.If(self.start):
-                bad = (self.segs == 0) | (self.segs > stride)
+                bad = (self.segs == 0) | (self.segs > max_segs)
                 m.d.sync += [
                     self.error.eq(bad), segs.eq(self.segs),
                     cur_valid.eq(~bad), cur_row.eq(0), cur_out.eq(0), cur_keep.eq(1),
@@ -304,6 +350,8 @@ class TokenPrune(wiring.Component):
         As for :class:`TokenCompaction` and :class:`rtl.topk.TopK`.
     heads : int
         Attention heads whose CLS-row probabilities are summed into the score.
+    stride : int or None
+        Row pitch of the source and destination buffers, passed to :class:`TokenCompaction`.
 
     Members
     -------
@@ -314,7 +362,7 @@ class TokenPrune(wiring.Component):
     k : In(unsigned)
         Non-CLS tokens to keep, valid range ``[1, N - 1]``.
     segs : In(unsigned)
-        Row segments, ``[1, stride]``.
+        Row segments, ``[1, ceil(max_dim / cols)]``.
     probs : In(stream.Signature(data.ArrayLayout(unsigned(8), heads)))
         CLS-row probabilities of tokens ``1 .. N - 1``, one beat per token (all heads).
     src, dst, rows, package_weight, busy, done :
@@ -330,11 +378,12 @@ class TokenPrune(wiring.Component):
     ``segs <= N + 2**score_width``, so that the CLS row is copied while the scores load).
     """
 
-    def __init__(self, cfg: AccelConfig, heads: int):
+    def __init__(self, cfg: AccelConfig, heads: int, stride=None):
         with validating(self):
             check_width("heads", heads, 1, 64)
             check_config(cfg)
-        self.compaction = TokenCompaction(cfg)
+            check_stride(cfg, stride)
+        self.compaction = TokenCompaction(cfg, stride)
         self.score = ClsScore(cfg, heads)
         self.topk = TopK(cfg)
         self.cfg = cfg
@@ -345,7 +394,7 @@ class TokenPrune(wiring.Component):
             "start": In(1),
             "n_tokens": In(cnt),
             "k": In(cnt),
-            "segs": In(unsigned(bits_for(comp.stride))),
+            "segs": In(unsigned(bits_for(comp.max_segs))),
             "probs": In(stream.Signature(data.ArrayLayout(unsigned(PROB_BITS), heads))),
             "src": In(memory.ReadPort.Signature(addr_width=comp.addr_width,
                                                 shape=comp.row_layout)),
@@ -383,7 +432,7 @@ class TokenPrune(wiring.Component):
         bad_args = Signal()
         m.d.comb += bad_args.eq((self.n_tokens < 2) | (self.n_tokens > self.cfg.max_tokens)
                                 | (self.k == 0) | (self.k >= self.n_tokens)
-                                | (self.segs == 0) | (self.segs > comp.stride))
+                                | (self.segs == 0) | (self.segs > comp.max_segs))
         go = self.start & ~self.busy
         m.d.comb += [
             topk.n.eq(self.n_tokens - 1), topk.k.eq(self.k), comp.segs.eq(self.segs),

@@ -24,6 +24,7 @@ __all__ = ["KERNELS", "main", "format_result"]
 
 #: kernel name -> module implementing it
 KERNELS = {
+    "add": "sim.bench_add",
     "gemm": "sim.bench_gemm",
     "nonlinear": "sim.bench_nonlinear",
     "sparse-gemm": "sim.bench_sparse",

@@ -5,9 +5,17 @@ import pytest
 
 from golden.config import AccelConfig
 from golden.token_prune import compact_tokens
-from rtl.compaction import TokenCompaction, row_stride
+from rtl.compaction import TokenCompaction, TokenPrune, bank_stride, row_stride
 from sim.streams import run_simulation, stream_send
-from sim.token import BufferHarness, pad_rows, read_rows, run_compaction, sel_beats, start
+from sim.token import (
+    BufferHarness,
+    marker_words,
+    pad_rows,
+    read_rows,
+    run_compaction,
+    sel_beats,
+    start,
+)
 
 
 def _cfg(**kw):
@@ -100,6 +108,7 @@ def test_latency_measured(rng):
             await ctx.tick()
 
     run_simulation(h, [bench], max_cycles=20)
+    assert dut.stride == row_stride(cfg) == 4            # the default stride
     assert seen["read"][1] == seen["write"][1] == 0
     assert seen["write"][0] - seen["read"][0] == dut.latency == 1
 
@@ -166,3 +175,75 @@ def test_verilog_emission():
     from rtl.compaction import TokenPrune
     text = verilog.convert(TokenPrune(_cfg(), 3), name="token_prune")
     assert "module token_prune" in text
+
+
+# -- row stride larger than the row ------------------------------------------------------------
+
+
+def _check_untouched(words, marker, stride, rows, segs):
+    written = {r * stride + j for r in range(rows) for j in range(segs)}
+    for addr, (got, init) in enumerate(zip(words, marker)):
+        if addr not in written:
+            assert got == init, f"word {addr} (row {addr // stride}) was overwritten"
+
+
+@pytest.mark.parametrize("stride, d, stall, keep", [
+    (7, 16, 0.0, 0.5),          # full-width rows, odd stride, cycle formula
+    (7, 6, 0.3, 0.5),           # two segments in a 7-word pitch, random stalls
+    ("bank", 10, 0.3, 0.3),     # the accelerator's bank pitch: 16 words per row
+    ("bank", 16, 0.0, 1.0),     # keep all: no package row
+    (4, 8, 0.2, 0.4),           # the smallest stride, given explicitly
+])
+def test_stride_rows_land_at_pitch(stride, d, stall, keep, rng):
+    cfg = _cfg()                            # max_dim 16, cols 4: max_segs 4
+    stride = bank_stride(cfg) if stride == "bank" else stride
+    n_tokens = 12
+    x = rng.integers(-128, 128, (n_tokens, d))
+    mask = rng.random(n_tokens - 1) < keep
+    weights = rng.integers(0, 256, n_tokens - 1)
+    marker = marker_words(cfg.max_tokens * stride, cfg.cols)
+    res, dut = run_compaction(cfg, x, mask, weights, rng=rng, stall=stall, stride=stride,
+                              gap=99, dst_init=marker, dump=True)
+    assert dut.stride == stride and dut.depth == cfg.max_tokens * stride
+    out, weight = _expect(cfg, x, mask, weights)
+    assert not res["error"] and res["rows"] == len(out) and res["weight"] == weight
+    np.testing.assert_array_equal(res["out"], out)       # rows read at r * stride + j
+    segs = -(-d // cfg.cols)
+    _check_untouched(res["words"], marker, stride, res["rows"], segs)
+    if stall == 0:
+        assert res["cycles"] == dut.cycles(n_tokens, segs, int((~mask).sum()))
+
+
+def test_stride_segs_limited_by_max_dim(rng):
+    """segs is bounded by ceil(max_dim / cols), not by a larger stride."""
+    cfg = _cfg()
+    x = rng.integers(-128, 128, (4, 16))
+    res, dut = run_compaction(cfg, x, np.ones(3, bool), np.zeros(3, int), segs=5, stride=16)
+    assert dut.max_segs == 4 and len(dut.segs) == 3
+    assert res["error"] == 1 and res["cycles"] <= 2
+
+
+def test_bank_stride():
+    assert bank_stride(_cfg()) == 16                       # max(3 * 16, 64) / 4
+    assert bank_stride(AccelConfig()) == 96                # max(576, 768) / 8
+    assert bank_stride(AccelConfig(max_dim=384, max_hidden=768)) == 144   # 1152 / 8
+
+
+@pytest.mark.parametrize("stride, exc, match", [
+    (3, ValueError, r"stride must be in the range \[4, 65536\] \(at least ceil\(max_dim / cols\)"
+                    r"\), not 3"),
+    (65537, ValueError, r"stride must be in the range \[4, 65536\]"),
+    (4.0, TypeError, r"stride must be an integer, not 4.0"),
+    (True, TypeError, r"stride must be an integer"),
+])
+def test_bad_stride(stride, exc, match):
+    with pytest.raises(exc, match=match):
+        TokenCompaction(_cfg(), stride)
+    with pytest.raises(exc, match=match):
+        TokenPrune(_cfg(), 2, stride=stride)
+
+
+def test_verilog_emission_with_stride():
+    from amaranth.back import verilog
+    text = verilog.convert(TokenCompaction(_cfg(), bank_stride(_cfg())), name="compaction")
+    assert "module compaction" in text

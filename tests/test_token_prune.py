@@ -17,7 +17,7 @@ from golden.token_prune import (
 )
 from rtl.compaction import TokenPrune
 from sim.streams import run_simulation
-from sim.token import BufferHarness, pad_rows, run_prune, start
+from sim.token import BufferHarness, marker_words, pad_rows, run_prune, start
 
 # -- golden model ---------------------------------------------------------------------------
 
@@ -193,6 +193,29 @@ def test_rtl_matches_golden(n_tokens, k, d, heads, stall, rng):
         pruned = n_tokens - 1 - k
         assert res["cycles"] == dut.cycles(n_tokens, segs, pruned)
         assert dut.ideal_cycles(n_tokens, segs, pruned) <= res["cycles"]
+
+
+@pytest.mark.parametrize("n_tokens, k, d, stall", [(17, 6, 16, 0.0), (20, 9, 6, 0.3)])
+def test_rtl_bank_stride(n_tokens, k, d, stall, rng):
+    """With the activation banks' row pitch the rows land at ``r * stride`` and the words past
+    each row (and every row not written) keep their contents."""
+    from rtl.compaction import bank_stride
+    cfg = _cfg()
+    stride = bank_stride(cfg)                       # 16 words, rows of at most 4
+    x = rng.integers(-128, 128, (n_tokens, d))
+    probs = rng.integers(0, 256, (3, n_tokens))
+    marker = marker_words(cfg.max_tokens * stride, cfg.cols)
+    res, dut = run_prune(cfg, x, probs, k, rng=rng, stall=stall, stride=stride, gap=-77,
+                         dst_init=marker, dump=True)
+    g, out = _golden_padded(cfg, x, probs, k)
+    assert dut.compaction.stride == stride and not res["error"]
+    assert res["rows"] == len(out) and res["weight"] == g.package_weight
+    np.testing.assert_array_equal(res["out"], out)
+    segs = res["segs"]
+    written = {r * stride + j for r in range(res["rows"]) for j in range(segs)}
+    assert all(res["words"][a] == marker[a] for a in range(len(marker)) if a not in written)
+    if stall == 0:
+        assert res["cycles"] == dut.cycles(n_tokens, segs, n_tokens - 1 - k)
 
 
 @pytest.mark.parametrize("pattern", ["equal", "increasing", "decreasing"])
