@@ -118,7 +118,7 @@ def test_misr_observes_outputs(rng):
         for _ in range(cycles):
             ctx.set(harness.si, int(rng.integers(0, 4)))
             so = ctx.get(harness.so)
-            for j, group in enumerate(groups):
+            for j in range(len(groups)):
                 mismatches += ((so >> j) & 1) != (misr[j] & 1)
             values = [ctx.get(g) for g in groups]
             if last is not None:
