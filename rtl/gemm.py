@@ -79,10 +79,10 @@ __all__ = [
     "epilogue_layout",
 ]
 
-FEED_STAGES = 1       # command issue -> operands at the array (synchronous buffer read)
-EPILOGUE_FIXED_STAGES = 6   # row, bias, round, coarse shift, fine shift, saturate
+FEED_STAGES = 2       # command issue -> operands at the array (buffer read, read register)
+EPILOGUE_FIXED_STAGES = 7   # row, parameter register, bias, round, 2 x shift, saturate
 FIFO_STAGES = 2       # SyncFIFOBuffered: write to readable
-SPARSE_EXTRA_STAGES = 1   # sparse commands: k-index buffer read before the A buffer read
+SPARSE_EXTRA_STAGES = 2   # sparse commands: k-index buffer read and register before the A read
 
 
 def engine_latency(cfg: AccelConfig) -> int:
@@ -179,7 +179,7 @@ class GemmEngine(wiring.Component):
 
     @property
     def sparse_latency(self) -> int:
-        """:attr:`latency` of a sparse command: one more stage (the k-index buffer read)."""
+        """:attr:`latency` of a sparse command: two more stages (the k-index read and its register)."""
         return engine_latency(self._cfg) + SPARSE_EXTRA_STAGES
 
     @property
@@ -206,8 +206,10 @@ class GemmEngine(wiring.Component):
         m.submodules.wbuf = wbuf = memory.Memory(
             shape=data.ArrayLayout(signed(cfg.weight_width), C),
             depth=cfg.weight_buffer_depth, init=[])
+        # Two halves at a power-of-two offset: the address is Cat(k, half), no adder.
         m.submodules.abuf = abuf = memory.Memory(
-            shape=data.ArrayLayout(signed(cfg.act_width), R), depth=2 * kmax, init=[])
+            shape=data.ArrayLayout(signed(cfg.act_width), R), depth=2 << ceil_log2(kmax),
+            init=[])
         m.submodules.epbuf = epbuf = memory.Memory(
             shape=epilogue_layout(cfg), depth=ntmax, init=[])
         m.submodules.kbuf = kbuf = memory.Memory(
@@ -346,7 +348,7 @@ class GemmEngine(wiring.Component):
                 # Accept beats whenever the half being filled is free.
                 free = ~a_full.bit_select(ld_half, 1)
                 m.d.comb += [self.a.ready.eq(free),
-                             a_wr.addr.eq(Mux(ld_half, kmax + ld_k, ld_k)),
+                             a_wr.addr.eq(Cat(ld_k, ld_half)),
                              a_wr.data.eq(self.a.payload), a_wr.en.eq(self.a.valid & free)]
                 with m.If(self.a.valid & free):
                     m.d.sync += ld_k.eq(ld_k + 1)
@@ -385,28 +387,36 @@ class GemmEngine(wiring.Component):
         t_cnt = Signal(range(kmax + 1))
         m.d.comb += [c_rd.addr.eq(f_tj), t_cnt.eq(c_rd.data)]
         t_empty = csparse & (t_cnt == 0)
+        f_k1 = Signal(range(kmax + 1))          # always f_k + 1: the last-step compare has no adder
         is_first = f_k == 0
-        is_last = Mux(csparse, t_empty | (f_k == t_cnt - 1), f_k == ck - 1)
+        is_last = Mux(csparse, t_empty | (f_k1 == t_cnt), f_k1 == ck)
         ctl = Signal(Control)
         m.d.sync += [ctl.valid.eq(issue), ctl.first.eq(is_first), ctl.last.eq(is_last)]
-        # Sparse pipeline: the issue cycle reads the k index, the next one the A column and the
-        # weight word, so operands and flags reach the array one cycle later than when dense.
-        s1_ctl = Signal(Control)
-        s1_half = Signal()
-        s1_zero = Signal()
-        s1_waddr = Signal.like(f_waddr)
-        s2_zero = Signal()
-        m.d.sync += [s1_ctl.eq(ctl), s1_half.eq(f_half), s1_zero.eq(t_empty),
-                     s1_waddr.eq(f_waddr), s2_zero.eq(s1_zero)]
-        s_kaddr = Mux(s1_zero, 0, k_rd.data)
+        # Every block-RAM read is registered before it is used (ECP5 block RAM has a slow
+        # clock-to-output). Dense: issue -> A/W read -> read register -> array. Sparse: issue ->
+        # k-index read -> register -> A/W read -> read register -> array.
+        s1_ctl, s2_ctl, s3_ctl = Signal(Control), Signal(Control), Signal(Control)
+        s1_half, s2_half = Signal(), Signal()
+        s1_zero, s2_zero, s3_zero = Signal(), Signal(), Signal()
+        s1_waddr, s2_waddr = Signal.like(f_waddr), Signal.like(f_waddr)
+        kq = Signal.like(k_rd.data)
+        m.d.sync += [s1_ctl.eq(ctl), s2_ctl.eq(s1_ctl), s3_ctl.eq(s2_ctl),
+                     s1_half.eq(f_half), s2_half.eq(s1_half),
+                     s1_zero.eq(t_empty), s2_zero.eq(s1_zero), s3_zero.eq(s2_zero),
+                     s1_waddr.eq(f_waddr), s2_waddr.eq(s1_waddr),
+                     kq.eq(Mux(s1_zero, 0, k_rd.data))]
+        a_q = Signal.like(a_rd.data)
+        w_q = Signal.like(w_rd.data)
+        dense_ctl = Signal(Control)
+        m.d.sync += [a_q.eq(a_rd.data), w_q.eq(Mux(csparse & s3_zero, 0, w_rd.data)),
+                     dense_ctl.eq(ctl)]
         m.d.comb += [
             k_rd.addr.eq(f_waddr),
-            a_rd.addr.eq(Mux(csparse, Mux(s1_half, kmax + s_kaddr, s_kaddr),
-                             Mux(f_half, kmax + f_k, f_k))),
-            w_rd.addr.eq(Mux(csparse, s1_waddr, f_waddr)),
-            array.a.eq(a_rd.data),
-            array.b.eq(Mux(csparse & s2_zero, 0, w_rd.data)),
-            array.ctl.eq(Mux(csparse, s1_ctl, ctl)),
+            a_rd.addr.eq(Mux(csparse, Cat(kq, s2_half), Cat(f_k, f_half))),
+            w_rd.addr.eq(Mux(csparse, s2_waddr, f_waddr)),
+            array.a.eq(a_q),
+            array.b.eq(w_q),
+            array.ctl.eq(Mux(csparse, s3_ctl, dense_ctl)),
         ]
         tag_w = data.StructLayout({"tj": unsigned(ceil_log2(ntmax + 1)),
                                    "cv": unsigned(ceil_log2(C + 1)),
@@ -417,7 +427,7 @@ class GemmEngine(wiring.Component):
 
         with m.FSM(name="feed"):
             with m.State("IDLE"), m.If(start_data):
-                m.d.sync += [f_half.eq(0), f_k.eq(0), f_waddr.eq(0), f_tj.eq(0),
+                m.d.sync += [f_half.eq(0), f_k.eq(0), f_k1.eq(1), f_waddr.eq(0), f_tj.eq(0),
                              f_rows_left.eq(cm), f_cols_left.eq(cn)]
                 m.next = "WAIT"
             with m.State("WAIT"), m.If(weights_ready & a_full.bit_select(f_half, 1)):
@@ -427,10 +437,12 @@ class GemmEngine(wiring.Component):
                 can = ~is_last | ((gap == self.tile_period) & (credits >= rv))
                 m.d.comb += issue.eq(can)
                 with m.If(can):
-                    m.d.sync += [f_k.eq(f_k + 1), f_waddr.eq(f_waddr + ~t_empty)]
+                    m.d.sync += [f_k.eq(f_k + 1), f_k1.eq(f_k1 + 1),
+                                 f_waddr.eq(f_waddr + ~t_empty)]
                     with m.If(is_last):
                         m.d.comb += [issue_last.eq(1), reserve.eq(rv)]
-                        m.d.sync += [f_k.eq(0), f_tj.eq(f_tj + 1), f_cols_left.eq(f_cols_left - C)]
+                        m.d.sync += [f_k.eq(0), f_k1.eq(1), f_tj.eq(f_tj + 1),
+                                     f_cols_left.eq(f_cols_left - C)]
                         with m.If(f_tj == nt - 1):       # tile row finished
                             m.d.comb += a_clr.eq(Mux(f_half, 0b10, 0b01))
                             m.d.sync += [f_half.eq(~f_half), f_tj.eq(0), f_waddr.eq(0),
@@ -464,17 +476,21 @@ class GemmEngine(wiring.Component):
             return sig
 
         mul_stages = epilogue_multiply_latency(cfg)
+        # Stage 2: the tile's parameters (read in stage 1) registered; the row waits a cycle.
+        par = Signal(epilogue_layout(cfg))
+        acc1b = Signal.like(acc1)
+        keep1b = Signal(C)
+        m.d.sync += [par.eq(ep_rd.data), acc1b.eq(acc1), keep1b.eq(keep1)]
         valids = [v1]
         out_row = Signal(data.ArrayLayout(signed(aw), C))
-        par = ep_rd.data
         for c in range(C):
-            # Stage 2: bias (one bit wider than the accumulator).
+            # Stage 3: bias (one bit wider than the accumulator).
             s2 = Signal(signed(accw + 1), name=f"biased_{c}")
             mult2 = Signal(unsigned(cfg.mult_width), name=f"mult_{c}")
             sh2 = Signal(unsigned(cfg.shift_width), name=f"shift2_{c}")
-            m.d.sync += [s2.eq(acc1[c] + par.bias[c]), mult2.eq(par.mult[c]),
+            m.d.sync += [s2.eq(acc1b[c] + par.bias[c]), mult2.eq(par.mult[c]),
                          sh2.eq(par.shift[c])]
-            # Stages 3..: multiply (DSP with operand and product registers).
+            # Stages 4..: multiply (DSP with operand and product registers).
             p3, _ = pipelined_multiply(m, platform, s2, mult2, name=f"requant_{c}")
             sh3 = delayed(sh2, mul_stages, f"shift_{c}")
             # Round: add 2^(S-1).
@@ -490,7 +506,7 @@ class GemmEngine(wiring.Component):
             q6 = Signal(signed(prod_w + 1), name=f"shifted_{c}")
             m.d.sync += q6.eq(q5 >> sh5)
             # Saturate and zero the lanes past n.
-            keep6 = delayed(keep1[c], 4 + mul_stages, f"keep_{c}")
+            keep6 = delayed(keep1b[c], 4 + mul_stages, f"keep_{c}")
             m.d.sync += out_row[c].eq(Mux(keep6, Mux(q6 > hi, hi, Mux(q6 < lo, lo, q6[:aw])), 0))
         v = v1
         for i in range(EPILOGUE_FIXED_STAGES - 1 + mul_stages):

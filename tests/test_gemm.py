@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from golden.gemm import EpilogueParams, gemm, gemm_acc
-from rtl.gemm import GemmEngine
+from rtl.gemm import FEED_STAGES, GemmEngine
 from sim.gemm import GemmJob, pack_activations, pack_epilogue, pack_weights, run_gemm, run_gemm_jobs
 from sim.perf import gemm_cycles
 from sim.streams import run_simulation, stream_recv, stream_send
@@ -147,9 +147,9 @@ def test_latency_from_last_issue_to_first_output(tiny, rng):
 
     beats = run_simulation(dut, [watch, feed, drain], max_cycles=200)[2]
     assert np.array_equal(np.array(beats)[:, :2], gemm(tiny, a, b, ep))
-    # the array sees the last beat FEED_STAGES (1) cycle after it is issued
-    # 1 (buffer read) + cols + 3 (array) + 9 (epilogue with a split multiply) + 2 (FIFO)
-    assert marks["out"] - marks["last"] + 1 == dut.latency == tiny.cols + 15
+    # the array sees the last beat FEED_STAGES (2) cycles after it is issued;
+    # 2 (buffer read, register) + cols + 3 (array) + 10 (epilogue, split multiply) + 2 (FIFO)
+    assert marks["out"] - marks["last"] + FEED_STAGES == dut.latency == tiny.cols + 17
 
 
 def _command_then(dut, cmds, data_streams=()):
