@@ -100,6 +100,10 @@ def epilogue_multiply_latency(cfg: AccelConfig) -> int:
     return multiply_latency(cfg.acc_width + 1, True, cfg.mult_width, False)
 
 
+def tile_period(cfg: AccelConfig) -> int:
+    return max(cfg.rows, cfg.cols, 2)
+
+
 def default_fifo_depth(cfg: AccelConfig) -> int:
     period = max(cfg.rows, cfg.cols)
     return cfg.rows * (-(-(engine_latency(cfg) + SPARSE_EXTRA_STAGES + cfg.rows) // period) + 1)
@@ -191,8 +195,9 @@ class GemmEngine(wiring.Component):
 
     @property
     def tile_period(self) -> int:
-        """Minimum cycles between the ``last`` beats of consecutive tiles."""
-        return max(self._cfg.rows, self._cfg.cols)
+        """Minimum cycles between the ``last`` beats of consecutive tiles (at least 2, so that
+        per-tile values can be prefetched into registers)."""
+        return tile_period(self._cfg)
 
     def elaborate(self, platform):
         m = Module()
@@ -219,6 +224,7 @@ class GemmEngine(wiring.Component):
         wiring.connect(m, wiring.flipped(self.cw), dec.cw)
         k_wr, k_rd = kbuf.write_port(), kbuf.read_port()
         c_wr, c_rd = cbuf.write_port(), cbuf.read_port(domain="comb")
+        c_rd_next = cbuf.read_port(domain="comb")
         w_wr, w_rd = wbuf.write_port(), wbuf.read_port()
         a_wr, a_rd = abuf.write_port(), abuf.read_port()
         ep_wr, ep_rd = epbuf.write_port(), epbuf.read_port()
@@ -380,13 +386,22 @@ class GemmEngine(wiring.Component):
         f_tj = Signal(range(ntmax + 1))
         f_rows_left = Signal(range(cfg.max_tokens + 1))
         f_cols_left = Signal(range(kmax + 1))
-        rv = Mux(f_rows_left < R, f_rows_left, R)
-        cv = Mux(f_cols_left < C, f_cols_left, C)
+        # Valid rows / lanes of the current tile, registered: they change only at tile ends,
+        # and the next last beat is at least tile_period (>= 2) cycles later.
+        rv = Signal(range(R + 1))
+        cv = Signal(range(C + 1))
+        m.d.sync += [rv.eq(Mux(f_rows_left < R, f_rows_left, R)),
+                     cv.eq(Mux(f_cols_left < C, f_cols_left, C))]
         # Sparse: tile tj iterates positions p < count_tj of its k-index list (one beat with a
         # zero weight word if the count is 0); words are sequential in the weight buffer.
+        # Step count of the current tile, from registers: while waiting, read for tile f_tj;
+        # while running, the next tile's count is prefetched (a tile spans >= 2 cycles).
+        f_tj_next = Signal.like(f_tj)
         t_cnt = Signal(range(kmax + 1))
-        m.d.comb += [c_rd.addr.eq(f_tj), t_cnt.eq(c_rd.data)]
-        t_empty = csparse & (t_cnt == 0)
+        nxt_cnt = Signal(range(kmax + 1))
+        t_empty = Signal()
+        m.d.comb += [c_rd.addr.eq(f_tj), c_rd_next.addr.eq(f_tj_next)]
+        m.d.sync += nxt_cnt.eq(c_rd_next.data)
         f_k1 = Signal(range(kmax + 1))          # always f_k + 1: the last-step compare has no adder
         is_first = f_k == 0
         is_last = Mux(csparse, t_empty | (f_k1 == t_cnt), f_k1 == ck)
@@ -428,10 +443,13 @@ class GemmEngine(wiring.Component):
         with m.FSM(name="feed"):
             with m.State("IDLE"), m.If(start_data):
                 m.d.sync += [f_half.eq(0), f_k.eq(0), f_k1.eq(1), f_waddr.eq(0), f_tj.eq(0),
+                             f_tj_next.eq(Mux(nt == 1, 0, 1)),
                              f_rows_left.eq(cm), f_cols_left.eq(cn)]
                 m.next = "WAIT"
-            with m.State("WAIT"), m.If(weights_ready & a_full.bit_select(f_half, 1)):
-                m.next = "RUN"
+            with m.State("WAIT"):
+                m.d.sync += [t_cnt.eq(c_rd.data), t_empty.eq(csparse & (c_rd.data == 0))]
+                with m.If(weights_ready & a_full.bit_select(f_half, 1)):
+                    m.next = "RUN"
             with m.State("RUN"):
                 # A tile's rows are reserved in the output FIFO when its last beat issues.
                 can = ~is_last | ((gap == self.tile_period) & (credits >= rv))
@@ -441,7 +459,9 @@ class GemmEngine(wiring.Component):
                                  f_waddr.eq(f_waddr + ~t_empty)]
                     with m.If(is_last):
                         m.d.comb += [issue_last.eq(1), reserve.eq(rv)]
-                        m.d.sync += [f_k.eq(0), f_k1.eq(1), f_tj.eq(f_tj + 1),
+                        m.d.sync += [f_k.eq(0), f_k1.eq(1), f_tj.eq(f_tj_next),
+                                     f_tj_next.eq(Mux(f_tj_next == nt - 1, 0, f_tj_next + 1)),
+                                     t_cnt.eq(nxt_cnt), t_empty.eq(csparse & (nxt_cnt == 0)),
                                      f_cols_left.eq(f_cols_left - C)]
                         with m.If(f_tj == nt - 1):       # tile row finished
                             m.d.comb += a_clr.eq(Mux(f_half, 0b10, 0b01))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from golden.config import AccelConfig
 from golden.sparse_format import HEADER_BYTES, mask_bytes, tile_schedule
-from rtl.gemm import FIFO_STAGES, SPARSE_EXTRA_STAGES, engine_latency, epilogue_stages
+from rtl.gemm import FIFO_STAGES, SPARSE_EXTRA_STAGES, engine_latency, epilogue_stages, tile_period
 from rtl.sparse_decoder import SparseDecoder
 
 __all__ = ["GemmCycles", "ceil_div", "decode_cycles", "gemm_cycles", "sparse_gemm_cycles"]
@@ -66,7 +66,7 @@ def _tiles(cfg, m, k, lengths, S, data_start, w_ready, latency, macs) -> GemmCyc
     ready in cycle ``w_ready``."""
     R = cfg.rows
     mt = ceil_div(m, R)
-    period = max(R, cfg.cols)
+    period = tile_period(cfg)
     load_begin, avail, release = [], [], []
     last = None
     first_issue = None
