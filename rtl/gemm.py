@@ -183,7 +183,8 @@ class GemmEngine(wiring.Component):
 
     @property
     def sparse_latency(self) -> int:
-        """:attr:`latency` of a sparse command: two more stages (the k-index read and its register)."""
+        """:attr:`latency` of a sparse command: two more stages (the k-index read and its
+        register)."""
         return engine_latency(self._cfg) + SPARSE_EXTRA_STAGES
 
     @property
