@@ -39,7 +39,7 @@ truncated stream (``last`` before the end), trailing bytes (``last`` after the e
 with ``n > cols``.
 """
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -173,68 +173,87 @@ class SparseDecoder(wiring.Component):
         u8, u16, u32 = buf[:8], buf[:16], buf[:32]
 
         # ---- parse state -----------------------------------------------------------------
+        ntmax = -(-kmax // C)
+        nmax = min(kmax, _MAX_BLOCK)            # columns of a block that exist
         hier = Signal()
         bal = Signal()
         br = Signal(range(_MAX_BLOCK + 1))
         bc = Signal(range(_MAX_BLOCK + 1))
-        total = Signal(32)
+        left = Signal(32)                       # kept blocks announced and not seen yet
         rem = Signal(range(_MAX_BLOCK + 1))
         q = Signal(range(_MAX_BLOCK + 1))
         ck = Signal(range(kmax + 1))
         cn = Signal(range(kmax + 1))
-        ntmax = -(-kmax // C)
+        rem_k = Signal(range(kmax + 1))
+        nbc = Signal(range(kmax + 1))           # block-columns: ceil(k / b_c)
+        lastw = Signal(range(_MAX_BLOCK + 1))   # columns of the last block-column
+        vb_full = Signal(MAX_MASK_BITS)         # valid mask bits of a full / the last block
+        vb_last = Signal(MAX_MASK_BITS)
         ch_row = Signal(range(kmax + _MAX_BLOCK + 1))   # first output channel of the block-row
         tile_row = Signal(range(ntmax + _MAX_BLOCK + 1))  # first tile of the block-row
         first_row = Signal()
         first_cnt = Signal(16)
         uneven = Signal()
-        seen = Signal(33)
         cnt = Signal(16)
         e = Signal(16)
-        prev = Signal(16)
         cols_r = Signal(range(kmax + 1))
         base = Signal(range(depth + 1))
         mask = Signal(MAX_MASK_BITS)
         mbyte = Signal(range(MAX_MASK_BITS // 8 + 1))
+        pcnt = Signal(range(MAX_MASK_BITS + 1))
         idx = Signal(16)
+        wc = Signal(range(kmax + 1))            # block-column reached by the walk
+        wk = Signal(range(kmax + _MAX_BLOCK + 1))  # wc * b_c, by repeated addition
+        ncols = Signal(range(nmax + 1))         # columns of the block being parsed
+        vbits = Signal(MAX_MASK_BITS)
         s = Signal(range(_MAX_BLOCK + 1))
+        s_last = Signal()                       # last word of the payload column: s + 1 == q
+        q1 = Signal()                           # q == 1
         ch_s = Signal(range(kmax + 2 * _MAX_BLOCK + 1))
         pos_addr = Signal(range(depth + kmax + 1))
         waddr = Signal(range(depth + _MAX_BLOCK * (kmax + 1) + 1))
-        cur_mask = Signal(MAX_MASK_BITS)
-        cur_j = Signal(range(_MAX_BLOCK + 1))
-        cur_ncols = Signal(range(_MAX_BLOCK + 1))
-        kb = Signal(range(kmax + 1))
         ctile = Signal(range(ntmax + _MAX_BLOCK + 1))
         cs = Signal(range(_MAX_BLOCK + 1))
+        prime = Signal(2)
 
-        # Shared multiplier: (block-column index) * b_c.
-        mul_a = Signal(16)
-        prod = Signal(16 + 11)
-        m.d.comb += prod.eq(mul_a * bc)
-
-        # Entry memory: the index list (and masks) of the current block-row.
-        entry_layout = data.StructLayout({"c": unsigned(16), "mask": unsigned(MAX_MASK_BITS)})
+        # Entry memory: per kept block of the block-row, its first k, its kept columns and
+        # (hierarchical) its column mask. Read asynchronously and registered at once, so that
+        # it maps to distributed RAM with a short read path.
+        entry_layout = data.StructLayout({"kb": unsigned(ceil_log2(kmax + 1)),
+                                          "n": unsigned(ceil_log2(nmax + 1)),
+                                          "mask": unsigned(MAX_MASK_BITS)})
         m.submodules.entries = entries = memory.Memory(shape=entry_layout, depth=kmax, init=[])
-        ent_wr, ent_rd = entries.write_port(), entries.read_port()
+        ent_wr = entries.write_port()
+        ent_rd = entries.read_port(domain="comb")
+        m.d.comb += ent_rd.addr.eq(e)
+        ent = Signal(entry_layout)
+        # The column sequence of the block being written: k of this column (``kcol``), of the
+        # next one (``knext``), offset of the one after (``gj``) and the mask bits left (``gm``).
+        kcol = Signal(range(kmax))
+        knext = Signal(range(kmax + _MAX_BLOCK + 1))
+        gj = Signal(range(nmax + 1))
+        gm = Signal(MAX_MASK_BITS)
+        cur_j = Signal(range(nmax + 1))
+        j_last = Signal()
+        e_last = Signal()
+        low = Signal(MAX_MASK_BITS)
+        m.d.comb += low.eq(gm & (~gm + 1))
+        gm_enc = Signal(range(MAX_MASK_BITS))
+        for b in range(gm_enc.shape().width):
+            m.d.comb += gm_enc[b].eq(
+                Cat(*[low[i] for i in range(MAX_MASK_BITS) if (i >> b) & 1]).any())
 
-        # Valid columns of block c: nvalid = min(b_c, k - c*b_c) (c*b_c < k checked before).
-        nvalid = Signal(range(_MAX_BLOCK + 1))
-        span = Signal(signed(28))
-        m.d.comb += [span.eq(ck - prod),
-                     nvalid.eq(Mux(span > bc, bc, span[:11]))]
-        valid_bits = Signal(MAX_MASK_BITS)
-        m.d.comb += valid_bits.eq(((Const(1, MAX_MASK_BITS + 1) << nvalid[:6]) - 1)
-                                  [:MAX_MASK_BITS])
-        popcount = Signal(range(MAX_MASK_BITS + 1))
-        m.d.comb += popcount.eq(sum(mask[i] for i in range(MAX_MASK_BITS)))
+        def gen_step():
+            """Advance the column-offset generator by one kept column."""
+            m.d.sync += [knext.eq(ent.kb + gj), gm.eq(gm & (gm - 1)),
+                         gj.eq(Mux(hier, gm_enc, gj + 1))]
+
+        def popcount8(v):
+            pairs = [v[i] + v[i + 1] for i in range(0, 8, 2)]
+            return (pairs[0] + pairs[1]) + (pairs[2] + pairs[3])
+
         mask_bytes = Signal(range(MAX_MASK_BITS // 8 + 1))
         m.d.comb += mask_bytes.eq((bc + 7) >> 3)
-
-        jlow = Signal(range(MAX_MASK_BITS))
-        for i in reversed(range(MAX_MASK_BITS)):
-            with m.If(cur_mask[i]):
-                m.d.comb += jlow.eq(i)
 
         beat_err = Signal()
         with m.If(bad_beat):
@@ -251,7 +270,7 @@ class SparseDecoder(wiring.Component):
             with m.State("IDLE"), m.If(self.start):
                 m.d.sync += [self.error.eq(0), ended.eq(0), buf.eq(0), level.eq(0),
                              ck.eq(self.exp_k), cn.eq(self.exp_n), self.words.eq(0),
-                             first_row.eq(1), uneven.eq(0), seen.eq(0), base.eq(0),
+                             first_row.eq(1), uneven.eq(0), base.eq(0),
                              ch_row.eq(0), tile_row.eq(0), q.eq(0), beat_err.eq(0)]
                 m.next = "MAGIC"
             with m.State("MAGIC"):
@@ -287,6 +306,8 @@ class SparseDecoder(wiring.Component):
                         m.next = "ERROR"
             with m.State("RESERVED"):
                 m.d.comb += accepting.eq(1)
+                m.d.sync += vb_full.eq(((Const(1, MAX_MASK_BITS + 1) << bc[:6]) - 1)
+                                       [:MAX_MASK_BITS])
                 with m.If(need(2)):
                     m.d.comb += take.eq(2)
                     m.next = "OUT"
@@ -308,20 +329,35 @@ class SparseDecoder(wiring.Component):
                         m.next = "ERROR"
             with m.State("TOTAL"):
                 m.d.comb += accepting.eq(1)
+                m.d.sync += [rem_k.eq(ck), nbc.eq(0)]
                 with m.If(need(4)):
                     m.d.comb += take.eq(4)
-                    m.d.sync += total.eq(u32)
+                    m.d.sync += left.eq(u32)
                     m.next = "QDIV"
             with m.State("QDIV"):
                 # q = b_r / cols by repeated subtraction; b_r must be a multiple of cols.
                 m.d.comb += accepting.eq(1)
                 with m.If(rem == C):
                     m.d.sync += q.eq(q + 1)
-                    m.next = "ROW"
+                    m.next = "NBC"
                 with m.Elif(rem > C):
                     m.d.sync += [q.eq(q + 1), rem.eq(rem - C)]
                 with m.Else():
                     m.next = "ERROR"
+            with m.State("NBC"):
+                # Block-columns ceil(k / b_c) and the width of the last one, by repeated
+                # subtraction (one cycle per block-column).
+                m.d.comb += accepting.eq(1)
+                m.d.sync += q1.eq(q == 1)
+                with m.If(rem_k > bc):
+                    m.d.sync += [rem_k.eq(rem_k - bc), nbc.eq(nbc + 1)]
+                with m.Else():
+                    m.d.sync += [lastw.eq(rem_k),
+                                 vb_last.eq(((Const(1, MAX_MASK_BITS + 1) << rem_k[:6]) - 1)
+                                            [:MAX_MASK_BITS])]
+                    with m.If(rem_k != 0):
+                        m.d.sync += nbc.eq(nbc + 1)
+                    m.next = "ROW"
             with m.State("ROW"):
                 m.d.comb += accepting.eq(1)
                 with m.If(ch_row >= cn):
@@ -329,11 +365,12 @@ class SparseDecoder(wiring.Component):
                 with m.Else():
                     m.next = "COUNT"
             with m.State("COUNT"):
-                m.d.comb += [accepting.eq(1), mul_a.eq(u16 - 1)]
+                m.d.comb += accepting.eq(1)
                 with m.If(need(2)):
                     m.d.comb += take.eq(2)
-                    m.d.sync += [cnt.eq(u16), e.eq(0), cols_r.eq(0), seen.eq(seen + u16),
-                                 first_row.eq(0), ctile.eq(tile_row), cs.eq(0)]
+                    m.d.sync += [cnt.eq(u16), e.eq(0), cols_r.eq(0), left.eq(left - u16),
+                                 first_row.eq(0), ctile.eq(tile_row), cs.eq(0),
+                                 wc.eq(0), wk.eq(0)]
                     with m.If(first_row):
                         m.d.sync += first_cnt.eq(u16)
                     with m.Elif(u16 != first_cnt):
@@ -342,39 +379,47 @@ class SparseDecoder(wiring.Component):
                         m.next = "CNT"
                     with m.Else():
                         m.next = "INDEX"
-                    with m.If(((u16 != 0) & (prod >= ck)) | (seen + u16 > total)):
+                    with m.If((u16 > nbc) | (u16 > left)):
                         m.next = "ERROR"
             with m.State("INDEX"):
-                m.d.comb += [accepting.eq(1), mul_a.eq(u16)]
+                m.d.comb += accepting.eq(1)
                 with m.If(need(2)):
                     m.d.comb += take.eq(2)
-                    m.d.sync += [idx.eq(u16), prev.eq(u16), mask.eq(valid_bits),
-                                 mbyte.eq(0)]
+                    m.d.sync += [idx.eq(u16), mask.eq(0), mbyte.eq(0), pcnt.eq(0)]
+                    m.next = "WALK"
+                    with m.If((u16 >= nbc) | ((e != 0) & (u16 <= idx))):
+                        m.next = "ERROR"
+            with m.State("WALK"):
+                # wk = idx * b_c: step the block-column up to the index (indices increase).
+                m.d.comb += accepting.eq(1)
+                with m.If(wc == idx):
+                    is_last = wc + 1 == nbc
+                    m.d.sync += [ncols.eq(Mux(is_last, lastw, bc)),
+                                 vbits.eq(Mux(is_last, vb_last, vb_full))]
                     with m.If(hier):
-                        m.d.sync += mask.eq(0)
                         m.next = "MASK"
                     with m.Else():
-                        m.d.sync += cols_r.eq(cols_r + nvalid)
                         m.next = "STORE"
-                    with m.If((prod >= ck) | ((e != 0) & (u16 <= prev))):
-                        m.next = "ERROR"
+                with m.Else():
+                    m.d.sync += [wc.eq(wc + 1), wk.eq(wk + bc)]
             with m.State("MASK"):
-                m.d.comb += [accepting.eq(1), mul_a.eq(idx)]
+                m.d.comb += accepting.eq(1)
                 byte_ok = need(1)
                 with m.If(mbyte == mask_bytes):
-                    m.d.sync += cols_r.eq(cols_r + popcount)
+                    m.d.sync += ncols.eq(pcnt)
                     m.next = "STORE"
-                    with m.If((mask == 0) | ((mask & ~valid_bits) != 0)):
+                    with m.If((mask == 0) | ((mask & ~vbits) != 0)):
                         m.next = "ERROR"
                 with m.Elif(byte_ok):
                     m.d.comb += take.eq(1)
-                    m.d.sync += [mbyte.eq(mbyte + 1),
+                    m.d.sync += [mbyte.eq(mbyte + 1), pcnt.eq(pcnt + popcount8(u8)),
                                  mask.eq(mask | (u8 << (mbyte * 8))[:MAX_MASK_BITS])]
                     # Bits past MAX_MASK_BITS cannot occur: b_c <= MAX_MASK_BITS here.
             with m.State("STORE"):
                 m.d.comb += [accepting.eq(1), ent_wr.en.eq(1), ent_wr.addr.eq(e),
-                             ent_wr.data.c.eq(idx), ent_wr.data.mask.eq(mask)]
-                m.d.sync += e.eq(e + 1)
+                             ent_wr.data.kb.eq(wk), ent_wr.data.n.eq(ncols),
+                             ent_wr.data.mask.eq(mask)]
+                m.d.sync += [e.eq(e + 1), cols_r.eq(cols_r + ncols)]
                 with m.If(e + 1 == cnt):
                     m.next = "CNT"
                 with m.Else():
@@ -383,8 +428,8 @@ class SparseDecoder(wiring.Component):
                 # Counts of the block-row's tiles (those before out_features).
                 m.d.comb += accepting.eq(1)
                 with m.If((cs == q) | (ctile * C >= cn)):
-                    m.d.sync += [e.eq(0), pos_addr.eq(base), waddr.eq(base), s.eq(0),
-                                 ch_s.eq(ch_row)]
+                    m.d.sync += [e.eq(0), pos_addr.eq(base), waddr.eq(base),
+                                 s.eq(0), ch_s.eq(ch_row), s_last.eq(q1)]
                     with m.If(cnt == 0):
                         m.next = "ROWEND"
                     with m.Else():
@@ -393,16 +438,27 @@ class SparseDecoder(wiring.Component):
                     m.d.comb += [self.c_en.eq(1), self.c_addr.eq(ctile), self.c_data.eq(cols_r)]
                     m.d.sync += [cs.eq(cs + 1), ctile.eq(ctile + 1)]
             with m.State("FETCH"):
-                m.d.comb += [accepting.eq(1), ent_rd.addr.eq(e)]
-                m.next = "LATCH"
-            with m.State("LATCH"):
-                m.d.comb += [accepting.eq(1), mul_a.eq(ent_rd.data.c)]
-                m.d.sync += [cur_mask.eq(ent_rd.data.mask), cur_j.eq(0), kb.eq(prod),
-                             cur_ncols.eq(nvalid)]
-                m.next = "COLUMN"
+                # Entry e: registered, then the column generator is primed (3 cycles).
+                m.d.comb += accepting.eq(1)
+                m.d.sync += [ent.eq(ent_rd.data), e_last.eq(e + 1 == cnt), prime.eq(0)]
+                m.next = "PRIME"
+            with m.State("PRIME"):
+                m.d.comb += accepting.eq(1)
+                m.d.sync += prime.eq(prime + 1)
+                with m.If(prime == 0):
+                    m.d.sync += [gm.eq(ent.mask), gj.eq(0), cur_j.eq(0),
+                                 j_last.eq(ent.n == 1)]
+                with m.Elif(prime == 1):
+                    with m.If(hier):
+                        m.d.sync += [gj.eq(gm_enc), gm.eq(gm & (gm - 1))]
+                with m.Elif(prime == 2):
+                    gen_step()
+                with m.Else():
+                    m.d.sync += kcol.eq(knext)
+                    gen_step()
+                    m.next = "COLUMN"
             with m.State("COLUMN"):
                 m.d.comb += accepting.eq(1)
-                j = Mux(hier, jlow, cur_j)
                 exists = ch_s < cn
                 with m.If(need(W)):
                     m.d.comb += take.eq(W)
@@ -418,21 +474,22 @@ class SparseDecoder(wiring.Component):
                             with m.If((top != 0) & (top != -1)):
                                 m.d.comb += pad_bad.eq(1)
                         m.d.comb += self.w_data[lane].eq(byte.as_signed())
-                    m.d.comb += [self.w_addr.eq(waddr), self.w_k.eq(kb + j)]
+                    m.d.comb += [self.w_addr.eq(waddr), self.w_k.eq(kcol)]
                     with m.If(exists):
                         m.d.comb += self.w_en.eq(waddr < depth)
                         m.d.sync += self.words.eq(self.words + 1)
-                    m.d.sync += [s.eq(s + 1), ch_s.eq(ch_s + C), waddr.eq(waddr + cols_r)]
-                    with m.If(s + 1 == q):
+                    m.d.sync += [s.eq(s + 1), s_last.eq(s + 2 == q), ch_s.eq(ch_s + C),
+                                 waddr.eq(waddr + cols_r)]
+                    with m.If(s_last):
                         # Next kept column.
                         m.d.sync += [s.eq(0), ch_s.eq(ch_row), pos_addr.eq(pos_addr + 1),
                                      waddr.eq(pos_addr + 1), cur_j.eq(cur_j + 1),
-                                     cur_mask.eq(cur_mask & (cur_mask - 1))]
-                        col_end = Mux(hier, (cur_mask & (cur_mask - 1)) == 0,
-                                      cur_j + 1 == cur_ncols)
-                        with m.If(col_end):
+                                     kcol.eq(knext), s_last.eq(q1),
+                                     j_last.eq(cur_j + 2 == ent.n)]
+                        gen_step()
+                        with m.If(j_last):
                             m.d.sync += e.eq(e + 1)
-                            with m.If(e + 1 == cnt):
+                            with m.If(e_last):
                                 m.next = "ROWEND"
                             with m.Else():
                                 m.next = "FETCH"
@@ -445,7 +502,7 @@ class SparseDecoder(wiring.Component):
                 m.next = "ROW"
             with m.State("END"):
                 m.d.comb += accepting.eq(1)
-                with m.If((seen != total) | (bal == uneven) | (level != 0) | beat_err):
+                with m.If((left != 0) | (bal == uneven) | (level != 0) | beat_err):
                     m.next = "ERROR"
                 with m.Elif(ended):
                     m.next = "DONE"

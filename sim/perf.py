@@ -131,12 +131,18 @@ def decode_cycles(cfg: AccelConfig, pattern) -> int:
         need(nbytes)
     for _ in range(q):                        # QDIV
         cycle()
+    for _ in range(max(1, pattern.n_block_cols)):
+        cycle()                               # NBC
     for r in range(pattern.n_block_rows):
         cycle()                               # ROW
         need(2)                               # COUNT
         kept = [c for c in range(pattern.n_block_cols) if pattern.blocks[r, c]]
-        for _ in kept:
+        walked = 0
+        for c in kept:
             need(2)                           # INDEX
+            for _ in range(c - walked + 1):
+                cycle()                       # WALK to block-column c
+            walked = c
             if hier:
                 for _ in range(mask_bytes(bc)):
                     need(1)                   # MASK bytes
@@ -145,8 +151,8 @@ def decode_cycles(cfg: AccelConfig, pattern) -> int:
         for _ in range(min(q, nt - r * q) + 1):
             cycle()                           # CNT
         for c in kept:
-            cycle()                           # FETCH
-            cycle()                           # LATCH
+            for _ in range(5):
+                cycle()                       # FETCH, PRIME x 4
             for _ in range(int(cols[r, c].sum()) * q):
                 need(W)                       # COLUMN
         cycle()                               # ROWEND
