@@ -127,8 +127,8 @@ class SparseDecoder(wiring.Component):
 
     @staticmethod
     def buffer_bytes(cfg: AccelConfig) -> int:
-        """Size of the byte aligner."""
-        return cfg.cols + max(cfg.cols, 4)
+        """Size of the byte aligner: room for a misaligned word stream and 4-byte fields."""
+        return max(3 * cfg.cols - 1, cfg.cols + 3)
 
     def elaborate(self, platform):
         m = Module()
@@ -146,29 +146,41 @@ class SparseDecoder(wiring.Component):
         take = Signal(range(BUF + 1))          # bytes consumed this cycle (comb, by the parser)
         accepting = Signal()                    # the parser wants input (comb)
         drop = Signal()                         # discard the buffer (comb)
-        # Room is counted after this cycle's consumption: a misaligned payload still streams
-        # at one word per cycle. (``take`` depends on the parse state only, never on ``valid``.)
-        m.d.comb += self.cw.ready.eq(accepting & ~ended & (level - take <= BUF - W))
+        # Room is counted before this cycle's consumption, so that ``ready`` depends on the
+        # level register and the state only; the buffer is sized (``3 * cols - 1`` bytes) so
+        # that a misaligned payload still streams at one word per cycle.
+        m.d.comb += self.cw.ready.eq(accepting & ~ended & (level <= BUF - W))
         beat = self.cw.payload
         n_in = Signal(range(2 ** beat.n.shape().width))
         m.d.comb += n_in.eq(beat.n)
+        fire = Signal()
+        m.d.comb += fire.eq(self.cw.valid & self.cw.ready)
         bad_beat = Signal()
-        m.d.comb += bad_beat.eq(self.cw.valid & self.cw.ready & (n_in > W))
+        m.d.comb += bad_beat.eq(fire & (n_in > W))
         in_bytes = Signal(8 * W)
         for i in range(W):
             m.d.comb += in_bytes[8 * i:8 * i + 8].eq(Mux(n_in > i, beat.data[i], 0))
+        # The beat is appended behind the buffered bytes first (its position depends on the
+        # level register only), then the parser's bytes are taken from the front.
+        merged = Signal(8 * BUF)
+        mlevel = Signal(range(BUF + 1))
+        with m.If(fire):
+            m.d.comb += [merged.eq(buf | (in_bytes << (level * 8))[:8 * BUF]),
+                         mlevel.eq(level + Mux(n_in > W, 0, n_in))]
+        with m.Else():
+            m.d.comb += [merged.eq(buf), mlevel.eq(level)]
         rest = Signal(8 * BUF)
-        rest_level = Signal(range(BUF + 1))
-        m.d.comb += [rest.eq(buf >> (take * 8)), rest_level.eq(level - take)]
+        m.d.comb += rest.eq(merged)
+        with m.Switch(take):
+            for t in sorted({1, 2, 4, W}):
+                with m.Case(t):
+                    m.d.comb += rest.eq(merged >> (8 * t))
         with m.If(drop):
             m.d.sync += [buf.eq(0), level.eq(0)]
-        with m.Elif(self.cw.valid & self.cw.ready):
-            m.d.sync += [buf.eq(rest | (in_bytes << (rest_level * 8))[:8 * BUF]),
-                         level.eq(rest_level + Mux(n_in > W, 0, n_in))]
-            with m.If(beat.last):
-                m.d.sync += ended.eq(1)
         with m.Else():
-            m.d.sync += [buf.eq(rest), level.eq(rest_level)]
+            m.d.sync += [buf.eq(rest), level.eq(mlevel - take)]
+            with m.If(fire & beat.last):
+                m.d.sync += ended.eq(1)
 
         u8, u16, u32 = buf[:8], buf[:16], buf[:32]
 
@@ -222,7 +234,8 @@ class SparseDecoder(wiring.Component):
         entry_layout = data.StructLayout({"kb": unsigned(ceil_log2(kmax + 1)),
                                           "n": unsigned(ceil_log2(nmax + 1)),
                                           "mask": unsigned(MAX_MASK_BITS)})
-        m.submodules.entries = entries = memory.Memory(shape=entry_layout, depth=kmax, init=[])
+        m.submodules.entries = entries = memory.Memory(
+            shape=entry_layout, depth=kmax, init=[], attrs={"ram_style": "distributed"})
         ent_wr = entries.write_port()
         ent_rd = entries.read_port(domain="comb")
         m.d.comb += ent_rd.addr.eq(e)
@@ -253,7 +266,6 @@ class SparseDecoder(wiring.Component):
             return (pairs[0] + pairs[1]) + (pairs[2] + pairs[3])
 
         mask_bytes = Signal(range(MAX_MASK_BITS // 8 + 1))
-        m.d.comb += mask_bytes.eq((bc + 7) >> 3)
 
         beat_err = Signal()
         with m.If(bad_beat):
@@ -306,8 +318,9 @@ class SparseDecoder(wiring.Component):
                         m.next = "ERROR"
             with m.State("RESERVED"):
                 m.d.comb += accepting.eq(1)
-                m.d.sync += vb_full.eq(((Const(1, MAX_MASK_BITS + 1) << bc[:6]) - 1)
-                                       [:MAX_MASK_BITS])
+                m.d.sync += [vb_full.eq(((Const(1, MAX_MASK_BITS + 1) << bc[:6]) - 1)
+                                        [:MAX_MASK_BITS]),
+                             mask_bytes.eq((bc[:6] + 7) >> 3)]
                 with m.If(need(2)):
                     m.d.comb += take.eq(2)
                     m.next = "OUT"

@@ -114,8 +114,8 @@ def decode_cycles(cfg: AccelConfig, pattern) -> int:
     def cycle(take=0, idle=False):
         # One clock: the parser takes `take` bytes, the aligner accepts a beat if it has room.
         st["cycles"] += 1
-        st["level"] -= take
         accept = not idle and st["sent"] < length and st["level"] <= BUF - W
+        st["level"] -= take
         if accept:
             beat = min(W, length - st["sent"])
             st["sent"] += beat
