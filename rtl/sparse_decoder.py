@@ -278,11 +278,39 @@ class SparseDecoder(wiring.Component):
                 m.next = "ERROR"
             return ok
 
+        # Registered conditions: every state decides from flip-flops (or a compare of the
+        # aligner level with a constant), never from a wide compare of this cycle's bytes.
+        # Checks of field values set ``lerr``, which sends the next state to ERROR.
+        lerr = Signal()
+        rem_gt = Signal()                       # rem > cols
+        rk_gt = Signal()                        # rem_k > b_c
+        row_end = Signal()                      # ch_row >= n
+        left_zero = Signal()
+        walk_done = Signal()                    # wc == idx
+        e_fin = Signal()                        # e + 1 == cnt (parse phase)
+        cnt_zero = Signal()
+        cch = Signal(range(kmax + 2 * _MAX_BLOCK + 1))  # first channel of tile ctile
+        cnt_done = Signal()                     # cs == q or tile ctile past n
+        pad = Signal(C)                         # lane of the current word past n
+        pad_row = Signal(C)                     # lane of the block-row's first word past n
+        w_ok = Signal()                         # waddr < depth
+
+        def past_n(ch):
+            return Cat(*[ch + lane >= cn for lane in range(C)])
+
+        def check(cond):
+            with m.If(cond):
+                m.d.sync += lerr.eq(1)
+
+        def late_error():
+            with m.If(lerr):
+                m.next = "ERROR"
+
         with m.FSM(name="parse"):
             with m.State("IDLE"), m.If(self.start):
                 m.d.sync += [self.error.eq(0), ended.eq(0), buf.eq(0), level.eq(0),
                              ck.eq(self.exp_k), cn.eq(self.exp_n), self.words.eq(0),
-                             first_row.eq(1), uneven.eq(0), base.eq(0),
+                             first_row.eq(1), uneven.eq(0), base.eq(0), lerr.eq(0),
                              ch_row.eq(0), tile_row.eq(0), q.eq(0), beat_err.eq(0)]
                 m.next = "MAGIC"
             with m.State("MAGIC"):
@@ -290,32 +318,31 @@ class SparseDecoder(wiring.Component):
                 with m.If(need(4)):
                     m.d.comb += take.eq(4)
                     m.next = "VERSION"
-                    with m.If(u32 != MAGIC_WORD):
-                        m.next = "ERROR"
+                    check(u32 != MAGIC_WORD)
             with m.State("VERSION"):
                 m.d.comb += accepting.eq(1)
                 with m.If(need(2)):
                     m.d.comb += take.eq(2)
                     m.d.sync += [hier.eq(buf[8]), bal.eq(buf[9])]
                     m.next = "BR"
-                    with m.If((u8 != _VERSION) | (buf[10:16] != 0)):
-                        m.next = "ERROR"
+                    check((u8 != _VERSION) | (buf[10:16] != 0))
+                late_error()
             with m.State("BR"):
                 m.d.comb += accepting.eq(1)
                 with m.If(need(2)):
                     m.d.comb += take.eq(2)
-                    m.d.sync += [br.eq(u16), rem.eq(u16)]
+                    m.d.sync += [br.eq(u16), rem.eq(u16), rem_gt.eq(u16 > C)]
                     m.next = "BC"
-                    with m.If((u16 == 0) | (u16 > _MAX_BLOCK)):
-                        m.next = "ERROR"
+                    check((u16 == 0) | (u16 > _MAX_BLOCK))
+                late_error()
             with m.State("BC"):
                 m.d.comb += accepting.eq(1)
                 with m.If(need(2)):
                     m.d.comb += take.eq(2)
                     m.d.sync += bc.eq(u16)
                     m.next = "RESERVED"
-                    with m.If((u16 == 0) | (u16 > _MAX_BLOCK) | (hier & (u16 > MAX_MASK_BITS))):
-                        m.next = "ERROR"
+                    check((u16 == 0) | (u16 > _MAX_BLOCK) | (hier & (u16 > MAX_MASK_BITS)))
+                late_error()
             with m.State("RESERVED"):
                 m.d.comb += accepting.eq(1)
                 m.d.sync += [vb_full.eq(((Const(1, MAX_MASK_BITS + 1) << bc[:6]) - 1)
@@ -324,46 +351,46 @@ class SparseDecoder(wiring.Component):
                 with m.If(need(2)):
                     m.d.comb += take.eq(2)
                     m.next = "OUT"
-                    with m.If(u16 != 0):
-                        m.next = "ERROR"
+                    check(u16 != 0)
+                late_error()
             with m.State("OUT"):
                 m.d.comb += accepting.eq(1)
                 with m.If(need(4)):
                     m.d.comb += take.eq(4)
                     m.next = "IN"
-                    with m.If(u32 != cn):
-                        m.next = "ERROR"
+                    check(u32 != cn)
+                late_error()
             with m.State("IN"):
                 m.d.comb += accepting.eq(1)
                 with m.If(need(4)):
                     m.d.comb += take.eq(4)
                     m.next = "TOTAL"
-                    with m.If(u32 != ck):
-                        m.next = "ERROR"
+                    check(u32 != ck)
+                late_error()
             with m.State("TOTAL"):
                 m.d.comb += accepting.eq(1)
-                m.d.sync += [rem_k.eq(ck), nbc.eq(0)]
+                m.d.sync += [rem_k.eq(ck), nbc.eq(0), rk_gt.eq(ck > bc)]
                 with m.If(need(4)):
                     m.d.comb += take.eq(4)
-                    m.d.sync += left.eq(u32)
+                    m.d.sync += [left.eq(u32), left_zero.eq(u32 == 0)]
                     m.next = "QDIV"
+                late_error()
             with m.State("QDIV"):
                 # q = b_r / cols by repeated subtraction; b_r must be a multiple of cols.
                 m.d.comb += accepting.eq(1)
-                with m.If(rem == C):
-                    m.d.sync += q.eq(q + 1)
+                m.d.sync += [q.eq(q + 1), rem.eq(rem - C), rem_gt.eq(rem > 2 * C)]
+                with m.If(~rem_gt):
                     m.next = "NBC"
-                with m.Elif(rem > C):
-                    m.d.sync += [q.eq(q + 1), rem.eq(rem - C)]
-                with m.Else():
-                    m.next = "ERROR"
+                    check(rem != C)
+                late_error()
             with m.State("NBC"):
                 # Block-columns ceil(k / b_c) and the width of the last one, by repeated
                 # subtraction (one cycle per block-column).
                 m.d.comb += accepting.eq(1)
-                m.d.sync += q1.eq(q == 1)
-                with m.If(rem_k > bc):
-                    m.d.sync += [rem_k.eq(rem_k - bc), nbc.eq(nbc + 1)]
+                m.d.sync += [q1.eq(q == 1), row_end.eq(ch_row >= cn)]
+                with m.If(rk_gt):
+                    m.d.sync += [rem_k.eq(rem_k - bc), nbc.eq(nbc + 1),
+                                 rk_gt.eq(rem_k > (bc << 1))]
                 with m.Else():
                     m.d.sync += [lastw.eq(rem_k),
                                  vb_last.eq(((Const(1, MAX_MASK_BITS + 1) << rem_k[:6]) - 1)
@@ -371,18 +398,22 @@ class SparseDecoder(wiring.Component):
                     with m.If(rem_k != 0):
                         m.d.sync += nbc.eq(nbc + 1)
                     m.next = "ROW"
+                late_error()
             with m.State("ROW"):
                 m.d.comb += accepting.eq(1)
-                with m.If(ch_row >= cn):
+                with m.If(row_end):
                     m.next = "END"
                 with m.Else():
                     m.next = "COUNT"
+                late_error()
             with m.State("COUNT"):
                 m.d.comb += accepting.eq(1)
                 with m.If(need(2)):
                     m.d.comb += take.eq(2)
                     m.d.sync += [cnt.eq(u16), e.eq(0), cols_r.eq(0), left.eq(left - u16),
-                                 first_row.eq(0), ctile.eq(tile_row), cs.eq(0),
+                                 left_zero.eq(left == u16), cnt_zero.eq(u16 == 0),
+                                 e_fin.eq(u16 == 1), first_row.eq(0), ctile.eq(tile_row),
+                                 cch.eq(ch_row), cs.eq(0), cnt_done.eq(0),
                                  wc.eq(0), wk.eq(0)]
                     with m.If(first_row):
                         m.d.sync += first_cnt.eq(u16)
@@ -392,20 +423,21 @@ class SparseDecoder(wiring.Component):
                         m.next = "CNT"
                     with m.Else():
                         m.next = "INDEX"
-                    with m.If((u16 > nbc) | (u16 > left)):
-                        m.next = "ERROR"
+                    check((u16 > nbc) | (u16 > left))
+                late_error()
             with m.State("INDEX"):
                 m.d.comb += accepting.eq(1)
                 with m.If(need(2)):
                     m.d.comb += take.eq(2)
-                    m.d.sync += [idx.eq(u16), mask.eq(0), mbyte.eq(0), pcnt.eq(0)]
+                    m.d.sync += [idx.eq(u16), mask.eq(0), mbyte.eq(0), pcnt.eq(0),
+                                 walk_done.eq(u16 == wc)]
                     m.next = "WALK"
-                    with m.If((u16 >= nbc) | ((e != 0) & (u16 <= idx))):
-                        m.next = "ERROR"
+                    check((u16 >= nbc) | ((e != 0) & (u16 <= idx)))
+                late_error()
             with m.State("WALK"):
                 # wk = idx * b_c: step the block-column up to the index (indices increase).
                 m.d.comb += accepting.eq(1)
-                with m.If(wc == idx):
+                with m.If(walk_done):
                     is_last = wc + 1 == nbc
                     m.d.sync += [ncols.eq(Mux(is_last, lastw, bc)),
                                  vbits.eq(Mux(is_last, vb_last, vb_full))]
@@ -414,47 +446,53 @@ class SparseDecoder(wiring.Component):
                     with m.Else():
                         m.next = "STORE"
                 with m.Else():
-                    m.d.sync += [wc.eq(wc + 1), wk.eq(wk + bc)]
+                    m.d.sync += [wc.eq(wc + 1), wk.eq(wk + bc), walk_done.eq(wc + 1 == idx)]
+                late_error()
             with m.State("MASK"):
                 m.d.comb += accepting.eq(1)
                 byte_ok = need(1)
                 with m.If(mbyte == mask_bytes):
                     m.d.sync += ncols.eq(pcnt)
                     m.next = "STORE"
-                    with m.If((mask == 0) | ((mask & ~vbits) != 0)):
-                        m.next = "ERROR"
+                    check((mask == 0) | ((mask & ~vbits) != 0))
                 with m.Elif(byte_ok):
                     m.d.comb += take.eq(1)
                     m.d.sync += [mbyte.eq(mbyte + 1), pcnt.eq(pcnt + popcount8(u8)),
                                  mask.eq(mask | (u8 << (mbyte * 8))[:MAX_MASK_BITS])]
                     # Bits past MAX_MASK_BITS cannot occur: b_c <= MAX_MASK_BITS here.
+                late_error()
             with m.State("STORE"):
                 m.d.comb += [accepting.eq(1), ent_wr.en.eq(1), ent_wr.addr.eq(e),
                              ent_wr.data.kb.eq(wk), ent_wr.data.n.eq(ncols),
                              ent_wr.data.mask.eq(mask)]
-                m.d.sync += [e.eq(e + 1), cols_r.eq(cols_r + ncols)]
-                with m.If(e + 1 == cnt):
+                m.d.sync += [e.eq(e + 1), cols_r.eq(cols_r + ncols), e_fin.eq(e + 2 == cnt)]
+                with m.If(e_fin):
                     m.next = "CNT"
                 with m.Else():
                     m.next = "INDEX"
+                late_error()
             with m.State("CNT"):
                 # Counts of the block-row's tiles (those before out_features).
                 m.d.comb += accepting.eq(1)
-                with m.If((cs == q) | (ctile * C >= cn)):
-                    m.d.sync += [e.eq(0), pos_addr.eq(base), waddr.eq(base),
-                                 s.eq(0), ch_s.eq(ch_row), s_last.eq(q1)]
-                    with m.If(cnt == 0):
+                m.d.sync += pad_row.eq(past_n(ch_row))
+                with m.If(cnt_done):
+                    m.d.sync += [e.eq(0), pos_addr.eq(base), waddr.eq(base), w_ok.eq(base < depth),
+                                 s.eq(0), ch_s.eq(ch_row), s_last.eq(q1), pad.eq(pad_row)]
+                    with m.If(cnt_zero):
                         m.next = "ROWEND"
                     with m.Else():
                         m.next = "FETCH"
                 with m.Else():
                     m.d.comb += [self.c_en.eq(1), self.c_addr.eq(ctile), self.c_data.eq(cols_r)]
-                    m.d.sync += [cs.eq(cs + 1), ctile.eq(ctile + 1)]
+                    m.d.sync += [cs.eq(cs + 1), ctile.eq(ctile + 1), cch.eq(cch + C),
+                                 cnt_done.eq((cs + 1 == q) | (cch + C >= cn))]
+                late_error()
             with m.State("FETCH"):
-                # Entry e: registered, then the column generator is primed (3 cycles).
+                # Entry e: registered, then the column generator is primed (4 cycles).
                 m.d.comb += accepting.eq(1)
                 m.d.sync += [ent.eq(ent_rd.data), e_last.eq(e + 1 == cnt), prime.eq(0)]
                 m.next = "PRIME"
+                late_error()
             with m.State("PRIME"):
                 m.d.comb += accepting.eq(1)
                 m.d.sync += prime.eq(prime + 1)
@@ -470,16 +508,17 @@ class SparseDecoder(wiring.Component):
                     m.d.sync += kcol.eq(knext)
                     gen_step()
                     m.next = "COLUMN"
+                late_error()
             with m.State("COLUMN"):
                 m.d.comb += accepting.eq(1)
-                exists = ch_s < cn
+                exists = ~pad[0]
                 with m.If(need(W)):
                     m.d.comb += take.eq(W)
                     word = buf[:8 * W]
                     pad_bad = Signal()
                     for lane in range(C):
                         byte = word[8 * lane:8 * lane + 8]
-                        with m.If((ch_s + lane >= cn) & (byte != 0)):
+                        with m.If(pad[lane] & (byte != 0)):
                             m.d.comb += pad_bad.eq(1)
                         if cfg.weight_width < 8:
                             # The format holds int8: a value outside weight_width is an error.
@@ -489,14 +528,16 @@ class SparseDecoder(wiring.Component):
                         m.d.comb += self.w_data[lane].eq(byte.as_signed())
                     m.d.comb += [self.w_addr.eq(waddr), self.w_k.eq(kcol)]
                     with m.If(exists):
-                        m.d.comb += self.w_en.eq(waddr < depth)
+                        m.d.comb += self.w_en.eq(w_ok)
                         m.d.sync += self.words.eq(self.words + 1)
                     m.d.sync += [s.eq(s + 1), s_last.eq(s + 2 == q), ch_s.eq(ch_s + C),
-                                 waddr.eq(waddr + cols_r)]
+                                 pad.eq(past_n(ch_s + C)), waddr.eq(waddr + cols_r),
+                                 w_ok.eq(waddr + cols_r < depth)]
                     with m.If(s_last):
                         # Next kept column.
-                        m.d.sync += [s.eq(0), ch_s.eq(ch_row), pos_addr.eq(pos_addr + 1),
-                                     waddr.eq(pos_addr + 1), cur_j.eq(cur_j + 1),
+                        m.d.sync += [s.eq(0), ch_s.eq(ch_row), pad.eq(pad_row),
+                                     pos_addr.eq(pos_addr + 1), waddr.eq(pos_addr + 1),
+                                     w_ok.eq(pos_addr + 1 < depth), cur_j.eq(cur_j + 1),
                                      kcol.eq(knext), s_last.eq(q1),
                                      j_last.eq(cur_j + 2 == ent.n)]
                         gen_step()
@@ -506,24 +547,28 @@ class SparseDecoder(wiring.Component):
                                 m.next = "ROWEND"
                             with m.Else():
                                 m.next = "FETCH"
-                    with m.If(pad_bad | (exists & (waddr >= depth))):
+                    check(pad_bad)
+                    with m.If(exists & ~w_ok):
                         m.next = "ERROR"
+                late_error()
             with m.State("ROWEND"):
                 m.d.comb += accepting.eq(1)
                 m.d.sync += [base.eq(self.words), ch_row.eq(ch_row + br),
-                             tile_row.eq(tile_row + q)]
+                             tile_row.eq(tile_row + q), row_end.eq(ch_row + br >= cn)]
                 m.next = "ROW"
+                late_error()
             with m.State("END"):
                 m.d.comb += accepting.eq(1)
-                with m.If((left != 0) | (bal == uneven) | (level != 0) | beat_err):
+                with m.If(~left_zero | (bal == uneven) | (level != 0) | beat_err):
                     m.next = "ERROR"
                 with m.Elif(ended):
                     m.next = "DONE"
+                late_error()
             with m.State("ERROR"):
                 # Drain the rest of the stream up to its last beat.
                 m.d.comb += [accepting.eq(1), drop.eq(1)]
                 m.d.sync += self.error.eq(1)
-                with m.If(ended | (self.cw.valid & self.cw.ready & beat.last)):
+                with m.If(ended | (self.cw.valid & beat.last & (level <= BUF - W))):
                     m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += self.done.eq(1)
