@@ -289,6 +289,7 @@ class SparseDecoder(wiring.Component):
         walk_done = Signal()                    # wc == idx
         e_fin = Signal()                        # e + 1 == cnt (parse phase)
         cnt_zero = Signal()
+        mask_fin = Signal()                     # mbyte == mask_bytes
         cch = Signal(range(kmax + 2 * _MAX_BLOCK + 1))  # first channel of tile ctile
         cnt_done = Signal()                     # cs == q or tile ctile past n
         pad = Signal(C)                         # lane of the current word past n
@@ -429,7 +430,7 @@ class SparseDecoder(wiring.Component):
                 m.d.comb += accepting.eq(1)
                 with m.If(need(2)):
                     m.d.comb += take.eq(2)
-                    m.d.sync += [idx.eq(u16), mask.eq(0), mbyte.eq(0), pcnt.eq(0),
+                    m.d.sync += [idx.eq(u16), mask.eq(0), mbyte.eq(0), mask_fin.eq(0), pcnt.eq(0),
                                  walk_done.eq(u16 == wc)]
                     m.next = "WALK"
                     check((u16 >= nbc) | ((e != 0) & (u16 <= idx)))
@@ -451,13 +452,14 @@ class SparseDecoder(wiring.Component):
             with m.State("MASK"):
                 m.d.comb += accepting.eq(1)
                 byte_ok = need(1)
-                with m.If(mbyte == mask_bytes):
+                with m.If(mask_fin):
                     m.d.sync += ncols.eq(pcnt)
                     m.next = "STORE"
                     check((mask == 0) | ((mask & ~vbits) != 0))
                 with m.Elif(byte_ok):
                     m.d.comb += take.eq(1)
-                    m.d.sync += [mbyte.eq(mbyte + 1), pcnt.eq(pcnt + popcount8(u8)),
+                    m.d.sync += [mbyte.eq(mbyte + 1), mask_fin.eq(mbyte + 1 == mask_bytes),
+                                 pcnt.eq(pcnt + popcount8(u8)),
                                  mask.eq(mask | (u8 << (mbyte * 8))[:MAX_MASK_BITS])]
                     # Bits past MAX_MASK_BITS cannot occur: b_c <= MAX_MASK_BITS here.
                 late_error()
