@@ -218,10 +218,8 @@ class SparseDecoder(wiring.Component):
         wk = Signal(range(kmax + _MAX_BLOCK + 1))  # wc * b_c, by repeated addition
         ncols = Signal(range(nmax + 1))         # columns of the block being parsed
         vbits = Signal(MAX_MASK_BITS)
-        s = Signal(range(_MAX_BLOCK + 1))
         s_last = Signal()                       # last word of the payload column: s + 1 == q
         q1 = Signal()                           # q == 1
-        ch_s = Signal(range(kmax + 2 * _MAX_BLOCK + 1))
         pos_addr = Signal(range(depth + kmax + 1))
         waddr = Signal(range(depth + _MAX_BLOCK * (kmax + 1) + 1))
         ctile = Signal(range(ntmax + _MAX_BLOCK + 1))
@@ -290,14 +288,29 @@ class SparseDecoder(wiring.Component):
         e_fin = Signal()                        # e + 1 == cnt (parse phase)
         cnt_zero = Signal()
         mask_fin = Signal()                     # mbyte == mask_bytes
-        cch = Signal(range(kmax + 2 * _MAX_BLOCK + 1))  # first channel of tile ctile
         cnt_done = Signal()                     # cs == q or tile ctile past n
         pad = Signal(C)                         # lane of the current word past n
         pad_row = Signal(C)                     # lane of the block-row's first word past n
         w_ok = Signal()                         # waddr < depth
 
-        def past_n(ch):
-            return Cat(*[ch + lane >= cn for lane in range(C)])
+        sgn = signed(ceil_log2(kmax + 2 * _MAX_BLOCK + 1) + 1)
+        rem_row = Signal(sgn)                   # n - first channel of the block-row
+        rem_ch = Signal(sgn)                    # n - first channel of the current word
+        crem = Signal(sgn)                      # n - first channel of tile ctile
+        wsgn = signed(len(waddr) + 1)
+        wroom = Signal(wsgn)                    # depth - waddr
+        proom = Signal(wsgn)                    # depth - pos_addr
+        csl = Signal(range(_MAX_BLOCK + 1))     # q - cs
+        sl = Signal(range(_MAX_BLOCK + 1))      # q - 1 - s
+        jl = Signal(range(nmax + 1))            # n - 1 - cur_j
+        el = Signal(16)                         # cnt - 1 - e
+        wl = Signal(16)                         # idx - wc
+        wr = Signal(range(kmax + 1))            # nbc - 1 - wc
+        wlast = Signal()                        # wc + 1 == nbc
+
+        def past_n(rem_expr):
+            """Lanes of a word whose channels left (``n - ch``) are ``rem_expr`` past n."""
+            return Cat(*[rem_expr <= lane for lane in range(C)])
 
         def check(cond):
             with m.If(cond):
@@ -388,7 +401,7 @@ class SparseDecoder(wiring.Component):
                 # Block-columns ceil(k / b_c) and the width of the last one, by repeated
                 # subtraction (one cycle per block-column).
                 m.d.comb += accepting.eq(1)
-                m.d.sync += [q1.eq(q == 1), row_end.eq(ch_row >= cn)]
+                m.d.sync += [q1.eq(q == 1), row_end.eq(cn == 0), rem_row.eq(cn)]
                 with m.If(rk_gt):
                     m.d.sync += [rem_k.eq(rem_k - bc), nbc.eq(nbc + 1),
                                  rk_gt.eq(rem_k > (bc << 1))]
@@ -402,6 +415,7 @@ class SparseDecoder(wiring.Component):
                 late_error()
             with m.State("ROW"):
                 m.d.comb += accepting.eq(1)
+                m.d.sync += [wr.eq(nbc - 1), wlast.eq(nbc == 1)]
                 with m.If(row_end):
                     m.next = "END"
                 with m.Else():
@@ -413,8 +427,9 @@ class SparseDecoder(wiring.Component):
                     m.d.comb += take.eq(2)
                     m.d.sync += [cnt.eq(u16), e.eq(0), cols_r.eq(0), left.eq(left - u16),
                                  left_zero.eq(left == u16), cnt_zero.eq(u16 == 0),
-                                 e_fin.eq(u16 == 1), first_row.eq(0), ctile.eq(tile_row),
-                                 cch.eq(ch_row), cs.eq(0), cnt_done.eq(0),
+                                 e_fin.eq(u16 == 1), el.eq(u16 - 1), first_row.eq(0),
+                                 ctile.eq(tile_row), crem.eq(rem_row), csl.eq(q),
+                                 cnt_done.eq(0), pad_row.eq(past_n(rem_row)),
                                  wc.eq(0), wk.eq(0)]
                     with m.If(first_row):
                         m.d.sync += first_cnt.eq(u16)
@@ -431,7 +446,7 @@ class SparseDecoder(wiring.Component):
                 with m.If(need(2)):
                     m.d.comb += take.eq(2)
                     m.d.sync += [idx.eq(u16), mask.eq(0), mbyte.eq(0), mask_fin.eq(0), pcnt.eq(0),
-                                 walk_done.eq(u16 == wc)]
+                                 walk_done.eq(u16 == wc), wl.eq(u16 - wc)]
                     m.next = "WALK"
                     check((u16 >= nbc) | ((e != 0) & (u16 <= idx)))
                 late_error()
@@ -439,15 +454,15 @@ class SparseDecoder(wiring.Component):
                 # wk = idx * b_c: step the block-column up to the index (indices increase).
                 m.d.comb += accepting.eq(1)
                 with m.If(walk_done):
-                    is_last = wc + 1 == nbc
-                    m.d.sync += [ncols.eq(Mux(is_last, lastw, bc)),
-                                 vbits.eq(Mux(is_last, vb_last, vb_full))]
+                    m.d.sync += [ncols.eq(Mux(wlast, lastw, bc)),
+                                 vbits.eq(Mux(wlast, vb_last, vb_full))]
                     with m.If(hier):
                         m.next = "MASK"
                     with m.Else():
                         m.next = "STORE"
                 with m.Else():
-                    m.d.sync += [wc.eq(wc + 1), wk.eq(wk + bc), walk_done.eq(wc + 1 == idx)]
+                    m.d.sync += [wc.eq(wc + 1), wk.eq(wk + bc), wl.eq(wl - 1),
+                                 walk_done.eq(wl == 1), wr.eq(wr - 1), wlast.eq(wr == 1)]
                 late_error()
             with m.State("MASK"):
                 m.d.comb += accepting.eq(1)
@@ -467,7 +482,8 @@ class SparseDecoder(wiring.Component):
                 m.d.comb += [accepting.eq(1), ent_wr.en.eq(1), ent_wr.addr.eq(e),
                              ent_wr.data.kb.eq(wk), ent_wr.data.n.eq(ncols),
                              ent_wr.data.mask.eq(mask)]
-                m.d.sync += [e.eq(e + 1), cols_r.eq(cols_r + ncols), e_fin.eq(e + 2 == cnt)]
+                m.d.sync += [e.eq(e + 1), cols_r.eq(cols_r + ncols), el.eq(el - 1),
+                             e_fin.eq(el == 1)]
                 with m.If(e_fin):
                     m.next = "CNT"
                 with m.Else():
@@ -476,30 +492,31 @@ class SparseDecoder(wiring.Component):
             with m.State("CNT"):
                 # Counts of the block-row's tiles (those before out_features).
                 m.d.comb += accepting.eq(1)
-                m.d.sync += pad_row.eq(past_n(ch_row))
                 with m.If(cnt_done):
-                    m.d.sync += [e.eq(0), pos_addr.eq(base), waddr.eq(base), w_ok.eq(base < depth),
-                                 s.eq(0), ch_s.eq(ch_row), s_last.eq(q1), pad.eq(pad_row)]
+                    m.d.sync += [e.eq(0), el.eq(cnt - 1), pos_addr.eq(base), waddr.eq(base),
+                                 w_ok.eq(base < depth), wroom.eq(depth - base),
+                                 proom.eq(depth - base), rem_ch.eq(rem_row),
+                                 sl.eq(q - 1), s_last.eq(q1), pad.eq(pad_row)]
                     with m.If(cnt_zero):
                         m.next = "ROWEND"
                     with m.Else():
                         m.next = "FETCH"
                 with m.Else():
                     m.d.comb += [self.c_en.eq(1), self.c_addr.eq(ctile), self.c_data.eq(cols_r)]
-                    m.d.sync += [cs.eq(cs + 1), ctile.eq(ctile + 1), cch.eq(cch + C),
-                                 cnt_done.eq((cs + 1 == q) | (cch + C >= cn))]
+                    m.d.sync += [cs.eq(cs + 1), ctile.eq(ctile + 1), csl.eq(csl - 1),
+                                 crem.eq(crem - C), cnt_done.eq((csl == 1) | (crem <= C))]
                 late_error()
             with m.State("FETCH"):
                 # Entry e: registered, then the column generator is primed (4 cycles).
                 m.d.comb += accepting.eq(1)
-                m.d.sync += [ent.eq(ent_rd.data), e_last.eq(e + 1 == cnt), prime.eq(0)]
+                m.d.sync += [ent.eq(ent_rd.data), e_last.eq(el == 0), prime.eq(0)]
                 m.next = "PRIME"
                 late_error()
             with m.State("PRIME"):
                 m.d.comb += accepting.eq(1)
                 m.d.sync += prime.eq(prime + 1)
                 with m.If(prime == 0):
-                    m.d.sync += [gm.eq(ent.mask), gj.eq(0), cur_j.eq(0),
+                    m.d.sync += [gm.eq(ent.mask), gj.eq(0), cur_j.eq(0), jl.eq(ent.n - 1),
                                  j_last.eq(ent.n == 1)]
                 with m.Elif(prime == 1):
                     with m.If(hier):
@@ -532,19 +549,20 @@ class SparseDecoder(wiring.Component):
                     with m.If(exists):
                         m.d.comb += self.w_en.eq(w_ok)
                         m.d.sync += self.words.eq(self.words + 1)
-                    m.d.sync += [s.eq(s + 1), s_last.eq(s + 2 == q), ch_s.eq(ch_s + C),
-                                 pad.eq(past_n(ch_s + C)), waddr.eq(waddr + cols_r),
-                                 w_ok.eq(waddr + cols_r < depth)]
+                    m.d.sync += [sl.eq(sl - 1), s_last.eq(sl == 1), rem_ch.eq(rem_ch - C),
+                                 pad.eq(past_n(rem_ch - C)), waddr.eq(waddr + cols_r),
+                                 wroom.eq(wroom - cols_r), w_ok.eq(wroom > cols_r)]
                     with m.If(s_last):
                         # Next kept column.
-                        m.d.sync += [s.eq(0), ch_s.eq(ch_row), pad.eq(pad_row),
-                                     pos_addr.eq(pos_addr + 1), waddr.eq(pos_addr + 1),
-                                     w_ok.eq(pos_addr + 1 < depth), cur_j.eq(cur_j + 1),
-                                     kcol.eq(knext), s_last.eq(q1),
-                                     j_last.eq(cur_j + 2 == ent.n)]
+                        m.d.sync += [sl.eq(q - 1), rem_ch.eq(rem_row),
+                                     pad.eq(pad_row), pos_addr.eq(pos_addr + 1),
+                                     waddr.eq(pos_addr + 1), proom.eq(proom - 1),
+                                     wroom.eq(proom - 1), w_ok.eq(proom > 1),
+                                     cur_j.eq(cur_j + 1), kcol.eq(knext), s_last.eq(q1),
+                                     jl.eq(jl - 1), j_last.eq(jl == 1)]
                         gen_step()
                         with m.If(j_last):
-                            m.d.sync += e.eq(e + 1)
+                            m.d.sync += [e.eq(e + 1), el.eq(el - 1)]
                             with m.If(e_last):
                                 m.next = "ROWEND"
                             with m.Else():
@@ -556,7 +574,8 @@ class SparseDecoder(wiring.Component):
             with m.State("ROWEND"):
                 m.d.comb += accepting.eq(1)
                 m.d.sync += [base.eq(self.words), ch_row.eq(ch_row + br),
-                             tile_row.eq(tile_row + q), row_end.eq(ch_row + br >= cn)]
+                             tile_row.eq(tile_row + q), rem_row.eq(rem_row - br),
+                             row_end.eq(rem_row <= br)]
                 m.next = "ROW"
                 late_error()
             with m.State("END"):
