@@ -239,7 +239,8 @@ class SparseDecoder(wiring.Component):
         m.d.comb += ent_rd.addr.eq(e)
         ent = Signal(entry_layout)
         # The column sequence of the block being written: k of this column (``kcol``), of the
-        # next one (``knext``), offset of the one after (``gj``) and the mask bits left (``gm``).
+        # next one (``knext``); for the one after, its offset (``gj``, plain) or its mask bit
+        # (``glow``, hierarchical), and the mask bits left (``gm``).
         kcol = Signal(range(kmax))
         knext = Signal(range(kmax + _MAX_BLOCK + 1))
         gj = Signal(range(nmax + 1))
@@ -247,17 +248,19 @@ class SparseDecoder(wiring.Component):
         cur_j = Signal(range(nmax + 1))
         j_last = Signal()
         e_last = Signal()
-        low = Signal(MAX_MASK_BITS)
-        m.d.comb += low.eq(gm & (~gm + 1))
-        gm_enc = Signal(range(MAX_MASK_BITS))
-        for b in range(gm_enc.shape().width):
-            m.d.comb += gm_enc[b].eq(
-                Cat(*[low[i] for i in range(MAX_MASK_BITS) if (i >> b) & 1]).any())
+        # Hierarchical: ``glow`` is the lowest mask bit left (one-hot, registered), so that
+        # isolating the next bit (a carry chain) and encoding it (an OR tree) are in
+        # different cycles.
+        glow = Signal(MAX_MASK_BITS)
+        glow_enc = Signal(range(MAX_MASK_BITS))
+        for b in range(glow_enc.shape().width):
+            m.d.comb += glow_enc[b].eq(
+                Cat(*[glow[i] for i in range(MAX_MASK_BITS) if (i >> b) & 1]).any())
 
         def gen_step():
-            """Advance the column-offset generator by one kept column."""
-            m.d.sync += [knext.eq(ent.kb + gj), gm.eq(gm & (gm - 1)),
-                         gj.eq(Mux(hier, gm_enc, gj + 1))]
+            """Advance the column generator by one kept column."""
+            m.d.sync += [knext.eq(ent.kb + Mux(hier, glow_enc, gj)), gj.eq(gj + 1),
+                         glow.eq(gm & (~gm + 1)), gm.eq(gm & (gm - 1))]
 
         def popcount8(v):
             pairs = [v[i] + v[i + 1] for i in range(0, 8, 2)]
@@ -520,7 +523,7 @@ class SparseDecoder(wiring.Component):
                                  j_last.eq(ent.n == 1)]
                 with m.Elif(prime == 1):
                     with m.If(hier):
-                        m.d.sync += [gj.eq(gm_enc), gm.eq(gm & (gm - 1))]
+                        m.d.sync += [glow.eq(gm & (~gm + 1)), gm.eq(gm & (gm - 1))]
                 with m.Elif(prime == 2):
                     gen_step()
                 with m.Else():
