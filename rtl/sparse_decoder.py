@@ -144,12 +144,12 @@ class SparseDecoder(wiring.Component):
         level = Signal(range(BUF + 1))
         ended = Signal()
         take = Signal(range(BUF + 1))          # bytes consumed this cycle (comb, by the parser)
-        accepting = Signal()                    # the parser wants input (comb)
+        active = Signal()                       # between start and done (registered)
         drop = Signal()                         # discard the buffer (comb)
         # Room is counted before this cycle's consumption, so that ``ready`` depends on the
         # level register and the state only; the buffer is sized (``3 * cols - 1`` bytes) so
         # that a misaligned payload still streams at one word per cycle.
-        m.d.comb += self.cw.ready.eq(accepting & ~ended & (level <= BUF - W))
+        m.d.comb += self.cw.ready.eq(active & ~ended & (level <= BUF - W))
         beat = self.cw.payload
         n_in = Signal(range(2 ** beat.n.shape().width))
         m.d.comb += n_in.eq(beat.n)
@@ -327,17 +327,15 @@ class SparseDecoder(wiring.Component):
             with m.State("IDLE"), m.If(self.start):
                 m.d.sync += [self.error.eq(0), ended.eq(0), buf.eq(0), level.eq(0),
                              ck.eq(self.exp_k), cn.eq(self.exp_n), self.words.eq(0),
-                             first_row.eq(1), uneven.eq(0), base.eq(0), lerr.eq(0),
+                             first_row.eq(1), uneven.eq(0), base.eq(0), lerr.eq(0), active.eq(1),
                              ch_row.eq(0), tile_row.eq(0), q.eq(0), beat_err.eq(0)]
                 m.next = "MAGIC"
             with m.State("MAGIC"):
-                m.d.comb += accepting.eq(1)
                 with m.If(need(4)):
                     m.d.comb += take.eq(4)
                     m.next = "VERSION"
                     check(u32 != MAGIC_WORD)
             with m.State("VERSION"):
-                m.d.comb += accepting.eq(1)
                 with m.If(need(2)):
                     m.d.comb += take.eq(2)
                     m.d.sync += [hier.eq(buf[8]), bal.eq(buf[9])]
@@ -345,7 +343,6 @@ class SparseDecoder(wiring.Component):
                     check((u8 != _VERSION) | (buf[10:16] != 0))
                 late_error()
             with m.State("BR"):
-                m.d.comb += accepting.eq(1)
                 with m.If(need(2)):
                     m.d.comb += take.eq(2)
                     m.d.sync += [br.eq(u16), rem.eq(u16), rem_gt.eq(u16 > C)]
@@ -353,7 +350,6 @@ class SparseDecoder(wiring.Component):
                     check((u16 == 0) | (u16 > _MAX_BLOCK))
                 late_error()
             with m.State("BC"):
-                m.d.comb += accepting.eq(1)
                 with m.If(need(2)):
                     m.d.comb += take.eq(2)
                     m.d.sync += bc.eq(u16)
@@ -361,7 +357,6 @@ class SparseDecoder(wiring.Component):
                     check((u16 == 0) | (u16 > _MAX_BLOCK) | (hier & (u16 > MAX_MASK_BITS)))
                 late_error()
             with m.State("RESERVED"):
-                m.d.comb += accepting.eq(1)
                 m.d.sync += [vb_full.eq(((Const(1, MAX_MASK_BITS + 1) << bc[:6]) - 1)
                                         [:MAX_MASK_BITS]),
                              mask_bytes.eq((bc[:6] + 7) >> 3)]
@@ -371,21 +366,18 @@ class SparseDecoder(wiring.Component):
                     check(u16 != 0)
                 late_error()
             with m.State("OUT"):
-                m.d.comb += accepting.eq(1)
                 with m.If(need(4)):
                     m.d.comb += take.eq(4)
                     m.next = "IN"
                     check(u32 != cn)
                 late_error()
             with m.State("IN"):
-                m.d.comb += accepting.eq(1)
                 with m.If(need(4)):
                     m.d.comb += take.eq(4)
                     m.next = "TOTAL"
                     check(u32 != ck)
                 late_error()
             with m.State("TOTAL"):
-                m.d.comb += accepting.eq(1)
                 m.d.sync += [rem_k.eq(ck), nbc.eq(0), rk_gt.eq(ck > bc)]
                 with m.If(need(4)):
                     m.d.comb += take.eq(4)
@@ -394,7 +386,6 @@ class SparseDecoder(wiring.Component):
                 late_error()
             with m.State("QDIV"):
                 # q = b_r / cols by repeated subtraction; b_r must be a multiple of cols.
-                m.d.comb += accepting.eq(1)
                 m.d.sync += [q.eq(q + 1), rem.eq(rem - C), rem_gt.eq(rem > 2 * C)]
                 with m.If(~rem_gt):
                     m.next = "NBC"
@@ -403,7 +394,6 @@ class SparseDecoder(wiring.Component):
             with m.State("NBC"):
                 # Block-columns ceil(k / b_c) and the width of the last one, by repeated
                 # subtraction (one cycle per block-column).
-                m.d.comb += accepting.eq(1)
                 m.d.sync += [q1.eq(q == 1), row_end.eq(cn == 0), rem_row.eq(cn)]
                 with m.If(rk_gt):
                     m.d.sync += [rem_k.eq(rem_k - bc), nbc.eq(nbc + 1),
@@ -417,7 +407,6 @@ class SparseDecoder(wiring.Component):
                     m.next = "ROW"
                 late_error()
             with m.State("ROW"):
-                m.d.comb += accepting.eq(1)
                 m.d.sync += [wr.eq(nbc - 1), wlast.eq(nbc == 1)]
                 with m.If(row_end):
                     m.next = "END"
@@ -425,7 +414,6 @@ class SparseDecoder(wiring.Component):
                     m.next = "COUNT"
                 late_error()
             with m.State("COUNT"):
-                m.d.comb += accepting.eq(1)
                 with m.If(need(2)):
                     m.d.comb += take.eq(2)
                     m.d.sync += [cnt.eq(u16), e.eq(0), cols_r.eq(0), left.eq(left - u16),
@@ -445,7 +433,6 @@ class SparseDecoder(wiring.Component):
                     check((u16 > nbc) | (u16 > left))
                 late_error()
             with m.State("INDEX"):
-                m.d.comb += accepting.eq(1)
                 with m.If(need(2)):
                     m.d.comb += take.eq(2)
                     m.d.sync += [idx.eq(u16), mask.eq(0), mbyte.eq(0), mask_fin.eq(0), pcnt.eq(0),
@@ -455,7 +442,6 @@ class SparseDecoder(wiring.Component):
                 late_error()
             with m.State("WALK"):
                 # wk = idx * b_c: step the block-column up to the index (indices increase).
-                m.d.comb += accepting.eq(1)
                 with m.If(walk_done):
                     m.d.sync += [ncols.eq(Mux(wlast, lastw, bc)),
                                  vbits.eq(Mux(wlast, vb_last, vb_full))]
@@ -468,7 +454,6 @@ class SparseDecoder(wiring.Component):
                                  walk_done.eq(wl == 1), wr.eq(wr - 1), wlast.eq(wr == 1)]
                 late_error()
             with m.State("MASK"):
-                m.d.comb += accepting.eq(1)
                 byte_ok = need(1)
                 with m.If(mask_fin):
                     m.d.sync += ncols.eq(pcnt)
@@ -482,7 +467,7 @@ class SparseDecoder(wiring.Component):
                     # Bits past MAX_MASK_BITS cannot occur: b_c <= MAX_MASK_BITS here.
                 late_error()
             with m.State("STORE"):
-                m.d.comb += [accepting.eq(1), ent_wr.en.eq(1), ent_wr.addr.eq(e),
+                m.d.comb += [ent_wr.en.eq(1), ent_wr.addr.eq(e),
                              ent_wr.data.kb.eq(wk), ent_wr.data.n.eq(ncols),
                              ent_wr.data.mask.eq(mask)]
                 m.d.sync += [e.eq(e + 1), cols_r.eq(cols_r + ncols), el.eq(el - 1),
@@ -494,7 +479,6 @@ class SparseDecoder(wiring.Component):
                 late_error()
             with m.State("CNT"):
                 # Counts of the block-row's tiles (those before out_features).
-                m.d.comb += accepting.eq(1)
                 with m.If(cnt_done):
                     m.d.sync += [e.eq(0), el.eq(cnt - 1), pos_addr.eq(base), waddr.eq(base),
                                  w_ok.eq(base < depth), wroom.eq(depth - base),
@@ -511,12 +495,10 @@ class SparseDecoder(wiring.Component):
                 late_error()
             with m.State("FETCH"):
                 # Entry e: registered, then the column generator is primed (4 cycles).
-                m.d.comb += accepting.eq(1)
                 m.d.sync += [ent.eq(ent_rd.data), e_last.eq(el == 0), prime.eq(0)]
                 m.next = "PRIME"
                 late_error()
             with m.State("PRIME"):
-                m.d.comb += accepting.eq(1)
                 m.d.sync += prime.eq(prime + 1)
                 with m.If(prime == 0):
                     m.d.sync += [gm.eq(ent.mask), gj.eq(0), cur_j.eq(0), jl.eq(ent.n - 1),
@@ -532,7 +514,6 @@ class SparseDecoder(wiring.Component):
                     m.next = "COLUMN"
                 late_error()
             with m.State("COLUMN"):
-                m.d.comb += accepting.eq(1)
                 exists = ~pad[0]
                 with m.If(need(W)):
                     m.d.comb += take.eq(W)
@@ -575,27 +556,27 @@ class SparseDecoder(wiring.Component):
                         m.next = "ERROR"
                 late_error()
             with m.State("ROWEND"):
-                m.d.comb += accepting.eq(1)
                 m.d.sync += [base.eq(self.words), ch_row.eq(ch_row + br),
                              tile_row.eq(tile_row + q), rem_row.eq(rem_row - br),
                              row_end.eq(rem_row <= br)]
                 m.next = "ROW"
                 late_error()
             with m.State("END"):
-                m.d.comb += accepting.eq(1)
                 with m.If(~left_zero | (bal == uneven) | (level != 0) | beat_err):
                     m.next = "ERROR"
-                with m.Elif(ended):
+                with m.Elif(ended & ~lerr):
+                    m.d.sync += active.eq(0)
                     m.next = "DONE"
                 late_error()
             with m.State("ERROR"):
                 # Drain the rest of the stream up to its last beat.
-                m.d.comb += [accepting.eq(1), drop.eq(1)]
+                m.d.comb += [drop.eq(1)]
                 m.d.sync += self.error.eq(1)
                 with m.If(ended | (self.cw.valid & beat.last & (level <= BUF - W))):
+                    m.d.sync += active.eq(0)
                     m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
-        m.d.comb += self.busy.eq(accepting | self.done)
+        m.d.comb += self.busy.eq(active | self.done)
         return m
