@@ -13,8 +13,8 @@ feeder of :class:`rtl.gemm.GemmEngine` reads:
 Input: ``cw``, a stream of beats of up to ``cols`` bytes (``data`` lanes ``0 .. n-1`` in stream
 order, ``n <= cols``; ``last`` marks the final beat). A beat as wide as a weight word lets the
 payload stream at one word per cycle; metadata fields (counts, indices, masks, header fields)
-take one cycle each. A small byte aligner (``cols + max(cols, 4)`` bytes) re-aligns the payload,
-which starts at arbitrary byte offsets.
+take one cycle each. A small byte aligner (``max(3 * cols - 1, cols + 3)`` bytes) re-aligns the
+payload, which starts at arbitrary byte offsets.
 
 Mapping: ``b_r`` must be a multiple of ``cols`` (``b_r = q * cols``). A payload column of block-row
 ``r`` (``b_r`` bytes for one kept ``k``) is ``q`` words, word ``s`` belonging to tile ``r*q + s``;
@@ -23,9 +23,24 @@ the decoder writes it at ``base_r + s * cnt_r + p`` (``cnt_r``: kept ``k`` of th
 of tiles past ``out_features`` (padding rows) are checked to be zero and not written.
 
 Trade-offs: parsing the stream in hardware means one read of the compressed (smaller) weights
-from memory and no host-side expansion; it costs one cycle per metadata field and two cycles per
-kept block (the entry memory read), a few percent of the payload cycles. The entry memory keeps
-the block-row's indices (and masks) because the payload follows the whole index list.
+from memory and no host-side expansion; it costs one cycle per metadata field and a few cycles
+per kept block, a few percent of the payload cycles. The entry memory keeps the block-row's
+kept blocks (first ``k``, kept columns, mask) because the payload follows the whole index list.
+
+Timing (the decoder is built to close 150 MHz on ECP5-class fabric): there is no multiplier.
+``ceil(k / b_c)`` and the last block-column's width are found once per stream by repeated
+subtraction, and ``index * b_c`` by stepping an accumulator up the block-columns (indices
+increase within a block-row, so a block-row costs at most one cycle per block-column). The entry
+memory is distributed RAM read asynchronously into a register (a block RAM's clock-to-output
+alone would fill the cycle). Every state transition depends on registered flags (down-counters
+reaching 1, remaining-room registers compared with a constant or one register) and on the
+aligner level; value checks of the header, indices, masks and padding set a registered error
+that diverts the next state to ``ERROR``, one cycle later than the check. The aligner's
+``ready`` depends on registers only (an ``active`` flag and the level). The hierarchical column
+sequence is a small pipeline (lowest mask bit isolated, then encoded, then added to the block's
+first ``k``) primed in four cycles per kept block. The cost: about ``ceil(k / b_c)`` cycles per
+stream and per block-row and five cycles per kept block, against two per kept block for a
+single-cycle multiply-and-compare design.
 
 Checks (``error`` is raised, sticky until the next ``start``, and the rest of the stream is
 drained up to its ``last`` beat so that nothing hangs): magic, version, unknown flags, reserved
@@ -71,9 +86,11 @@ class SparseDecoder(wiring.Component):
     """Validating decoder of the compressed block-sparse weight format.
 
     Latency / throughput: one metadata field per cycle (a hierarchical mask one byte per cycle),
-    two cycles per kept block, then one payload word (``cols`` bytes) per cycle while the input
-    keeps up; ``done`` pulses one cycle after the last byte is parsed (or, on an error, after the
-    stream's ``last`` beat). Stalls: an idle ``cw`` stalls the parse; the write ports never stall.
+    one cycle per block-column stepped over in the index list, five cycles per kept block before
+    its payload, then one payload word (``cols`` bytes) per cycle while the input keeps up
+    (:func:`sim.perf.decode_cycles` is cycle-exact); ``done`` pulses one cycle after the last
+    byte is parsed (or, on an error, after the stream's ``last`` beat). Stalls: an idle ``cw``
+    stalls the parse; the write ports never stall.
 
     Members
     -------
@@ -281,7 +298,8 @@ class SparseDecoder(wiring.Component):
 
         # Registered conditions: every state decides from flip-flops (or a compare of the
         # aligner level with a constant), never from a wide compare of this cycle's bytes.
-        # Checks of field values set ``lerr``, which sends the next state to ERROR.
+        # Checks of field values set ``lerr`` (two cycles later), which sends the state of that
+        # cycle to ERROR.
         lerr = Signal()
         rem_gt = Signal()                       # rem > cols
         rk_gt = Signal()                        # rem_k > b_c
@@ -315,9 +333,15 @@ class SparseDecoder(wiring.Component):
             """Lanes of a word whose channels left (``n - ch``) are ``rem_expr`` past n."""
             return Cat(*[rem_expr <= lane for lane in range(C)])
 
+        checks = []
+        pending = Signal()                      # a check failed in the previous cycle
+
         def check(cond):
-            with m.If(cond):
-                m.d.sync += lerr.eq(1)
+            """A value check of this state: its result and whether the state applied it are
+            registered, then combined into ``lerr`` (two cycles after the check)."""
+            now = Signal()
+            m.d.comb += now.eq(1)
+            checks.append((now, cond))
 
         def late_error():
             with m.If(lerr):
@@ -564,7 +588,7 @@ class SparseDecoder(wiring.Component):
             with m.State("END"):
                 with m.If(~left_zero | (bal == uneven) | (level != 0) | beat_err):
                     m.next = "ERROR"
-                with m.Elif(ended & ~lerr):
+                with m.Elif(ended & ~lerr & ~pending):
                     m.d.sync += active.eq(0)
                     m.next = "DONE"
                 late_error()
@@ -578,5 +602,13 @@ class SparseDecoder(wiring.Component):
             with m.State("DONE"):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
+        hits = []
+        for now, cond in checks:
+            applied, failed = Signal(), Signal()
+            m.d.sync += [applied.eq(now), failed.eq(cond)]
+            hits.append(applied & failed)
+        m.d.comb += pending.eq(Cat(*hits).any())
+        with m.If(pending):
+            m.d.sync += lerr.eq(1)
         m.d.comb += self.busy.eq(active | self.done)
         return m
