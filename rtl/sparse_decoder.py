@@ -347,7 +347,7 @@ class SparseDecoder(wiring.Component):
             with m.If(lerr):
                 m.next = "ERROR"
 
-        with m.FSM(name="parse"):
+        with m.FSM(name="parse") as fsm:
             with m.State("IDLE"), m.If(self.start):
                 m.d.sync += [self.error.eq(0), ended.eq(0), buf.eq(0), level.eq(0),
                              ck.eq(self.exp_k), cn.eq(self.exp_n), self.words.eq(0),
@@ -602,6 +602,8 @@ class SparseDecoder(wiring.Component):
             with m.State("DONE"):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
+        # One-hot state register in synthesis: short next-state logic for this many states.
+        fsm.state.attrs["fsm_encoding"] = "one-hot"
         hits = []
         for now, cond in checks:
             applied, failed = Signal(), Signal()
