@@ -233,7 +233,8 @@ class SparseDecoder(wiring.Component):
         base = Signal(range(depth + 1))
         mask = Signal(MAX_MASK_BITS)
         mbyte = Signal(range(MAX_MASK_BITS // 8 + 1))
-        pcnt = Signal(range(MAX_MASK_BITS + 1))
+        pcnt = Signal(range(MAX_MASK_BITS + 1))  # kept columns of the mask bytes before mlast
+        mlast = Signal(8)                       # the last mask byte read
         idx = Signal(16)
         wc = Signal(range(kmax + 1))            # block-column reached by the walk
         wk = Signal(range(kmax + _MAX_BLOCK + 1))  # wc * b_c, by repeated addition
@@ -454,16 +455,20 @@ class SparseDecoder(wiring.Component):
                         m.d.sync += first_cnt.eq(u16)
                     with m.Elif(u16 != first_cnt):
                         m.d.sync += uneven.eq(1)
-                    with m.If(u16 == 0):
-                        m.next = "CNT"
-                    with m.Else():
-                        m.next = "INDEX"
+                    m.next = "ROUTE"
                     check((u16 > nbc) | (u16 > left))
+                late_error()
+            with m.State("ROUTE"):
+                with m.If(cnt_zero):
+                    m.next = "CNT"
+                with m.Else():
+                    m.next = "INDEX"
                 late_error()
             with m.State("INDEX"):
                 with m.If(need(2)):
                     m.d.comb += take.eq(2)
                     m.d.sync += [idx.eq(u16), mask.eq(0), mbyte.eq(0), mask_fin.eq(0), pcnt.eq(0),
+                                 mlast.eq(0),
                                  walk_done.eq(u16 == wc), wl.eq(u16 - wc)]
                     m.next = "WALK"
                     check((u16 >= nbc) | ((e != 0) & (u16 <= idx)))
@@ -484,13 +489,13 @@ class SparseDecoder(wiring.Component):
             with m.State("MASK"):
                 byte_ok = need(1)
                 with m.If(mask_fin):
-                    m.d.sync += ncols.eq(pcnt)
+                    m.d.sync += ncols.eq(pcnt + popcount8(mlast))
                     m.next = "STORE"
                     check((mask == 0) | ((mask & ~vbits) != 0))
                 with m.Elif(byte_ok):
                     m.d.comb += take.eq(1)
                     m.d.sync += [mbyte.eq(mbyte + 1), mask_fin.eq(mbyte + 1 == mask_bytes),
-                                 pcnt.eq(pcnt + popcount8(u8)),
+                                 pcnt.eq(pcnt + popcount8(mlast)), mlast.eq(u8),
                                  mask.eq(mask | (u8 << (mbyte * 8))[:MAX_MASK_BITS])]
                     # Bits past MAX_MASK_BITS cannot occur: b_c <= MAX_MASK_BITS here.
                 late_error()

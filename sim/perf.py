@@ -136,6 +136,7 @@ def decode_cycles(cfg: AccelConfig, pattern) -> int:
     for r in range(pattern.n_block_rows):
         cycle()                               # ROW
         need(2)                               # COUNT
+        cycle()                               # ROUTE (empty block-row or index list)
         kept = [c for c in range(pattern.n_block_cols) if pattern.blocks[r, c]]
         walked = 0
         for c in kept:
