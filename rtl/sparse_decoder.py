@@ -157,17 +157,7 @@ class SparseDecoder(wiring.Component):
         depth = cfg.weight_buffer_depth
 
         # ---- byte aligner ----------------------------------------------------------------
-        # The parser's bytes are taken from the front lazily: ``raw`` holds the buffer before
-        # the previous cycle's consumption ``tk`` (a register), ``buf`` is the view after it, so
-        # no select of the buffer's shift comes from this cycle's parse state.
-        raw = Signal(8 * BUF)
-        tk = Signal(range(BUF + 1))
         buf = Signal(8 * BUF)
-        m.d.comb += buf.eq(raw)
-        with m.Switch(tk):
-            for t in sorted({1, 2, 4, W}):
-                with m.Case(t):
-                    m.d.comb += buf.eq(raw >> (8 * t))
         level = Signal(range(BUF + 1))
         ended = Signal()
         take = Signal(range(BUF + 1))          # bytes consumed this cycle (comb, by the parser)
@@ -187,8 +177,8 @@ class SparseDecoder(wiring.Component):
         in_bytes = Signal(8 * W)
         for i in range(W):
             m.d.comb += in_bytes[8 * i:8 * i + 8].eq(Mux(n_in > i, beat.data[i], 0))
-        # The beat is appended behind the buffered bytes (its position depends on the level
-        # register only).
+        # The beat is appended behind the buffered bytes first (its position depends on the
+        # level register only), then the parser's bytes are taken from the front.
         merged = Signal(8 * BUF)
         mlevel = Signal(range(BUF + 1))
         with m.If(fire):
@@ -196,10 +186,16 @@ class SparseDecoder(wiring.Component):
                          mlevel.eq(level + Mux(n_in > W, 0, n_in))]
         with m.Else():
             m.d.comb += [merged.eq(buf), mlevel.eq(level)]
+        rest = Signal(8 * BUF)
+        m.d.comb += rest.eq(merged)
+        with m.Switch(take):
+            for t in sorted({1, 2, 4, W}):
+                with m.Case(t):
+                    m.d.comb += rest.eq(merged >> (8 * t))
         with m.If(drop):
-            m.d.sync += [raw.eq(0), tk.eq(0), level.eq(0)]
+            m.d.sync += [buf.eq(0), level.eq(0)]
         with m.Else():
-            m.d.sync += [raw.eq(merged), tk.eq(take), level.eq(mlevel - take)]
+            m.d.sync += [buf.eq(rest), level.eq(mlevel - take)]
             with m.If(fire & beat.last):
                 m.d.sync += ended.eq(1)
 
@@ -354,7 +350,7 @@ class SparseDecoder(wiring.Component):
 
         with m.FSM(name="parse") as fsm:
             with m.State("IDLE"), m.If(self.start):
-                m.d.sync += [self.error.eq(0), ended.eq(0), raw.eq(0), tk.eq(0), level.eq(0),
+                m.d.sync += [self.error.eq(0), ended.eq(0), buf.eq(0), level.eq(0),
                              ck.eq(self.exp_k), cn.eq(self.exp_n), self.words.eq(0),
                              first_row.eq(1), uneven.eq(0), base.eq(0), lerr.eq(0), active.eq(1),
                              ch_row.eq(0), tile_row.eq(0), q.eq(0), beat_err.eq(0)]
