@@ -406,12 +406,13 @@ class SparseDecoder(wiring.Component):
                 m.d.sync += [rem_k.eq(ck), nbc.eq(0), rk_gt.eq(ck > bc)]
                 with m.If(need(4)):
                     m.d.comb += take.eq(4)
-                    m.d.sync += [left.eq(u32), left_zero.eq(u32 == 0)]
+                    m.d.sync += left.eq(u32)
                     m.next = "QDIV"
                 late_error()
             with m.State("QDIV"):
                 # q = b_r / cols by repeated subtraction; b_r must be a multiple of cols.
-                m.d.sync += [q.eq(q + 1), rem.eq(rem - C), rem_gt.eq(rem > 2 * C)]
+                m.d.sync += [q.eq(q + 1), rem.eq(rem - C), rem_gt.eq(rem > 2 * C),
+                             left_zero.eq(left == 0)]
                 with m.If(~rem_gt):
                     m.next = "NBC"
                     check(rem != C)
@@ -442,7 +443,7 @@ class SparseDecoder(wiring.Component):
                 with m.If(need(2)):
                     m.d.comb += take.eq(2)
                     m.d.sync += [cnt.eq(u16), e.eq(0), cols_r.eq(0), left.eq(left - u16),
-                                 left_zero.eq(left == u16), cnt_zero.eq(u16 == 0),
+                                 cnt_zero.eq(u16 == 0),
                                  e_fin.eq(u16 == 1), el.eq(u16 - 1), first_row.eq(0),
                                  ctile.eq(tile_row), crem.eq(rem_row), csl.eq(q),
                                  cnt_done.eq(0), pad_row.eq(past_n(rem_row)),
@@ -455,6 +456,7 @@ class SparseDecoder(wiring.Component):
                     check((u16 > nbc) | (u16 > left))
                 late_error()
             with m.State("ROUTE"):
+                m.d.sync += left_zero.eq(left == 0)
                 with m.If(cnt_zero):
                     m.next = "CNT"
                 with m.Else():
