@@ -198,6 +198,15 @@ class SparseDecoder(wiring.Component):
             m.d.sync += [buf.eq(rest), level.eq(mlevel - take)]
             with m.If(fire & beat.last):
                 m.d.sync += ended.eq(1)
+        # "n bytes are buffered and no bad beat was seen", registered from the next level.
+        beat_err = Signal()
+        clear = Signal()                        # a new stream starts (comb, by the parser)
+        level_nx = Signal(range(BUF + 1))
+        m.d.comb += level_nx.eq(Mux(drop | clear, 0, mlevel - take))
+        have = {}
+        for t in sorted({1, 2, 4, W}):
+            have[t] = Signal(name=f"have{t}")
+            m.d.sync += have[t].eq((level_nx >= t) & ~clear & ~beat_err & ~bad_beat)
 
         u8, u16, u32 = buf[:8], buf[:16], buf[:32]
 
@@ -286,13 +295,12 @@ class SparseDecoder(wiring.Component):
 
         mask_bytes = Signal(range(MAX_MASK_BITS // 8 + 1))
 
-        beat_err = Signal()
         with m.If(bad_beat):
             m.d.sync += beat_err.eq(1)
 
         def need(nbytes):
             """Condition 'nbytes are buffered' (and no bad beat); else the truncation error."""
-            ok = (level >= nbytes) & ~beat_err
+            ok = have[nbytes]
             with m.If((~ok & ended) | beat_err):
                 m.next = "ERROR"
             return ok
@@ -350,6 +358,7 @@ class SparseDecoder(wiring.Component):
 
         with m.FSM(name="parse") as fsm:
             with m.State("IDLE"), m.If(self.start):
+                m.d.comb += clear.eq(1)
                 m.d.sync += [self.error.eq(0), ended.eq(0), buf.eq(0), level.eq(0),
                              ck.eq(self.exp_k), cn.eq(self.exp_n), self.words.eq(0),
                              first_row.eq(1), uneven.eq(0), base.eq(0), lerr.eq(0), active.eq(1),
