@@ -54,7 +54,7 @@ truncated stream (``last`` before the end), trailing bytes (``last`` after the e
 with ``n > cols``.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -289,6 +289,10 @@ class SparseDecoder(wiring.Component):
             m.d.sync += [knext.eq(ent.kb + Mux(hier, glow_enc, gj)), gj.eq(gj + 1),
                          glow.eq(gm & (~gm + 1)), gm.eq(gm & (gm - 1))]
 
+        def thermometer(v):
+            """The ``v`` low bits set (all of them from ``MAX_MASK_BITS`` on)."""
+            return Cat(*[v > i for i in range(MAX_MASK_BITS)])
+
         def popcount8(v):
             pairs = [v[i] + v[i + 1] for i in range(0, 8, 2)]
             return (pairs[0] + pairs[1]) + (pairs[2] + pairs[3])
@@ -391,8 +395,7 @@ class SparseDecoder(wiring.Component):
                     check((u16 == 0) | (u16 > _MAX_BLOCK) | (hier & (u16 > MAX_MASK_BITS)))
                 late_error()
             with m.State("RESERVED"):
-                m.d.sync += [vb_full.eq(((Const(1, MAX_MASK_BITS + 1) << bc[:6]) - 1)
-                                        [:MAX_MASK_BITS]),
+                m.d.sync += [vb_full.eq(thermometer(bc[:6])),
                              mask_bytes.eq((bc[:6] + 7) >> 3)]
                 with m.If(need(2)):
                     m.d.comb += take.eq(2)
@@ -435,10 +438,8 @@ class SparseDecoder(wiring.Component):
                                  rk_gt.eq(rem_k > (bc << 1))]
                 with m.Else():
                     m.d.sync += [lastw.eq(rem_k),
-                                 vb_last.eq(((Const(1, MAX_MASK_BITS + 1) << rem_k[:6]) - 1)
-                                            [:MAX_MASK_BITS])]
-                    with m.If(rem_k != 0):
-                        m.d.sync += nbc.eq(nbc + 1)
+                                 vb_last.eq(thermometer(rem_k[:6])),
+                                 nbc.eq(nbc + (rem_k != 0))]
                     m.next = "ROW"
                 late_error()
             with m.State("ROW"):
