@@ -33,14 +33,19 @@ subtraction, and ``index * b_c`` by stepping an accumulator up the block-columns
 increase within a block-row, so a block-row costs at most one cycle per block-column). The entry
 memory is distributed RAM read asynchronously into a register (a block RAM's clock-to-output
 alone would fill the cycle). Every state transition depends on registered flags (down-counters
-reaching 1, remaining-room registers compared with a constant or one register) and on the
-aligner level; value checks of the header, indices, masks and padding set a registered error
-that diverts the next state to ``ERROR``, one cycle later than the check. The aligner's
+reaching 1, remaining-room registers compared with a constant or one register, "n bytes
+buffered" flags registered from the aligner's next level); value checks of the header, counts,
+indices, masks, padding rows and weight range are registered (with whether their state applied
+them) and then set a registered error that diverts the state machine to ``ERROR``, two cycles
+after the check (nothing is written in between but weight words inside the buffer). The aligner's
 ``ready`` depends on registers only (an ``active`` flag and the level). The hierarchical column
 sequence is a small pipeline (lowest mask bit isolated, then encoded, then added to the block's
-first ``k``) primed in four cycles per kept block. The cost: about ``ceil(k / b_c)`` cycles per
-stream and per block-row and five cycles per kept block, against two per kept block for a
-single-cycle multiply-and-compare design.
+first ``k``) primed in four cycles per kept block. The state register is one-hot in synthesis
+(``fsm_encoding``); its power-up value then comes from the reset, which the platforms assert at
+start. The cost: about ``ceil(k / b_c)`` cycles per stream and per block-row, one per block-row
+and five per kept block, against two per kept block for a single-cycle multiply-and-compare
+design. The longest remaining path is the aligner's: an input beat's lanes masked by its byte
+count, appended behind the level, shifted by this cycle's consumption.
 
 Checks (``error`` is raised, sticky until the next ``start``, and the rest of the stream is
 drained up to its ``last`` beat so that nothing hangs): magic, version, unknown flags, reserved

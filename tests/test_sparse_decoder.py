@@ -93,6 +93,8 @@ def patterns(rng):
     one = np.zeros((1, 2), bool)
     one[0, 1] = True                                       # a single kept block, q = 4
     cases.append((w2, BlockPattern((16, 32), (16, 16), one)))
+    cases.append((w, hierarchical_prune(w, 0.5, (4, 4))))  # q = 1: a new column every word
+    cases.append((w, block_prune(w, 0.3, (4, 1), balanced=False)))  # b_c = 1: long index walks
     return cases
 
 
