@@ -180,15 +180,20 @@ class SparseDecoder(wiring.Component):
         bad_beat = Signal()
         m.d.comb += bad_beat.eq(fire & (n_in > W))
         in_bytes = Signal(8 * W)
-        for i in range(W):
-            m.d.comb += in_bytes[8 * i:8 * i + 8].eq(Mux(n_in > i, beat.data[i], 0))
+        m.d.comb += in_bytes.eq(beat.data.as_value())
         # The beat is appended behind the buffered bytes first (its position depends on the
-        # level register only), then the parser's bytes are taken from the front.
+        # level register only), then the parser's bytes are taken from the front. Bytes past
+        # the level are don't-care (every read is guarded by the level), so the beat's unused
+        # lanes need no masking: the beat overwrites the buffer from the level on.
         merged = Signal(8 * BUF)
         mlevel = Signal(range(BUF + 1))
+        app = Signal(8 * BUF)
+        m.d.comb += app.eq((in_bytes << (level * 8))[:8 * BUF])
         with m.If(fire):
-            m.d.comb += [merged.eq(buf | (in_bytes << (level * 8))[:8 * BUF]),
-                         mlevel.eq(level + Mux(n_in > W, 0, n_in))]
+            for i in range(BUF):
+                m.d.comb += merged[8 * i:8 * i + 8].eq(
+                    Mux(level > i, buf[8 * i:8 * i + 8], app[8 * i:8 * i + 8]))
+            m.d.comb += mlevel.eq(level + Mux(n_in > W, 0, n_in))
         with m.Else():
             m.d.comb += [merged.eq(buf), mlevel.eq(level)]
         rest = Signal(8 * BUF)

@@ -114,6 +114,19 @@ def test_decoder_stalls_and_ragged_beats(tiny, rng):
         check_image(tiny, res, w, p)
 
 
+def test_unused_beat_lanes_are_ignored(tiny, rng):
+    """Ragged beats whose unused lanes hold garbage decode like zero-filled ones."""
+    cases = patterns(rng)[:3]
+    streams = []
+    for w, p in cases:
+        beats = pack_compressed(tiny, encode(w, p), rng)
+        for b in beats:
+            b["data"] = b["data"][:b["n"]] + [0xA5] * (tiny.cols - b["n"])
+        streams.append((beats, p.shape[1], p.shape[0]))
+    for (w, p), res in zip(cases, run_decoder(tiny, streams)):
+        check_image(tiny, res, w, p)
+
+
 def _corruptions(rng):
     """(name, stream, k, n, golden_rejects) on the tiny preset."""
     w = rng.integers(-128, 128, (20, 30))
