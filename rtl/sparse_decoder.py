@@ -44,8 +44,8 @@ first ``k``) primed in four cycles per kept block. The state register is one-hot
 (``fsm_encoding``); its power-up value then comes from the reset, which the platforms assert at
 start. The cost: about ``ceil(k / b_c)`` cycles per stream and per block-row, one per block-row
 and five per kept block, against two per kept block for a single-cycle multiply-and-compare
-design. The longest remaining path is the aligner's: an input beat's lanes masked by its byte
-count, appended behind the level, shifted by this cycle's consumption.
+design. The longest remaining path is the aligner's: the parse state and a "bytes buffered"
+flag select this cycle's consumption, which shifts the buffer (with the beat appended).
 
 Checks (``error`` is raised, sticky until the next ``start``, and the rest of the stream is
 drained up to its ``last`` beat so that nothing hangs): magic, version, unknown flags, reserved
