@@ -114,8 +114,8 @@ def decode_cycles(cfg: AccelConfig, pattern) -> int:
     def cycle(take=0, idle=False):
         # One clock: the parser takes `take` bytes, the aligner accepts a beat if it has room.
         st["cycles"] += 1
-        st["level"] -= take
         accept = not idle and st["sent"] < length and st["level"] <= BUF - W
+        st["level"] -= take
         if accept:
             beat = min(W, length - st["sent"])
             st["sent"] += beat
@@ -131,12 +131,19 @@ def decode_cycles(cfg: AccelConfig, pattern) -> int:
         need(nbytes)
     for _ in range(q):                        # QDIV
         cycle()
+    for _ in range(max(1, pattern.n_block_cols)):
+        cycle()                               # NBC
     for r in range(pattern.n_block_rows):
         cycle()                               # ROW
         need(2)                               # COUNT
+        cycle()                               # ROUTE (empty block-row or index list)
         kept = [c for c in range(pattern.n_block_cols) if pattern.blocks[r, c]]
-        for _ in kept:
+        walked = 0
+        for c in kept:
             need(2)                           # INDEX
+            for _ in range(c - walked + 1):
+                cycle()                       # WALK to block-column c
+            walked = c
             if hier:
                 for _ in range(mask_bytes(bc)):
                     need(1)                   # MASK bytes
@@ -145,8 +152,8 @@ def decode_cycles(cfg: AccelConfig, pattern) -> int:
         for _ in range(min(q, nt - r * q) + 1):
             cycle()                           # CNT
         for c in kept:
-            cycle()                           # FETCH
-            cycle()                           # LATCH
+            for _ in range(5):
+                cycle()                       # FETCH, PRIME x 4
             for _ in range(int(cols[r, c].sum()) * q):
                 need(W)                       # COLUMN
         cycle()                               # ROWEND

@@ -93,6 +93,8 @@ def patterns(rng):
     one = np.zeros((1, 2), bool)
     one[0, 1] = True                                       # a single kept block, q = 4
     cases.append((w2, BlockPattern((16, 32), (16, 16), one)))
+    cases.append((w, hierarchical_prune(w, 0.5, (4, 4))))  # q = 1: a new column every word
+    cases.append((w, block_prune(w, 0.3, (4, 1), balanced=False)))  # b_c = 1: long index walks
     return cases
 
 
@@ -109,6 +111,19 @@ def test_decoder_stalls_and_ragged_beats(tiny, rng):
     results = run_decoder(tiny, [(encode(w, p), p.shape[1], p.shape[0]) for w, p in cases],
                           rng=rng, stall=0.3)
     for (w, p), res in zip(cases, results):
+        check_image(tiny, res, w, p)
+
+
+def test_unused_beat_lanes_are_ignored(tiny, rng):
+    """Ragged beats whose unused lanes hold garbage decode like zero-filled ones."""
+    cases = patterns(rng)[:3]
+    streams = []
+    for w, p in cases:
+        beats = pack_compressed(tiny, encode(w, p), rng)
+        for b in beats:
+            b["data"] = b["data"][:b["n"]] + [0xA5] * (tiny.cols - b["n"])
+        streams.append((beats, p.shape[1], p.shape[0]))
+    for (w, p), res in zip(cases, run_decoder(tiny, streams)):
         check_image(tiny, res, w, p)
 
 
