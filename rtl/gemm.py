@@ -243,6 +243,10 @@ class GemmEngine(wiring.Component):
         loaded_sparse = Signal()
         nt = Signal(range(ntmax + 1))
         words = Signal(range(kmax * ntmax + 1))
+        # nt - 1, words - 1 and k - 1 as registers: end-of-loop compares need no subtractor.
+        nt_m1 = Signal.like(nt)
+        words_m1 = Signal.like(words)
+        ck_m1 = Signal.like(ck)
         n_left = Signal(signed(cn.shape().width + 2))
         loaded_k = Signal.like(ck)
         loaded_n = Signal.like(cn)
@@ -259,7 +263,8 @@ class GemmEngine(wiring.Component):
                 with m.If(self.cmd.valid & pipeline_empty):
                     p = self.cmd.payload
                     m.d.sync += [cm.eq(p.m), ck.eq(p.k), cn.eq(p.n), cload.eq(p.load_weights),
-                                 csparse.eq(p.sparse), nt.eq(0), words.eq(0), n_left.eq(p.n)]
+                                 csparse.eq(p.sparse), nt.eq(0), words.eq(0), n_left.eq(p.n),
+                                 ck_m1.eq(p.k - 1), nt_m1.eq(0), words_m1.eq(-1)]
                     bad = ((p.m == 0) | (p.m > cfg.max_tokens) | (p.k == 0) | (p.k > kmax)
                            | (p.n == 0) | (p.n > kmax)
                            | (~p.load_weights & (~weights_valid | (p.k != loaded_k)
@@ -271,7 +276,8 @@ class GemmEngine(wiring.Component):
                         m.next = "CHECK"
             with m.State("CHECK"):
                 with m.If(n_left > 0):
-                    m.d.sync += [n_left.eq(n_left - C), nt.eq(nt + 1), words.eq(words + ck)]
+                    m.d.sync += [n_left.eq(n_left - C), nt.eq(nt + 1), words.eq(words + ck),
+                                 nt_m1.eq(nt), words_m1.eq(words_m1 + ck)]
                 with m.Elif(~csparse & (words > cfg.weight_buffer_depth)):
                     m.d.sync += self.error.eq(1)
                     m.next = "IDLE"
@@ -323,14 +329,14 @@ class GemmEngine(wiring.Component):
                              w_wr.data.eq(self.w.payload), w_wr.en.eq(self.w.valid)]
                 with m.If(self.w.valid):
                     m.d.sync += w_addr.eq(w_addr + 1)
-                    with m.If(w_addr == words - 1):
+                    with m.If(w_addr == words_m1):
                         m.next = "EP"
             with m.State("EP"):
                 m.d.comb += [self.ep.ready.eq(1), ep_wr.addr.eq(ep_addr),
                              ep_wr.data.eq(self.ep.payload), ep_wr.en.eq(self.ep.valid)]
                 with m.If(self.ep.valid):
                     m.d.sync += ep_addr.eq(ep_addr + 1)
-                    with m.If(ep_addr == nt - 1):
+                    with m.If(ep_addr == nt_m1):
                         m.d.sync += weights_valid.eq(1)
                         m.d.comb += start_data.eq(csparse)
                         m.next = "READY"
@@ -359,7 +365,7 @@ class GemmEngine(wiring.Component):
                              a_wr.data.eq(self.a.payload), a_wr.en.eq(self.a.valid & free)]
                 with m.If(self.a.valid & free):
                     m.d.sync += ld_k.eq(ld_k + 1)
-                    with m.If(ld_k == ck - 1):
+                    with m.If(ld_k == ck_m1):
                         m.d.comb += a_set.eq(Mux(ld_half, 0b10, 0b01))
                         m.d.sync += [ld_k.eq(0), ld_half.eq(~ld_half),
                                      ld_rows_left.eq(ld_rows_left - R)]
@@ -444,7 +450,7 @@ class GemmEngine(wiring.Component):
         with m.FSM(name="feed"):
             with m.State("IDLE"), m.If(start_data):
                 m.d.sync += [f_half.eq(0), f_k.eq(0), f_k1.eq(1), f_waddr.eq(0), f_tj.eq(0),
-                             f_tj_next.eq(Mux(nt == 1, 0, 1)),
+                             f_tj_next.eq(Mux(nt_m1 == 0, 0, 1)),
                              f_rows_left.eq(cm), f_cols_left.eq(cn)]
                 m.next = "WAIT"
             with m.State("WAIT"):
@@ -461,10 +467,10 @@ class GemmEngine(wiring.Component):
                     with m.If(is_last):
                         m.d.comb += [issue_last.eq(1), reserve.eq(rv)]
                         m.d.sync += [f_k.eq(0), f_k1.eq(1), f_tj.eq(f_tj_next),
-                                     f_tj_next.eq(Mux(f_tj_next == nt - 1, 0, f_tj_next + 1)),
+                                     f_tj_next.eq(Mux(f_tj_next == nt_m1, 0, f_tj_next + 1)),
                                      t_cnt.eq(nxt_cnt), t_empty.eq(csparse & (nxt_cnt == 0)),
                                      f_cols_left.eq(f_cols_left - C)]
-                        with m.If(f_tj == nt - 1):       # tile row finished
+                        with m.If(f_tj == nt_m1):        # tile row finished
                             m.d.comb += a_clr.eq(Mux(f_half, 0b10, 0b01))
                             m.d.sync += [f_half.eq(~f_half), f_tj.eq(0), f_waddr.eq(0),
                                          f_cols_left.eq(cn), f_rows_left.eq(f_rows_left - R)]
