@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from golden.compiler import ALIGN, compile_model
+from golden.compiler import ALIGN, build_tiny
 from golden.config import PRESETS
 from golden.gelu import gelu_params
 from golden.gemm import EpilogueParams
@@ -31,7 +31,6 @@ from golden.isa import (
     unpack_ln,
 )
 from golden.layernorm import ln_params
-from golden.vit import FloatViT, prune_weights, quantize_model, tiny_vit_config
 
 TINY = PRESETS["tiny"]
 
@@ -41,10 +40,7 @@ def _images(n, seed):
 
 
 def _compiled(**kw):
-    cfg = tiny_vit_config(**kw)
-    model = FloatViT.random(cfg, seed=3)
-    patterns = prune_weights(model, TINY)
-    return compile_model(quantize_model(model, _images(8, 100), TINY, patterns))
+    return build_tiny(TINY, seed=3, **kw)[2]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from golden.compiler import compile_model
+from golden.compiler import build_tiny
 from golden.config import PRESETS
 from golden.executor import execute
 from golden.fixedpoint import quantize_multiplier
@@ -32,12 +32,8 @@ from golden.softmax import softmax_int
 from golden.sparse_format import encode
 from golden.token_prune import prune_tokens_attention
 from golden.vit import (
-    FloatViT,
     forward_int,
-    prune_weights,
     quantize_input,
-    quantize_model,
-    tiny_vit_config,
 )
 
 TINY = PRESETS["tiny"]
@@ -48,11 +44,8 @@ def _images(n, seed):
 
 
 def _build(**kw):
-    cfg = tiny_vit_config(**kw)
-    model = FloatViT.random(cfg, seed=11)
-    patterns = prune_weights(model, TINY)
-    q = quantize_model(model, _images(8, 100), TINY, patterns)
-    return q, compile_model(q)
+    _, q, compiled = build_tiny(TINY, seed=11, **kw)
+    return q, compiled
 
 
 @pytest.fixture(scope="module")
