@@ -82,7 +82,9 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, RuntimeError) as exc:
         return fail(prog, exc)
     if args.output:
-        Path(args.output).write_text(text)
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
     else:
         sys.stdout.write(text)
     return 0

@@ -47,7 +47,7 @@ def test_missing_emit_is_usage_error():
 
 
 def test_emit_verilog_to_file_and_lint(tmp_path):
-    out = tmp_path / "top.v"
+    out = tmp_path / "build" / "top.v"              # the folder is created
     res = run_cli("--emit", "verilog", "--config", "tiny", "-o", str(out))
     assert res.returncode == 0, res.stderr
     text = out.read_text()
