@@ -29,9 +29,10 @@ epilogue while the next tile accumulates. A tile therefore occupies the array fo
 Output back-pressure is handled by credits: a tile starts only when the output FIFO has room
 for all its rows, so the array never needs to stall.
 
-Cycle count of one command (no stalls, weights loaded):
-``setup + k*nt + nt + mt*nt*max(k, rows, cols) + latency`` with ``mt = ceil(m/rows)``,
-``nt = ceil(n/cols)``, ``setup = nt + 2`` (validation) -- see ``docs/gemm.md``.
+Cycle count of one command (no stalls, weights loaded), approximately
+``(nt + 1) + (k*nt + nt + 1) + mt*nt*max(k, rows, cols, 2) + latency + rows_last - 1`` with
+``mt = ceil(m/rows)``, ``nt = ceil(n/cols)``; :func:`sim.perf.gemm_cycles` is the cycle-exact
+model (asserted against simulation) -- see ``docs/gemm.md``.
 
 Errors: ``m``, ``k`` or ``n`` outside ``[1, max]``, a weight matrix larger than the weight
 buffer, or ``load_weights = 0`` without matching resident weights. The command is consumed and
@@ -66,6 +67,7 @@ from amaranth.utils import ceil_log2
 from golden.config import AccelConfig
 
 from .checks import check_config, validating
+from .fixedpoint_ops import saturate
 from .multiply import multiply_latency, pipelined_multiply
 from .pe import Control
 from .sparse_decoder import SparseDecoder, compressed_beat_layout
@@ -485,7 +487,6 @@ class GemmEngine(wiring.Component):
         m.d.comb += [head.eq(tags.r_data), ep_rd.addr.eq(head.tj),
                      tags.r_en.eq(array.out_valid & (array.out_row == R - 1))]
         aw, accw = cfg.act_width, cfg.acc_width
-        lo, hi = -(1 << (aw - 1)), (1 << (aw - 1)) - 1
 
         # Stage 1: the finished row and its tile's lane mask.
         v1 = Signal()
@@ -534,7 +535,7 @@ class GemmEngine(wiring.Component):
             m.d.sync += q6.eq(q5 >> sh5)
             # Saturate and zero the lanes past n.
             keep6 = delayed(keep1b[c], 4 + mul_stages, f"keep_{c}")
-            m.d.sync += out_row[c].eq(Mux(keep6, Mux(q6 > hi, hi, Mux(q6 < lo, lo, q6[:aw])), 0))
+            m.d.sync += out_row[c].eq(Mux(keep6, saturate(q6, aw), 0))
         v = v1
         for i in range(EPILOGUE_FIXED_STAGES - 1 + mul_stages):
             nxt = Signal(name=f"epilogue_valid_{i + 2}")
