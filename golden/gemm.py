@@ -41,8 +41,10 @@ class EpilogueParams:
         return cls(cfg, n, bias, mult, shift)
 
 
-def check_gemm_operands(cfg: AccelConfig, a, b):
-    """Validate shapes and ranges of ``a`` (M x K) and ``b`` (K x N) for ``cfg``."""
+def check_gemm_operands(cfg: AccelConfig, a, b, *, a_unsigned: bool = False,
+                        weight_buffer: bool = True):
+    """Validate shapes and ranges of ``a`` (M x K) and ``b`` (K x N) for ``cfg``; with
+    ``weight_buffer``, also that ``b`` fits the engine's weight buffer."""
     a = np.asarray(a)
     b = np.asarray(b)
     if a.ndim != 2 or b.ndim != 2:
@@ -54,10 +56,10 @@ def check_gemm_operands(cfg: AccelConfig, a, b):
                             ("n", n, cfg.max_gemm_dim)):
         if not 1 <= value <= hi:
             raise ValueError(f"{name} must be in the range [1, {hi}], not {value}")
-    if cfg.weight_words(k, n) > cfg.weight_buffer_depth:
+    if weight_buffer and cfg.weight_words(k, n) > cfg.weight_buffer_depth:
         raise ValueError(f"weights of {k} x {n} need {cfg.weight_words(k, n)} words of the weight "
                          f"buffer; weight_buffer_depth is {cfg.weight_buffer_depth}")
-    a = check_int_array("a", a, cfg.act_width)
+    a = check_int_array("a", a, cfg.act_width, signed=not a_unsigned)
     b = check_int_array("b", b, cfg.weight_width)
     return a, b
 
@@ -67,12 +69,19 @@ def gemm_acc(a, b) -> np.ndarray:
     return np.asarray(a, np.int64) @ np.asarray(b, np.int64)
 
 
-def gemm(cfg: AccelConfig, a, b, ep: EpilogueParams | None = None) -> np.ndarray:
-    """The GEMM engine's result: ``requantize(a @ b + bias, mult, shift)`` as int8 (int64 array)."""
-    a, b = check_gemm_operands(cfg, a, b)
+def gemm(cfg: AccelConfig, a, b, ep: EpilogueParams | None = None, *, a_unsigned: bool = False,
+         out_bits: int | None = None, weight_buffer: bool = True) -> np.ndarray:
+    """The GEMM engine's result: ``requantize(a @ b + bias, mult, shift)`` as int8 (int64 array).
+
+    ``a_unsigned`` takes ``a`` as unsigned ``act_width``-bit (softmax probabilities);
+    ``out_bits`` saturates to another width (16 for attention and classifier logits);
+    ``weight_buffer=False`` skips the weight-buffer capacity check (``b`` read from elsewhere).
+    """
+    a, b = check_gemm_operands(cfg, a, b, a_unsigned=a_unsigned, weight_buffer=weight_buffer)
     n = b.shape[1]
     ep = EpilogueParams(cfg, n) if ep is None else ep
     if ep.bias.shape != (n,):
         raise ValueError(f"epilogue parameters must have length n = {n}, not {ep.bias.shape[0]}")
     acc = gemm_acc(a, b) + ep.bias[None, :]
-    return requantize(acc, ep.mult[None, :], ep.shift[None, :], cfg.act_width)
+    return requantize(acc, ep.mult[None, :], ep.shift[None, :],
+                      cfg.act_width if out_bits is None else out_bits)

@@ -39,9 +39,9 @@ import numpy as np
 
 from .add import AddParams, add_int
 from .config import AccelConfig
-from .fixedpoint import check_int_array, requantize
+from .fixedpoint import check_int_array
 from .gelu import GeluParams
-from .gemm import EpilogueParams, gemm_acc
+from .gemm import EpilogueParams, gemm
 from .layernorm import LnParams
 
 __all__ = [
@@ -320,21 +320,9 @@ def gemm_ext(cfg: AccelConfig, a, b, ep: EpilogueParams, *, a_unsigned: bool = F
              out_bits: int | None = None) -> np.ndarray:
     """The GEMM engine extended as ``docs/isa.md`` requires: ``A`` may be unsigned 8-bit
     (softmax probabilities) and the epilogue may saturate to 16 bits (attention logits,
-    classifier logits). With neither option this is exactly :func:`golden.gemm.gemm`."""
-    a = check_int_array("a", a, cfg.act_width, signed=not a_unsigned)
-    b = check_int_array("b", b, cfg.weight_width)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
-        raise ValueError(f"a and b must be m x k and k x n, not {a.shape} and {b.shape}")
-    (m, k), n = a.shape, b.shape[1]
-    for name, value, hi in (("m", m, cfg.max_tokens), ("k", k, cfg.max_gemm_dim),
-                            ("n", n, cfg.max_gemm_dim)):
-        if not 1 <= value <= hi:
-            raise ValueError(f"{name} must be in the range [1, {hi}], not {value}")
-    if ep.bias.shape != (n,):
-        raise ValueError(f"epilogue parameters must have length n = {n}, not {ep.bias.size}")
-    acc = gemm_acc(a, b) + ep.bias[None, :]
-    return requantize(acc, ep.mult[None, :], ep.shift[None, :],
-                      cfg.act_width if out_bits is None else out_bits)
+    classifier logits); ``B`` may come from an activation bank, so the weight buffer's capacity
+    does not apply. With neither option this is exactly :func:`golden.gemm.gemm`."""
+    return gemm(cfg, a, b, ep, a_unsigned=a_unsigned, out_bits=out_bits, weight_buffer=False)
 
 
 # -- validation ------------------------------------------------------------------------------

@@ -12,10 +12,15 @@ from .perf import gemm_cycles
 HELP = "dense int8 GEMM (M x K x N) on the systolic GEMM engine"
 
 
-def add_arguments(parser):
+def add_shape_arguments(parser):
+    """``--m --k --n``: the GEMM shape (DeiT-Tiny's 197 x 192 x 192 by default)."""
     parser.add_argument("--m", type=int, default=197, help="rows of A (tokens)")
-    parser.add_argument("--k", type=int, default=192, help="reduction dimension")
-    parser.add_argument("--n", type=int, default=192, help="columns of B (output channels)")
+    parser.add_argument("--k", type=int, default=192, help="reduction dimension (in_features)")
+    parser.add_argument("--n", type=int, default=192, help="columns of B (out_features)")
+
+
+def add_arguments(parser):
+    add_shape_arguments(parser)
     parser.add_argument("--stall", type=float, default=0.0,
                         help="probability of a random stall per beat on every stream")
 

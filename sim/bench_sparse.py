@@ -27,6 +27,7 @@ from golden.sparse_format import (
     tile_schedule,
 )
 
+from .bench_gemm import add_shape_arguments
 from .gemm import run_sparse_gemm
 from .perf import decode_cycles, gemm_cycles, sparse_gemm_cycles
 
@@ -34,9 +35,7 @@ HELP = "block-sparse int8 GEMM (M x K x N, pruned weights) through the sparse de
 
 
 def add_arguments(parser):
-    parser.add_argument("--m", type=int, default=197, help="rows of A (tokens)")
-    parser.add_argument("--k", type=int, default=192, help="reduction dimension (in_features)")
-    parser.add_argument("--n", type=int, default=192, help="output channels (out_features)")
+    add_shape_arguments(parser)
     parser.add_argument("--density", type=float, default=0.5,
                         help="fraction of weights kept, in (0, 1]")
     parser.add_argument("--block", type=int, default=16,
