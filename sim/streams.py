@@ -81,11 +81,14 @@ async def stream_recv(ctx, stream, count, *, rng=None, stall=0.0, convert=True):
     return out
 
 
-def run_simulation(dut, testbenches, *, max_cycles: int, vcd: str | None = None):
+def run_simulation(dut, testbenches, *, max_cycles: int, vcd: str | None = None,
+                   background=()):
     """Simulate ``dut`` with the given async testbenches, at most ``max_cycles`` cycles.
 
     Each testbench is an ``async def bench(ctx)``; their return values are returned as a list.
     Raises :class:`SimulationTimeout` if any of them has not finished within the budget.
+    ``background`` testbenches (e.g. :class:`sim.memory.MemoryModel` servers) run alongside
+    and do not keep the simulation alive.
     """
     sim = Simulator(dut)
     try:
@@ -110,6 +113,8 @@ def run_simulation(dut, testbenches, *, max_cycles: int, vcd: str | None = None)
         raise SimulationTimeout(f"testbench(es) {pending} did not finish within {max_cycles} "
                                 f"cycles")
 
+    for bench in background:
+        sim.add_testbench(bench, background=True)
     sim.add_testbench(watchdog, background=True)
     if vcd:
         with sim.write_vcd(vcd):

@@ -1,0 +1,141 @@
+"""Run one accelerator instruction on one execution unit and compare it with the golden model.
+
+:class:`UnitHarness` puts an execution unit (any component with ``rtl.ports.exec_signature``)
+between the on-chip buffers (``rtl.buffers.OnChipBuffers``) and the external memory model
+(``sim.memory.MemoryModel``). :func:`run_instr` preloads buffers and memory, pulses ``start``
+with one instruction and waits for ``done``; :func:`golden_instr` runs the same instruction in
+the golden executor; :func:`check_instr` does both and asserts that every buffer and the memory
+agree, naming the first differing element.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth.hdl import Elaboratable, Module
+from amaranth.lib import wiring
+
+from golden.config import AccelConfig
+from golden.executor import _Machine, _step
+from golden.isa import Buf, Instr, buffers
+
+from .memory import MemoryModel
+from .streams import run_simulation
+
+__all__ = ["UnitHarness", "check_instr", "empty_buffers", "golden_instr", "read_buffers",
+           "run_instr"]
+
+
+def empty_buffers(cfg: AccelConfig) -> dict:
+    """Zero-filled ``{Buf: array}`` of every buffer of ``cfg``."""
+    return {b: np.zeros((s.rows, s.cols), np.int64) for b, s in buffers(cfg).items()}
+
+
+class UnitHarness(Elaboratable):
+    """Elaboratable: ``unit`` wired to an :class:`~rtl.buffers.OnChipBuffers` preloaded with
+    ``bufs``. ``unit.mem`` is left for the memory model."""
+
+    def __init__(self, cfg: AccelConfig, unit, bufs=None):
+        from rtl.buffers import OnChipBuffers
+        self.cfg, self.unit = cfg, unit
+        self.buffers = OnChipBuffers(cfg, init=bufs)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.unit = self.unit
+        m.submodules.buffers = self.buffers
+        for name in ("rd0", "rd1", "wr", "score_wr", "score_rd"):
+            wiring.connect(m, getattr(self.unit, name), getattr(self.buffers, name))
+        return m
+
+
+def read_buffers(ctx, cfg: AccelConfig, buffers_component) -> dict:
+    """Read every buffer of an :class:`~rtl.buffers.OnChipBuffers` in a testbench."""
+    from rtl.ports import row_words
+    out = {}
+    for b, spec in buffers(cfg).items():
+        mem = buffers_component.memories[b]
+        if b == Buf.SCORE:
+            arr = np.array([[int(v) for v in ctx.get(mem.data[t])]
+                            for t in range(cfg.max_tokens)], np.int64).T
+            out[b] = arr[:spec.rows, :spec.cols]
+            continue
+        words = row_words(cfg, b)
+        rows = []
+        for r in range(spec.rows):
+            row = []
+            for j in range(words):
+                row += [int(v) for v in ctx.get(mem.data[r * words + j])]
+            rows.append(row[:spec.cols])
+        out[b] = np.array(rows, np.int64)
+    return out
+
+
+def golden_instr(cfg: AccelConfig, ins: Instr, memory, bufs=None):
+    """Run ``ins`` in the golden executor from ``memory``/``bufs``: returns
+    ``(memory, buffers, trace_entry)`` after it."""
+    mc = _Machine(cfg, memory)
+    if bufs is not None:
+        for b, x in bufs.items():
+            mc.bufs[b] = np.array(x, np.int64)
+    entry = _step(mc, ins, 0)
+    return mc.mem, mc.bufs, entry
+
+
+def run_instr(cfg: AccelConfig, unit, ins: Instr, memory, bufs=None, *, rng=None,
+              stall: float = 0.0, latency: int = 2, max_cycles: int = 200_000, vcd=None):
+    """Run ``ins`` on ``unit`` (a fresh execution-unit instance): returns a dict with
+    ``memory`` (bytearray), ``buffers``, ``cycles`` (``start`` to ``done``) and ``error``."""
+    from rtl.ports import mem_beat_bytes
+    mem = bytearray(memory)
+    h = UnitHarness(cfg, unit, bufs)
+    model = MemoryModel(unit.mem, mem_beat_bytes(cfg), mem, latency=latency, rng=rng,
+                        stall=stall)
+    res = {}
+    word = int.from_bytes(ins.encode(), "little")
+
+    async def bench(ctx):
+        ctx.set(unit.instr.as_value(), word)
+        ctx.set(unit.start, 1)
+        await ctx.tick()
+        ctx.set(unit.start, 0)
+        cycles = 1
+        while not ctx.get(unit.done):
+            await ctx.tick()
+            cycles += 1
+        res["error"] = bool(ctx.get(unit.error))
+        res["cycles"] = cycles
+        await ctx.tick()
+        res["buffers"] = read_buffers(ctx, cfg, h.buffers)
+
+    run_simulation(h, [bench], max_cycles=max_cycles, vcd=vcd, background=model.processes())
+    res["memory"] = mem
+    res["model"] = model
+    return res
+
+
+def first_difference(expected: dict, got: dict):
+    """``(buffer name, (row, col), expected, got)`` of the first differing element, or None."""
+    for b in expected:
+        e, g = np.asarray(expected[b]), np.asarray(got[b])
+        diff = np.argwhere(e != g)
+        if diff.size:
+            r, c = (int(v) for v in diff[0])
+            return Buf(b).name, (r, c), int(e[r, c]), int(g[r, c])
+    return None
+
+
+def check_instr(cfg: AccelConfig, unit, ins: Instr, memory, bufs=None, **kwargs):
+    """Run ``ins`` on ``unit`` and in the golden executor; assert that buffers and memory agree
+    and that no error was raised. Returns :func:`run_instr`'s dict plus ``entry``."""
+    g_mem, g_bufs, entry = golden_instr(cfg, ins, memory, bufs)
+    res = run_instr(cfg, unit, ins, memory, bufs, **kwargs)
+    assert not res["error"], f"{ins}: unit raised error"
+    diff = first_difference(g_bufs, res["buffers"])
+    assert diff is None, f"{ins}: first difference in {diff[0]} at {diff[1]}: " \
+                         f"expected {diff[2]}, got {diff[3]}"
+    if bytes(g_mem) != bytes(res["memory"]):
+        i = next(i for i, (x, y) in enumerate(zip(g_mem, res["memory"])) if x != y)
+        raise AssertionError(f"{ins}: memory differs first at 0x{i:x}: expected {g_mem[i]}, "
+                             f"got {res['memory'][i]}")
+    res["entry"] = entry
+    return res
