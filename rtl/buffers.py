@@ -124,8 +124,8 @@ class OnChipBuffers(wiring.Component):
             mem = self._mems[Buf(b)]
             m.submodules[f"buf_{spec.name.lower()}"] = mem
 
-            def inside(port):
-                return (port.buf == b) & (port.row < spec.rows) & (port.word < words)
+            def inside(port, b=b, rows=spec.rows, words=words):
+                return (port.buf == b) & (port.row < rows) & (port.word < words)
 
             wp = mem.write_port(granularity=1)
             m.d.comb += [

@@ -183,22 +183,16 @@ def or_connect(m, target, sources):
     """Drive ``target`` (an interface of the same signature as each of ``sources``, seen from
     the other side) from several ``sources``: members flowing out of the sources are ORed,
     members flowing into them are broadcast from ``target``."""
-    sig = sources[0].signature
-    for path, member, value in sig.flatten(sources[0]):
-        tgt = _get(target, path)
-        if member.flow == Out:
-            vals = [_get(s, path) for s in sources]
+    flat_t = list(target.signature.flatten(target))
+    flat_s = [list(s.signature.flatten(s)) for s in sources]
+    for i, (path, tmember, tval) in enumerate(flat_t):
+        vals = [fs[i][2] for fs in flat_s]
+        assert all(fs[i][0] == path for fs in flat_s)
+        if tmember.flow == In:       # flows out of the sources into the target
             acc = vals[0].as_value() if hasattr(vals[0], "as_value") else vals[0]
             for v in vals[1:]:
                 acc = acc | (v.as_value() if hasattr(v, "as_value") else v)
-            m.d.comb += tgt.eq(acc)
+            m.d.comb += tval.eq(acc)
         else:
-            for s in sources:
-                m.d.comb += _get(s, path).eq(tgt)
-
-
-def _get(obj, path):
-    for p in path:
-        obj = obj[p] if isinstance(p, int) else getattr(obj, p)
-    return obj
-
+            for v in vals:
+                m.d.comb += v.eq(tval)

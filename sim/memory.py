@@ -9,7 +9,6 @@ burst with the wrong number of beats or a misplaced ``last`` fail the simulation
 
 from __future__ import annotations
 
-
 __all__ = ["MemoryModel", "MemoryProtocolError"]
 
 
