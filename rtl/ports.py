@@ -180,15 +180,15 @@ def exec_signature(cfg: AccelConfig) -> wiring.Signature:
 
 
 def or_connect(m, target, sources):
-    """Drive ``target`` (an interface of the same signature as each of ``sources``, seen from
-    the other side) from several ``sources``: members flowing out of the sources are ORed,
+    """Drive ``target`` (an interface with the signature of each of ``sources``, or its flip)
+    from several ``sources``: members flowing out of the sources are ORed into ``target``,
     members flowing into them are broadcast from ``target``."""
     flat_t = list(target.signature.flatten(target))
     flat_s = [list(s.signature.flatten(s)) for s in sources]
-    for i, (path, tmember, tval) in enumerate(flat_t):
+    for i, (path, _, tval) in enumerate(flat_t):
         vals = [fs[i][2] for fs in flat_s]
         assert all(fs[i][0] == path for fs in flat_s)
-        if tmember.flow == In:       # flows out of the sources into the target
+        if flat_s[0][i][1].flow == Out:     # flows out of the sources into the target
             acc = vals[0].as_value() if hasattr(vals[0], "as_value") else vals[0]
             for v in vals[1:]:
                 acc = acc | (v.as_value() if hasattr(v, "as_value") else v)
