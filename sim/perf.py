@@ -14,7 +14,8 @@ from golden.sparse_format import HEADER_BYTES, mask_bytes, tile_schedule
 from rtl.gemm import FIFO_STAGES, SPARSE_EXTRA_STAGES, engine_latency, epilogue_stages, tile_period
 from rtl.sparse_decoder import SparseDecoder
 
-__all__ = ["GemmCycles", "ceil_div", "decode_cycles", "gemm_cycles", "sparse_gemm_cycles"]
+__all__ = ["GemmCycles", "ceil_div", "decode_cycles", "decode_timeline", "gemm_cycles",
+           "sparse_gemm_cycles"]
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -60,22 +61,27 @@ def gemm_cycles(cfg: AccelConfig, m: int, k: int, n: int, load_weights: bool = T
     return _tiles(cfg, m, k, [k] * nt, S, S, w_ready, engine_latency(cfg), m * k * n)
 
 
-def _tiles(cfg, m, k, lengths, S, data_start, w_ready, latency, macs) -> GemmCycles:
+def _tiles(cfg, m, k, lengths, S, data_start, w_ready, latency, macs,
+           a_supply=None) -> GemmCycles:
     """The tile recurrence shared by dense and sparse commands: ``lengths[tj]`` reduction
     steps per tile, activations start loading the cycle after ``data_start``, weights are
-    ready in cycle ``w_ready``."""
+    ready in cycle ``w_ready``.
+
+    ``a_supply(begin)``, when given, returns the cycle in which the last activation beat of the
+    next tile row is accepted, the engine accepting them from cycle ``begin`` on (a source
+    slower than one beat per cycle, e.g. ``rtl.exec_gemm``'s transposing reader); by default
+    ``begin + k - 1``."""
     R = cfg.rows
     mt = ceil_div(m, R)
     period = tile_period(cfg)
-    load_begin, avail, release = [], [], []
+    avail, release = [], []
     last = None
     first_issue = None
     for i in range(mt):
-        begin = data_start + 1 if i == 0 else load_begin[-1] + k
+        begin = data_start + 1 if i == 0 else avail[-1]
         if i >= 2:
             begin = max(begin, release[i - 2] + 1)
-        load_begin.append(begin)
-        avail.append(begin + k)
+        avail.append(begin + k if a_supply is None else a_supply(begin) + 1)
         if i == 0:
             start = max(w_ready, avail[0]) + 1
             first_issue = start
@@ -98,6 +104,13 @@ def decode_cycles(cfg: AccelConfig, pattern) -> int:
     """Cycles of :class:`rtl.sparse_decoder.SparseDecoder` on the stream ``encode(w, pattern)``
     sent in full ``cols``-byte beats with no stalls: from ``start`` to the ``done`` pulse
     (inclusive). Mirrors the decoder's states cycle by cycle, including its byte aligner."""
+    return decode_timeline(cfg, pattern)[0]
+
+
+def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0) -> tuple[int, int]:
+    """:func:`decode_cycles` when the stream's first beat can be taken no earlier than cycle
+    ``first_beat`` (the ``start`` cycle is 0; later beats follow whenever the decoder takes
+    them): returns ``(cycles, last)``, ``last`` the cycle the final beat is taken."""
     C = W = cfg.cols
     BUF = SparseDecoder.buffer_bytes(cfg)
     n = pattern.shape[0]
@@ -109,17 +122,20 @@ def decode_cycles(cfg: AccelConfig, pattern) -> int:
     meta = 2 + (mask_bytes(bc) if hier else 0)
     length = (HEADER_BYTES + 2 * pattern.n_block_rows + meta * pattern.kept_blocks
               + br * int(cols.sum()))
-    st = {"cycles": 0, "level": 0, "sent": 0}
+    st = {"cycles": 0, "level": 0, "sent": 0, "last": None}
 
     def cycle(take=0, idle=False):
         # One clock: the parser takes `take` bytes, the aligner accepts a beat if it has room.
         st["cycles"] += 1
-        accept = not idle and st["sent"] < length and st["level"] <= BUF - W
+        accept = (not idle and st["sent"] < length and st["level"] <= BUF - W
+                  and st["cycles"] > first_beat)
         st["level"] -= take
         if accept:
             beat = min(W, length - st["sent"])
             st["sent"] += beat
             st["level"] += beat
+            if st["sent"] == length:
+                st["last"] = st["cycles"] - 1
 
     def need(nbytes):
         while st["level"] < nbytes:
@@ -162,7 +178,7 @@ def decode_cycles(cfg: AccelConfig, pattern) -> int:
         cycle()                               # END waits for the last beat
     cycle()                                   # END -> DONE
     cycle()                                   # DONE
-    return st["cycles"]
+    return st["cycles"], st["last"]
 
 
 def sparse_gemm_cycles(cfg: AccelConfig, m: int, pattern, load_weights: bool = True
