@@ -557,6 +557,7 @@ def cycles(cfg: AccelConfig, instr, mem_latency: int = 2, compressed=None) -> in
     from golden.isa import Instr
     from golden.sparse_format import decode, tile_schedule
     from sim.perf import _tiles, ceil_div, decode_timeline
+
     from .gemm import SPARSE_EXTRA_STAGES, engine_latency
 
     if not isinstance(instr, Instr):
