@@ -90,8 +90,9 @@ DENSE = [
     (5, 7, 6, (ACT3, 3, 8), (ACT3, 20, 4), 1),                 # same bank, offsets
     (17, 32, 24, (ACT0, 0, 32), (ACT2, 1, 0), 2),              # a at column 32, dst at row 1
     (13, 9, 3, (ACT1, 19, 84), (ACT0, 0, 92), 7),              # n < cols, last columns
-    (9, 96, 32, (ACT2, 23, 0), (ACT3, 5, 64), 3),              # k = 96, weight buffer full
-    (32, 32, 96, (ACT0, 0, 64), (ACT1, 0, 0), 2),              # m = 32, n = 96, buffer full
+    (5, 96, 32, (ACT2, 23, 0), (ACT3, 5, 64), 3),              # k = 96, weight buffer full
+    (4, 32, 96, (ACT0, 28, 64), (ACT1, 0, 0), 2),              # n = 96, weight buffer full
+    (32, 8, 5, (ACT0, 0, 88), (ACT0, 0, 0), 1),                # m = 32
 ]
 
 
