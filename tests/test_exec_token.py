@@ -120,6 +120,14 @@ def test_cycle_formula_wide_rows(rng):
         _check(cfg, ins, _bufs(cfg, rng), rng)
 
 
+def test_cols_not_power_of_two(rng):
+    """Word offsets ``col // cols`` and ``ceil(n / cols)`` with ``cols = 3``."""
+    cfg = AccelConfig(rows=3, cols=3, max_tokens=12, max_dim=16, max_hidden=16, max_heads=3)
+    assert token_stride(cfg) == 8
+    ins = _instr(cfg, 11, 14, 6, 3, (Buf.ACT2, 1, 9), (Buf.ACT2, 0, 24))
+    _check(cfg, ins, _bufs(cfg, rng), rng, stall=0.3)
+
+
 def test_cycles_values(tiny):
     assert cycles(tiny, _instr(tiny, 17, 32, 8, 2)) == 432
     assert cycles(tiny, _instr(tiny, 2, 1, 1, 1)) == 265
