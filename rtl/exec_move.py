@@ -24,18 +24,14 @@ in the cycle the current one's last beat is accepted, one beat per cycle with no
 across rows. STORE finishes when every burst's ``wresp`` has arrived.
 
 Cycles (``start`` to ``done``, no stalls) depend on the memory as well; :func:`cycles` gives
-them for :class:`sim.memory.MemoryModel`, which serves one burst at a time (a read burst costs
-its command cycle, ``latency - 1`` cycles and its beats; a write burst its command cycle, its
-beats and its response cycle)::
+them for :class:`sim.memory.MemoryModel`, which overlaps bursts like an AXI memory with
+outstanding transactions: the latency of row ``r + 1`` hides behind the beats of row ``r``,
+so the unit moves one beat per cycle throughout::
 
-    LOAD:  1 + m * (latency + b)
-    STORE: 1 + m * (b + 2)        b = ceil(n * e / cols) beats per row
+    LOAD:  1 + latency + m * b
+    STORE: 3 + m * b              b = ceil(n * e / cols) beats per row
 
 (the unit's own overhead is the cycle that latches the instruction; ``done`` is registered).
-
-A memory that pipelines bursts overlaps the latency of row ``r + 1`` with the beats of row
-``r``: the unit then moves one beat per cycle throughout, ``1 + latency + m * b`` cycles for a
-LOAD and ``3 + m * b`` for a STORE (``cycles(..., pipelined=True)``).
 
 Trade-off: the unit reaches the buffers through the shared word ports, so an element of a
 LOGIT word arrives in halves; a 2-byte beat format would double the memory port's width for
@@ -58,23 +54,20 @@ from .ports import LANE_BITS, NUM_BUFS, exec_signature, mem_beat_bytes, operand_
 __all__ = ["MoveUnit", "cycles"]
 
 
-def cycles(cfg: AccelConfig, instr, mem_latency: int = 2, *, pipelined: bool = False) -> int:
+def cycles(cfg: AccelConfig, instr, mem_latency: int = 2) -> int:
     """Cycles from ``start`` to ``done`` of a LOAD or STORE ``instr`` (``golden.isa.Instr``)
     without stalls, with :class:`sim.memory.MemoryModel` of first-beat latency
-    ``mem_latency``: what :func:`sim.instr.run_instr` measures.
-
-    ``pipelined``: with a memory that accepts a command every cycle and overlaps bursts
-    (first beat ``mem_latency`` cycles after its command, the next burst's beats right after
-    the previous one's, write responses off the data path) instead.
+    ``mem_latency`` (bursts overlap: the next burst's beats follow the previous one's, write
+    responses stay off the data path): what :func:`sim.instr.run_instr` measures.
     """
     check_config(cfg)
     e = 2 if instr.flags & Flag.OUT16 else 1
     beats = -(-instr.n * e // mem_beat_bytes(cfg))
     lat = max(1, mem_latency)
     if instr.op == Op.LOAD:
-        return 1 + lat + instr.m * beats if pipelined else 1 + instr.m * (lat + beats)
+        return 1 + lat + instr.m * beats
     if instr.op == Op.STORE:
-        return 3 + instr.m * beats if pipelined else 1 + instr.m * (beats + 2)
+        return 3 + instr.m * beats
     raise ValueError(f"instruction must be a LOAD or a STORE, not {instr.name}")
 
 
