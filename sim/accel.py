@@ -18,6 +18,7 @@ import numpy as np
 from golden.config import AccelConfig
 from golden.isa import Buf, Instr, Op, encode_program, operand_shapes
 
+from .instr import read_words
 from .memory import MemoryModel
 from .streams import run_simulation
 
@@ -74,12 +75,11 @@ def _region(ctx, cfg, bufs, ins: Instr):
     mem = bufs.memories[Buf(opd.buf)]
     words = row_words(cfg, opd.buf)
     C = cfg.cols
+    j0, j1 = opd.col // C, -(-(opd.col + cols) // C)
     out = np.zeros((rows, cols), np.int64)
     for r in range(rows):
-        row = []
-        for j in range(opd.col // C, -(-(opd.col + cols) // C)):
-            row += [int(v) for v in ctx.get(mem.data[(opd.row + r) * words + j])]
-        out[r] = row[:cols]
+        row = read_words(ctx, mem, (opd.row + r) * words + j0, j1 - j0)
+        out[r] = [v for word in row for v in word][:cols]
     return out
 
 
