@@ -423,10 +423,11 @@ def validate_instr(cfg: AccelConfig, ins: Instr, index: int = 0,
     # Operand formats.
     need = {}
     act = set(ACT_BANKS)
+    movable = set(Buf) - {Buf.SCORE}       # SCORE is written by SOFTMAX and read by TOKEN_SELECT
     if op == Op.LOAD:
-        need["dst"] = set(Buf)
+        need["dst"] = movable
     elif op == Op.STORE:
-        need["a"] = set(Buf)
+        need["a"] = movable
     elif op == Op.GEMM:
         need["a"] = {Buf.PROB} if f & Flag.A_U8 else act
         need["dst"] = {Buf.LOGIT} if f & Flag.OUT16 else act
@@ -472,8 +473,8 @@ def validate_instr(cfg: AccelConfig, ins: Instr, index: int = 0,
             got = Buf(opd.buf).name if opd.buf in Buf._value2member_map_ else str(opd.buf)
             err(f"{field}.buf", f"must be one of {allowed_names}, not {got}")
         spec = bufs[Buf(opd.buf)]
-        if opd.buf in ACT_BANKS and opd.col % cfg.cols:
-            err(f"{field}.col", f"column {opd.col} of an activation bank must be a multiple "
+        if opd.col % cfg.cols:
+            err(f"{field}.col", f"column {opd.col} of buffer {spec.name} must be a multiple "
                                 f"of cols ({cfg.cols})")
         if opd.row + rows > spec.rows:
             err(f"{field}.row", f"rows [{opd.row}, {opd.row + rows}) overflow buffer "

