@@ -545,8 +545,8 @@ class _TransposeTiming:
 def cycles(cfg: AccelConfig, instr, mem_latency: int = 2, compressed=None) -> int:
     """Cycles of one GEMM instruction on :class:`GemmUnit`, from ``start`` (cycle 0) to
     ``done`` inclusive, as ``sim.instr.run_instr`` counts them with no stalls and a memory of
-    first-beat latency ``mem_latency`` (``sim.memory.MemoryModel``, which serves one burst at a
-    time).
+    first-beat latency ``mem_latency`` (``sim.memory.MemoryModel``: a burst's first beat comes
+    ``mem_latency`` cycles after its command, or right after the previous burst).
 
     The engine's tile schedule is :mod:`sim.perf`'s (``_tiles``, the recurrence behind
     :func:`~sim.perf.gemm_cycles` and :func:`~sim.perf.sparse_gemm_cycles`), fed with the
@@ -581,8 +581,10 @@ def cycles(cfg: AccelConfig, instr, mem_latency: int = 2, compressed=None) -> in
         macs = m * pattern.kept_weights
         # Decoder from cycle S; the burst's first beat arrives in cycle 1 + L.
         dec, last_beat = decode_timeline(cfg, pattern, first_beat=1 + L - S)
-        # Epilogue burst after the compressed one; its beats are taken once the decoder is done.
-        t_ep = max(S + last_beat + L + EP_BEATS, S + dec) + EP_BEATS * (nt - 1)
+        # The epilogue burst (command in cycle 2) follows the compressed one; its records are
+        # taken once the decoder is done.
+        first = max(S + last_beat + 1, 2 + L)
+        t_ep = max(first + EP_BEATS - 1, S + dec) + EP_BEATS * (nt - 1)
         data_start = t_ep
     else:
         if f & Flag.B_BUF and f & Flag.B_T:
@@ -595,8 +597,8 @@ def cycles(cfg: AccelConfig, instr, mem_latency: int = 2, compressed=None) -> in
             t_w = max(S + 1, 1 + L) + k * nt - 1
         if f & Flag.B_BUF:           # the epilogue burst is the only one, issued in cycle 1
             t_ep = max(1 + L + EP_BEATS - 1, t_w + 1) + EP_BEATS * (nt - 1)
-        else:                        # issued after the weight burst's last beat
-            t_ep = t_w + L + EP_BEATS * nt
+        else:                        # command in cycle 2, beats right after the weights'
+            t_ep = max(t_w + 1, 2 + L) + EP_BEATS * nt - 1
     at = _TransposeTiming(R, C, k, first_read=1)
     g = _tiles(cfg, m, k, lengths, S, data_start, t_ep + 1, latency, macs, a_supply=at.tile)
     last = g.setup + g.load + g.compute      # the last reduction step issued
