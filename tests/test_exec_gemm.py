@@ -216,7 +216,7 @@ def test_attention_logits_out16(tiny, rng):
     """Q.K^T of one head into LOGIT (B_BUF | B_T | OUT16), 16-bit saturation both ways."""
     cfg, m, k, n = tiny, 17, 16, 17
     ep = EpilogueParams(cfg, n, bias=rng.integers(-(1 << 20), 1 << 20, n),
-                        mult=rng.integers(1, 1 << cfg.mult_width, n), shift=rng.integers(4, 14, n))
+                        mult=rng.integers(1, 1 << cfg.mult_width, n), shift=rng.integers(12, 28, n))
     ins, mem = _gemm(cfg, rng, m, k, n, Flag.B_BUF | Flag.B_T | Flag.OUT16, a=(ACT0, 0, 0),
                      b=(ACT0, 0, 32), dst=(Buf.LOGIT, 0, 0), ep=ep)
     res = _check(cfg, ins, mem, _bufs(cfg, rng), rng)
@@ -244,6 +244,33 @@ def test_classifier_logits_out16(tiny, rng):
     ins, mem = _gemm(tiny, rng, 5, 21, 6, Flag.A_U8 | Flag.OUT16, a=(Buf.PROB, 3, 8),
                      dst=(Buf.LOGIT, 20, 12))
     _check(tiny, ins, mem, _bufs(tiny, rng), rng)
+
+
+def test_tiny_model_gemms(tiny):
+    """GEMMs of the compiled tiny model (``golden.compiler.build_tiny``), each run from the
+    golden machine state before it: a sparse projection, the attention pair of head 0 and the
+    classifier (the latter three need the engine's ``a_unsigned``/``out16``)."""
+    from golden.compiler import build_tiny
+    from golden.executor import _Machine, _step
+    _, _, comp = build_tiny()
+    rng = np.random.default_rng(7)
+    mc = _Machine(tiny, comp.memory_with_input(rng.integers(-128, 128, comp.input_shape)))
+    wanted = {                          # flags -> (tokens, memory latency), the first of each
+        "SPARSE": (17, 2), "B_BUF|B_T|OUT16": (17, 2), "B_BUF|A_U8": (17, 3), "OUT16": (1, 5)}
+    ran = []
+    for i, ins in enumerate(comp.program):
+        if ins.op == Op.HALT:
+            break
+        key = Flag(ins.flags).name if ins.flags else ""
+        if ins.op == Op.GEMM and key in wanted and wanted[key][0] == ins.m \
+                and (HAS_EXT or key == "SPARSE") and not (key == "SPARSE" and ins.n != 32):
+            latency = wanted.pop(key)[1]
+            stream = bytes(mc.mem[ins.addr:ins.addr + ins.imm]) if key == "SPARSE" else None
+            res = check_instr(tiny, GemmUnit(tiny), ins, mc.mem, mc.bufs, latency=latency)
+            assert res["cycles"] == cycles(tiny, ins, latency, stream)
+            ran.append(key)
+        _step(mc, ins, i)
+    assert len(ran) == (4 if HAS_EXT else 1)
 
 
 # ---- random instructions with stalls ---------------------------------------------------------
