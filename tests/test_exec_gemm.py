@@ -6,7 +6,7 @@ import pytest
 from amaranth.back import rtlil
 from amaranth.hdl import Value
 
-from golden.config import PRESETS
+from golden.config import PRESETS, AccelConfig
 from golden.gemm import EpilogueParams
 from golden.isa import (
     Buf,
@@ -271,6 +271,17 @@ def test_tiny_model_gemms(tiny):
             ran.append(key)
         _step(mc, ins, i)
     assert len(ran) == (4 if HAS_EXT else 1)
+
+
+@pytest.mark.parametrize("rows, cols, flags", [
+    (3, 5, 0),                                  # cols not a power of two: constant dividers
+    (4, 2, Flag.B_BUF | Flag.B_T),              # rows > cols: the A reader is the slower side
+])
+def test_other_array_shapes(rows, cols, flags, rng):
+    cfg = AccelConfig(rows=rows, cols=cols, max_tokens=16, max_dim=16, max_hidden=32)
+    ins, mem = _gemm(cfg, rng, 11, 9, 7, flags, a=(ACT0, 2, cols), b=(ACT0, 1, 4 * cols),
+                     dst=(ACT1, 1, cols))
+    _check(cfg, ins, mem, _bufs(cfg, rng), rng, latency=3)
 
 
 # ---- random instructions with stalls ---------------------------------------------------------
