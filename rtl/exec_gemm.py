@@ -340,7 +340,10 @@ class GemmUnit(wiring.Component):
         f_out16 = flags[Flag.OUT16.bit_length() - 1]
 
         # ---- per-instruction values, registered in the start cycle -------------------------
-        nt_now = _div_const(ins.n + (C - 1), C)
+        # m, k, n at the widths validation allows (the byte-count multiplier stays small).
+        dims = command_layout(cfg).members
+        i_m, i_k, i_n = (ins[f][:dims[f].width] for f in ("m", "k", "n"))
+        nt_now = _div_const(i_n + (C - 1), C)
         nt = Signal(range(ntmax + 1))
         w_bytes = Signal(32)
         ep_bytes = Signal(range(EP_BEATS * C * ntmax + 1))
@@ -359,10 +362,9 @@ class GemmUnit(wiring.Component):
         cmd = eng.cmd.payload
         m.d.comb += [cmd.m.eq(ins.m), cmd.k.eq(ins.k), cmd.n.eq(ins.n), cmd.load_weights.eq(1),
                      cmd.sparse.eq(f_sparse)]
-        cmd_fields = command_layout(cfg).members
-        if "a_unsigned" in cmd_fields:
+        if "a_unsigned" in dims:
             m.d.comb += cmd.a_unsigned.eq(f_au8)
-        if "out16" in cmd_fields:
+        if "out16" in dims:
             m.d.comb += cmd.out16.eq(f_out16)
 
         bursts_left = Signal(2)   # read bursts whose last beat has not been taken
@@ -372,7 +374,7 @@ class GemmUnit(wiring.Component):
                 m.d.comb += eng.cmd.valid.eq(self.start)
                 with m.If(self.start):
                     m.d.sync += [nt.eq(nt_now), ep_bytes.eq(nt_now * (EP_BEATS * C)),
-                                 w_bytes.eq(Mux(f_sparse, ins.imm, ins.k * nt_now * C)),
+                                 w_bytes.eq(Mux(f_sparse, ins.imm, i_k * nt_now * C)),
                                  last_n.eq(_mod_const(ins.imm - 1, C) + 1),
                                  bursts_left.eq(Mux(f_bbuf, 1, 2)), running.eq(1)]
                     m.d.comb += [ard.start.eq(1), btr.start.eq(f_bbuf & f_bt),
@@ -406,7 +408,7 @@ class GemmUnit(wiring.Component):
         for rdr in (ard, btr, brd):
             m.d.comb += [rdr.k.eq(ins.k)]
         m.d.comb += [ard.buf.eq(ins.a.buf), ard.row.eq(ins.a.row), ard.word.eq(word_a),
-                     ard.tiles.eq(_div_const(ins.m + (R - 1), R))]
+                     ard.tiles.eq(_div_const(i_m + (R - 1), R))]
         for rdr in (btr, brd):
             m.d.comb += [rdr.buf.eq(ins.b.buf), rdr.row.eq(ins.b.row), rdr.word.eq(word_b),
                          rdr.tiles.eq(nt_now)]
