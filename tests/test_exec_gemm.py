@@ -329,9 +329,9 @@ def test_cycles_values(tiny):
 
 
 def test_bus_rule_and_back_to_back(tiny, rng):
-    """Outgoing members are zero while idle; a dense GEMM, a GEMM on a corrupt stream (error)
-    and a transposed B_BUF GEMM run back to back on one unit, each from a clean state; after
-    the error every requested beat has been taken."""
+    """Outgoing members are zero while idle, whatever ``instr`` holds; a dense GEMM, a GEMM on
+    a corrupt stream (error) and a transposed B_BUF GEMM run back to back on one unit, each
+    from a clean state; after the error every requested beat has been taken."""
     cfg = tiny
     unit = GemmUnit(cfg)
     bufs = _bufs(cfg, rng)
@@ -353,6 +353,8 @@ def test_bus_rule_and_back_to_back(tiny, rng):
 
     async def idle(ctx, count):
         for _ in range(count):
+            # Foreign instructions on instr while idle change nothing.
+            ctx.set(unit.instr.as_value(), int.from_bytes(rng.bytes(32), "little"))
             for p, v in outs:
                 assert ctx.get(Value.cast(v)) == 0, f"{p} driven while idle"
             assert not ctx.get(unit.mem.rdata.valid), "a beat was left behind"
@@ -369,7 +371,6 @@ def test_bus_rule_and_back_to_back(tiny, rng):
                 await ctx.tick()
             result["errors"].append(bool(ctx.get(unit.error)))
             await ctx.tick()
-            ctx.set(unit.instr.as_value(), 0)
             await idle(ctx, 4)
         result["buffers"] = read_buffers(ctx, cfg, h.buffers)
 
