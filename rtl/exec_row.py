@@ -42,18 +42,21 @@ Cycle count (no stalls): :func:`cycles`; ``docs/exec/exec_row.md`` gives the for
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
 from amaranth.utils import ceil_log2
 
 from golden.config import AccelConfig
 from golden.gelu import MAX_IN_BITS
 from golden.isa import ADD_RECORD_BYTES, GELU_RECORD_BYTES, LN_HEADER_BYTES, Flag, Op
-from golden.layernorm import SHIFT_MAX
+from golden.layernorm import SHIFT_MAX, var_bits
+from golden.softmax import FACTOR_BITS
 
 from .add import ResidualAdd
 from .checks import check_config, validating
 from .gelu import Gelu
+from .layernorm import BANKS as LN_BANKS
+from .layernorm import INV_BITS as LN_INV_BITS
 from .layernorm import LayerNorm
 from .ports import (
     LANE_BITS,
@@ -61,6 +64,7 @@ from .ports import (
     mem_beat_bytes,
     word_bits,
 )
+from .softmax import BANKS as SOFTMAX_BANKS
 from .softmax import Softmax
 
 __all__ = ["HEADER_MAX", "RowUnit", "cycles"]
@@ -330,7 +334,7 @@ class RowUnit(wiring.Component):
         w_data = Signal.like(self.wr.data)
         w_mask = Signal(C)
         with m.If(elem):
-            m.d.comb += [w_adv.eq(e_valid & e_word_end),
+            m.d.comb += [w_adv.eq(busy & e_valid & e_word_end),
                          w_mask.eq(Cat(w_lane >= k for k in range(C)))]
             with m.If(e_valid):
                 m.d.sync += [acc[w_lane].eq(e_data),
@@ -338,7 +342,7 @@ class RowUnit(wiring.Component):
             for k in range(C):
                 m.d.comb += w_data[k].eq(Mux(w_lane == k, e_data, acc[k]))
         with m.Else():
-            m.d.comb += [w_adv.eq(Mux(is_ge, ge.o.valid, ad.o.valid)),
+            m.d.comb += [w_adv.eq(busy & Mux(is_ge, ge.o.valid, ad.o.valid)),
                          w_mask.eq(Cat((w_off + k < n) for k in range(C)))]
             for k in range(C):
                 m.d.comb += w_data[k].eq(Mux(is_ge, ge.o.payload[k], ad.o.payload[k]))
@@ -355,7 +359,7 @@ class RowUnit(wiring.Component):
                 m.d.sync += [w_word.eq(w_word + 1), w_off.eq(w_off + C)]
 
         # SOFTMAX with SCORE: row 0 of the result into SCORE row imm
-        with m.If(is_sm & (ins.flags & int(Flag.SCORE)).any() & (w_row == 0) & e_valid):
+        with m.If(busy & is_sm & (ins.flags & int(Flag.SCORE)).any() & (w_row == 0) & e_valid):
             m.d.comb += [self.score_wr.en.eq(1), self.score_wr.token.eq(w_off + w_lane),
                          self.score_wr.head.eq(ins.imm), self.score_wr.data.eq(e_data)]
 
@@ -371,7 +375,82 @@ class RowUnit(wiring.Component):
         return m
 
 
+def _record_pops(cfg: AccelConfig, op: int, n: int, mem_latency: int) -> tuple[int, int]:
+    """Cycles (``start`` = 0) of the header pop and of the last pop of the record of ``op``:
+    a cycle-by-cycle model of the memory model's beats and the gearbox."""
+    B = mem_beat_bytes(cfg)
+    cap = B + HEADER_MAX - 1
+    hdr = {Op.GELU: GELU_RECORD_BYTES, Op.ADD: ADD_RECORD_BYTES}.get(op, LN_HEADER_BYTES)
+    total = hdr + (6 * n if op == Op.LAYERNORM else 0)
+    pops = [hdr] + ([2] * n + [4] * n if op == Op.LAYERNORM else [])
+    beats = -(-total // B)
+    t, cnt, beat, next_beat, k = 1, 0, 0, max(1, mem_latency), 0
+    header = None
+    while True:
+        cnt1 = cnt
+        if cnt >= pops[k]:
+            cnt1 -= pops[k]
+            if k == 0:
+                header = t
+            k += 1
+            if k == len(pops):
+                return header, t
+        if beat < beats and t >= next_beat and cnt1 + B <= cap:
+            cnt1 += B
+            beat += 1
+            next_beat = t + 1
+        cnt = cnt1
+        t += 1
+
+
+def _element_rows(m: int, n: int, first, banks: int, reduce_wait, emit_ready) -> int:
+    """Last output cycle of ``m`` rows of ``n`` elements through a row-buffered unit
+    (``rtl.rowbuffer``): ``first(r, a)`` is the cycle row ``r``'s last element is accepted
+    when its first is accepted at ``a``; ``reduce_wait(r, ready)`` the cycle the row's
+    descriptor is ready for the emitter given its loaded descriptor's FIFO output cycle."""
+    end, freed, emit = [], [], []
+    for r in range(m):
+        a = 1 if r == 0 else end[-1] + 1
+        if r >= banks:
+            a = max(a, freed[r - banks] + 1)
+        e = first(r, a)
+        end.append(e)
+        q = reduce_wait(r, e + 2)
+        if emit:
+            q = max(q, emit[-1] + n)
+        emit.append(q)
+        freed.append(q + n)
+    del emit_ready
+    return emit[-1] + n + 7
+
+
 def cycles(cfg: AccelConfig, instr, mem_latency: int = 2) -> int:
     """Exact cycles ``sim.instr.run_instr`` measures for ``instr`` on :class:`RowUnit` with no
-    stalls and the memory model's first-beat ``mem_latency``."""
-    raise NotImplementedError
+    stalls and the memory model's first-beat latency ``mem_latency`` (``docs/exec/exec_row.md``
+    gives the closed forms)."""
+    op, m, n = Op(instr.op), instr.m, instr.n
+    C = cfg.cols
+    if op in (Op.GELU, Op.ADD):
+        header, _ = _record_pops(cfg, op, n, mem_latency)
+        latency = 6 if op == Op.GELU else 3
+        return header + m * -(-n // C) + latency
+    if op == Op.SOFTMAX:
+        sums, divs = [], []
+
+        def softmax_wait(r, ready):
+            p = ready if not sums else max(ready, sums[-1] + n)
+            sums.append(p)
+            d = p + n + 7 if not divs else max(p + n + 7, divs[-1] + FACTOR_BITS + 1)
+            divs.append(d)
+            return d + FACTOR_BITS + 3
+        return _element_rows(m, n, lambda r, a: a + n - 1, SOFTMAX_BANKS, softmax_wait, None)
+    _, last_pop = _record_pops(cfg, op, n, mem_latency)
+    rc = (var_bits(cfg.act_width, cfg.max_dim) + 1) // 2 + LN_INV_BITS + 4
+    idle = []
+
+    def ln_wait(r, ready):
+        i = ready if not idle else max(ready, idle[-1] + rc)
+        idle.append(i)
+        return i + rc + 1
+    return _element_rows(m, n, lambda r, a: max(a + n - 1, last_pop + 1) if r == 0
+                         else a + n - 1, LN_BANKS, ln_wait, None)
