@@ -10,8 +10,8 @@ between the four paths:
   one memory burst, issued in the ``start`` cycle. A byte gearbox (``B + 15`` bytes, ``B`` the
   beat width) turns the beats into fields whatever the record's length and the beat width:
   the header (16 bytes for GELU, 8 for LAYERNORM and ADD) in one pop, then LayerNorm's
-  ``gamma`` (2 bytes) and ``beta`` (4 bytes) one per cycle. Gammas wait in a small memory until
-  their betas arrive; each beta then writes one entry of LayerNorm's parameter memory.
+  gammas (:func:`gamma_group` per pop) and betas (one per pop). Gammas wait in a small memory
+  until their betas arrive; each beta then writes one entry of LayerNorm's parameter memory.
 * **row reader**: walks the source rows word by word (``rd0``, and ``rd1`` for ADD's second
   operand at the same position), starting in the ``start`` cycle. A buffer read port holds its
   data until the next read, so the read port itself is the one-word stage between the buffer
@@ -38,12 +38,17 @@ Errors (``error`` in the ``done`` cycle): the ``error`` outputs of the wrapped u
 always finishes cleanly.
 
 Cycle count (no stalls): :func:`cycles`; ``docs/exec/exec_row.md`` gives the formulas.
+
+Trade-off: the LayerNorm record keeps all gammas ahead of all betas, so the unit buffers the
+gammas (``max_dim`` x 16 bits) rather than issuing one small burst per channel group: one burst
+pays the memory latency once, and the gamma pops (``G`` per cycle) plus one beta per cycle
+finish about ``n / G`` cycles after the first row has been loaded.
 """
 
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import memory, wiring
+from amaranth.lib import data, memory, wiring
 from amaranth.utils import ceil_log2
 
 from golden.config import AccelConfig
@@ -67,10 +72,26 @@ from .ports import (
 from .softmax import BANKS as SOFTMAX_BANKS
 from .softmax import Softmax
 
-__all__ = ["HEADER_MAX", "RowUnit", "cycles"]
+__all__ = ["HEADER_MAX", "RowUnit", "cycles", "gamma_group"]
 
+#: Pipeline latencies of the word units (``Gelu.latency``, ``ResidualAdd.latency``).
+GELU_LATENCY, ADD_LATENCY = 6, 3
 #: Longest header popped from the gearbox at once (the GELU record).
 HEADER_MAX = max(GELU_RECORD_BYTES, LN_HEADER_BYTES, ADD_RECORD_BYTES)
+
+
+def ln_reducer_cycles(cfg: AccelConfig) -> int:
+    """``rtl.layernorm.LayerNorm.reducer_cycles`` of ``cfg`` (cycles per row of its reducer)."""
+    return (var_bits(cfg.act_width, cfg.max_dim) + 1) // 2 + LN_INV_BITS + 4
+
+
+def gamma_group(cfg: AccelConfig) -> int:
+    """LayerNorm gammas popped from the record per cycle: the largest power of two with
+    ``2 * G <= min(beat bytes, 16)`` (at least 1)."""
+    g = 1
+    while 4 * g <= min(mem_beat_bytes(cfg), HEADER_MAX):
+        g *= 2
+    return g
 
 
 def _word_div(col, cols: int):
@@ -98,7 +119,18 @@ class RowUnit(wiring.Component):
 
     Throughput: GELU/ADD one word per cycle, SOFTMAX/LAYERNORM one element per cycle (rows
     shorter than the softmax divider's 16 cycles or LayerNorm's reducer cycles are paced by
-    those). Latency and the exact cycle count of an instruction: :func:`cycles`.
+    those; softmax rows of 13..26 elements by its four row buffers).
+
+    Cycles from ``start`` to ``done`` with no stalls and memory latency ``L`` (``L' = max(1,
+    L)``, ``B = cols`` bytes per beat), exactly :func:`cycles`:
+
+    * GELU / ADD: ``L' + ceil(R / B) + m * ceil(n / cols) + latency`` with ``R`` = 16 / 8
+      record bytes and ``latency`` = 6 / 3;
+    * SOFTMAX: ``2n + 34 + m * n`` for ``n >= 27``, ``3n + 34 + 16 (m - 1)`` for ``n <= 12``;
+    * LAYERNORM: ``P + 11 + m * max(n, RC) + min(n, RC)`` with ``RC`` the reducer's cycles
+      per row (46) and ``P = L' + max(ceil((8 + 6n) / B), ceil(8 / B) + ceil(n / G) + n)``
+      the last record pop (power-of-two ``B >= 4``, ``n`` not within a few elements of
+      ``RC``); the other cases are recurrences over the rows (``docs/exec/exec_row.md``).
     """
 
     def __init__(self, cfg: AccelConfig):
@@ -122,6 +154,10 @@ class RowUnit(wiring.Component):
         m.submodules.layernorm = ln = LayerNorm(cfg)
         m.submodules.gelu = ge = Gelu(cfg, lanes=C)
         m.submodules.add = ad = ResidualAdd(cfg, lanes=C)
+        # the timing model of cycles() relies on these
+        assert (ge.latency, ad.latency) == (GELU_LATENCY, ADD_LATENCY)
+        assert ln.reducer_cycles == ln_reducer_cycles(cfg) and ln.latency == ln.reducer_cycles + 10
+        assert sm.latency == 19 + FACTOR_BITS
 
         is_sm = Signal()
         is_ge = Signal()
@@ -146,6 +182,8 @@ class RowUnit(wiring.Component):
 
         n = ins.n
         n_w = len(n)
+        G = gamma_group(cfg)
+        log_g = ceil_log2(G)
         err = Signal()                  # record field out of range
 
         # ------------------------------------------------------------ record reader
@@ -174,7 +212,7 @@ class RowUnit(wiring.Component):
                 m.d.comb += sz.eq(Mux(is_ge, GELU_RECORD_BYTES,
                                       Mux(is_ad, ADD_RECORD_BYTES, LN_HEADER_BYTES)))
             with m.Case(PH_GAMMA):
-                m.d.comb += sz.eq(2)
+                m.d.comb += sz.eq(Mux(pc + G >= n, (n - pc) << 1, 2 * G))
             with m.Default():
                 m.d.comb += sz.eq(4)
         pop = Signal()
@@ -185,8 +223,8 @@ class RowUnit(wiring.Component):
         m.d.comb += [cnt1.eq(Mux(pop, gb_cnt - sz, gb_cnt)), data1.eq(gb_data)]
         with m.If(pop):
             with m.Switch(sz):
-                for size in sorted({2, 4, GELU_RECORD_BYTES, ADD_RECORD_BYTES,
-                                    LN_HEADER_BYTES}):
+                for size in sorted({*range(2, 2 * G + 1, 2), 4, GELU_RECORD_BYTES,
+                                    ADD_RECORD_BYTES, LN_HEADER_BYTES}):
                     with m.Case(size):
                         m.d.comb += data1.eq(gb_data >> (8 * size))
         take = Signal()
@@ -233,29 +271,33 @@ class RowUnit(wiring.Component):
                              err.eq((mult > mult_max) | (shift > SHIFT_MAX))]
             m.d.sync += phase.eq(Mux(is_ln, PH_GAMMA, PH_DONE))
 
-        # LayerNorm gamma/beta: gammas wait in gmem until their betas arrive.
-        gmem = memory.Memory(shape=signed(16), depth=cfg.max_dim, init=[])
+        # LayerNorm gamma/beta: gammas, G per pop, wait in gmem until their betas arrive.
+        gmem = memory.Memory(shape=data.ArrayLayout(signed(16), G), depth=-(-cfg.max_dim // G),
+                             init=[])
         m.submodules.gammas = gmem
         g_wr = gmem.write_port()
         g_rd = gmem.read_port(transparent_for=())
-        m.d.comb += [g_wr.addr.eq(pc), g_wr.data.eq(field(0, 2, True)),
-                     g_wr.en.eq(pop & (phase == PH_GAMMA)), g_rd.addr.eq(pc), g_rd.en.eq(1)]
-        pc_last = pc == n - 1
+        m.d.comb += [g_wr.addr.eq(pc >> log_g), g_wr.data.eq(win[:16 * G]),
+                     g_wr.en.eq(pop & (phase == PH_GAMMA)), g_rd.addr.eq(pc >> log_g),
+                     g_rd.en.eq(1)]
         with m.If(pop & (phase == PH_GAMMA)):
-            m.d.sync += pc.eq(Mux(pc_last, 0, pc + 1))
-            with m.If(pc_last):
-                m.d.sync += phase.eq(PH_BETA)
+            m.d.sync += pc.eq(pc + G)
+            with m.If(pc + G >= n):
+                m.d.sync += [phase.eq(PH_BETA), pc.eq(0)]
+        pc_last = pc == n - 1
         p_valid = Signal()
         p_addr = Signal.like(ln.param.payload.addr)
         p_beta = Signal(signed(32))
+        p_lane = Signal(range(G))
         m.d.sync += p_valid.eq(pop & (phase == PH_BETA))
         with m.If(pop & (phase == PH_BETA)):
-            m.d.sync += [p_addr.eq(pc), p_beta.eq(field(0, 4, True)),
+            m.d.sync += [p_addr.eq(pc), p_beta.eq(field(0, 4, True)), p_lane.eq(pc[:log_g]),
                          pc.eq(Mux(pc_last, 0, pc + 1))]
             with m.If(pc_last):
                 m.d.sync += [phase.eq(PH_DONE), params_ok.eq(1)]
         m.d.comb += [ln.param.valid.eq(p_valid), ln.param.payload.addr.eq(p_addr),
-                     ln.param.payload.gamma.eq(g_rd.data), ln.param.payload.beta.eq(p_beta)]
+                     ln.param.payload.gamma.eq(g_rd.data[p_lane]),
+                     ln.param.payload.beta.eq(p_beta)]
 
         # ------------------------------------------------------------ row reader
         wb = word_bits(cfg)
@@ -382,7 +424,9 @@ def _record_pops(cfg: AccelConfig, op: int, n: int, mem_latency: int) -> tuple[i
     cap = B + HEADER_MAX - 1
     hdr = {Op.GELU: GELU_RECORD_BYTES, Op.ADD: ADD_RECORD_BYTES}.get(op, LN_HEADER_BYTES)
     total = hdr + (6 * n if op == Op.LAYERNORM else 0)
-    pops = [hdr] + ([2] * n + [4] * n if op == Op.LAYERNORM else [])
+    g = gamma_group(cfg)
+    pops = [hdr] + ([2 * min(g, n - j) for j in range(0, n, g)] + [4] * n
+                    if op == Op.LAYERNORM else [])
     beats = -(-total // B)
     t, cnt, beat, next_beat, k = 1, 0, 0, max(1, mem_latency), 0
     header = None
@@ -403,24 +447,24 @@ def _record_pops(cfg: AccelConfig, op: int, n: int, mem_latency: int) -> tuple[i
         t += 1
 
 
-def _element_rows(m: int, n: int, first, banks: int, reduce_wait, emit_ready) -> int:
-    """Last output cycle of ``m`` rows of ``n`` elements through a row-buffered unit
-    (``rtl.rowbuffer``): ``first(r, a)`` is the cycle row ``r``'s last element is accepted
-    when its first is accepted at ``a``; ``reduce_wait(r, ready)`` the cycle the row's
-    descriptor is ready for the emitter given its loaded descriptor's FIFO output cycle."""
+def _element_rows(m: int, n: int, last, banks: int, reduce) -> int:
+    """Cycle of the last output of ``m`` rows of ``n`` elements through a row-buffered unit
+    (``rtl.rowbuffer``) fed from cycle 1 at one element per cycle: ``last(r, a)`` is the cycle
+    row ``r``'s last element is accepted when its first is accepted at ``a``;
+    ``reduce(ready)`` the cycle the emitter's descriptor FIFO offers the row, given the cycle
+    the loader's FIFO offers it (the reduction engines' recurrences live in ``reduce``)."""
     end, freed, emit = [], [], []
     for r in range(m):
         a = 1 if r == 0 else end[-1] + 1
         if r >= banks:
             a = max(a, freed[r - banks] + 1)
-        e = first(r, a)
+        e = last(r, a)
         end.append(e)
-        q = reduce_wait(r, e + 2)
+        q = reduce(e + 2)
         if emit:
             q = max(q, emit[-1] + n)
         emit.append(q)
         freed.append(q + n)
-    del emit_ready
     return emit[-1] + n + 7
 
 
@@ -432,25 +476,25 @@ def cycles(cfg: AccelConfig, instr, mem_latency: int = 2) -> int:
     C = cfg.cols
     if op in (Op.GELU, Op.ADD):
         header, _ = _record_pops(cfg, op, n, mem_latency)
-        latency = 6 if op == Op.GELU else 3
+        latency = GELU_LATENCY if op == Op.GELU else ADD_LATENCY
         return header + m * -(-n // C) + latency
     if op == Op.SOFTMAX:
         sums, divs = [], []
 
-        def softmax_wait(r, ready):
+        def softmax_reduce(ready):
             p = ready if not sums else max(ready, sums[-1] + n)
             sums.append(p)
             d = p + n + 7 if not divs else max(p + n + 7, divs[-1] + FACTOR_BITS + 1)
             divs.append(d)
             return d + FACTOR_BITS + 3
-        return _element_rows(m, n, lambda r, a: a + n - 1, SOFTMAX_BANKS, softmax_wait, None)
+        return _element_rows(m, n, lambda r, a: a + n - 1, SOFTMAX_BANKS, softmax_reduce)
     _, last_pop = _record_pops(cfg, op, n, mem_latency)
-    rc = (var_bits(cfg.act_width, cfg.max_dim) + 1) // 2 + LN_INV_BITS + 4
+    rc = ln_reducer_cycles(cfg)
     idle = []
 
-    def ln_wait(r, ready):
+    def ln_reduce(ready):
         i = ready if not idle else max(ready, idle[-1] + rc)
         idle.append(i)
         return i + rc + 1
     return _element_rows(m, n, lambda r, a: max(a + n - 1, last_pop + 1) if r == 0
-                         else a + n - 1, LN_BANKS, ln_wait, None)
+                         else a + n - 1, LN_BANKS, ln_reduce)

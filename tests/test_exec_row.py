@@ -242,12 +242,13 @@ def test_add_shapes_and_saturation(m, n, p, rng):
     run_checked(cfg, ins, mem, bufs)
 
 
-# -- every opcode on word widths that split the record's fields across beats ------------------
+# -- every opcode on other word widths ------------------
 
-@pytest.mark.parametrize("cols,stall", [(1, 0.0), (3, 0.3)])
-def test_odd_word_widths(cols, stall, rng):
-    """Beats of 1 and 3 bytes: record fields straddle beats; word indices divide by 3."""
-    cfg = AccelConfig(rows=2, cols=cols, max_tokens=8, max_dim=12, max_hidden=16,
+@pytest.mark.parametrize("cols,stall", [(1, 0.0), (3, 0.3), (16, 0.3)])
+def test_word_widths(cols, stall, rng):
+    """Beats of 1 and 3 bytes (record fields straddle beats, word indices divide by 3) and of
+    16 bytes (eight gammas per pop, a word wider than a softmax row)."""
+    cfg = AccelConfig(rows=2, cols=cols, max_tokens=8, max_dim=12, max_hidden=64,
                       name=f"cols{cols}")
     bufs = random_buffers(cfg, rng)
     n = 11
@@ -280,25 +281,31 @@ def test_cycles_of_tiny_model_shapes(ins, rng):
 
 
 def test_cycles_closed_forms():
-    """The closed forms of docs/exec/exec_row.md."""
-    cfg = TINY
+    """The closed forms of docs/exec/exec_row.md against cycles() (itself checked against
+    simulation by every test above)."""
+    cfg = AccelConfig(rows=4, cols=4, max_tokens=64, max_dim=32, max_hidden=64, name="t64")
     a, d = Operand(Buf.ACT0), Operand(Buf.ACT1)
     for lat in (1, 2, 5):
-        # GELU/ADD: header beats, one word per cycle, the unit's pipeline
-        assert cycles(cfg, Instr(Op.ADD, 0, m=17, n=30, dst=d, a=a, b=Operand(Buf.ACT2)),
-                      lat) == lat + 2 + 17 * 8 + 3
-        assert cycles(cfg, Instr(Op.GELU, 0, m=10, n=64, dst=d, a=a), lat) \
-            == lat + 4 + 10 * 16 + 6
-    # softmax rows of n >= 27 elements stream back to back after a fill of 2n + 34
-    for m, n in ((1, 5), (2, 16), (5, 27), (32, 32)):
-        sm = Instr(Op.SOFTMAX, 0, m=m, n=n, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT))
-        assert cycles(cfg, sm, 2) == 2 * n + 34 + m * n
-    # shorter rows are paced by the divider (16 cycles) or the four row buffers
-    sm = Instr(Op.SOFTMAX, 0, m=10, n=10, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT))
-    assert cycles(cfg, sm, 2) == 2 * 10 + 34 + 10 + 9 * 16
-    # LayerNorm: rows shorter than the reducer (46 cycles for tiny) are paced by it
-    ln = Instr(Op.LAYERNORM, 0, m=17, n=32, dst=d, a=a)
-    assert cycles(cfg, ln, 2) - cycles(cfg, ln.replace(m=16), 2) == 46
+        lp = max(1, lat)
+        for m, n in ((1, 1), (17, 30), (10, 64)):
+            # GELU/ADD: header beats, one word per cycle, the unit's pipeline
+            words = m * -(-n // cfg.cols)
+            assert cycles(cfg, Instr(Op.ADD, 0, m=m, n=n, dst=d, a=a, b=Operand(Buf.ACT2)),
+                          lat) == lp + 2 + words + 3
+            assert cycles(cfg, Instr(Op.GELU, 0, m=m, n=n, dst=d, a=a), lat) \
+                == lp + 4 + words + 6
+        # LayerNorm: the record's last pop P, then the rows (paced by the reducer, 46)
+        for n in range(1, 33):
+            p = lp + max(-(-(8 + 6 * n) // 4), 2 + -(-n // 2) + n)
+            for m in (1, 2, 3, 5, 17, 64):
+                ln = Instr(Op.LAYERNORM, 0, m=m, n=n, dst=d, a=a)
+                assert cycles(cfg, ln, lat) == p + 11 + m * max(n, 46) + min(n, 46)
+    for m in range(1, 65):
+        for n in (*range(1, 13), *range(27, 65)):
+            sm = Instr(Op.SOFTMAX, 0, m=m, n=n, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT))
+            # back to back after the first row's fill; short rows paced by the divider
+            expect = 2 * n + 34 + m * n if n >= 27 else 3 * n + 34 + 16 * (m - 1)
+            assert cycles(cfg, sm, 2) == expect
 
 
 # -- errors ------------------------------------------------------------------------------------
