@@ -394,7 +394,8 @@ def check_program(cfg, program, mem, bufs):
 
 def run_program(cfg, program, mem, bufs, *, rng=None, stall=0.0):
     """Run ``(instr, expect_error)`` pairs on one RowUnit; while the unit is idle (before each
-    ``start``, after each ``done``) every member it drives must be zero (the bus rule).
+    ``start``, after each ``done``, with random words on ``instr``) every member it drives must
+    be zero (the bus rule).
     Returns the ``error`` of each instruction and the final buffers."""
     unit = RowUnit(cfg)
     h = UnitHarness(cfg, unit, bufs)
@@ -404,8 +405,12 @@ def run_program(cfg, program, mem, bufs, *, rng=None, stall=0.0):
     assert len(driven) > 20
     errors, out = [], {}
 
+    noise = np.random.default_rng(7)
+
     async def idle_check(ctx, count):
         for _ in range(count):
+            # another unit's instruction on the shared instr bus: still nothing driven
+            ctx.set(unit.instr.as_value(), int.from_bytes(noise.bytes(32), "little"))
             for name, value in driven:
                 assert not ctx.get(value), f"{name} driven while idle"
             await ctx.tick()
