@@ -40,8 +40,10 @@ class AccelConfig:
         Bit widths of activations and weights (signed two's complement).
     acc_width : int
         Accumulator width. Must be wide enough that a dot product of ``max_gemm_dim`` terms of
-        extreme operands cannot overflow: ``act_width + weight_width - 1 + ceil_log2(max_gemm_dim)
-        <= acc_width``.
+        extreme operands cannot overflow. The GEMM's A operand may be signed or unsigned
+        ``act_width`` bits (``a_unsigned``: softmax probabilities), a signed ``act_width + 1``-bit
+        value either way, so: ``act_width + 1 + weight_width - 1 + ceil_log2(max_gemm_dim)
+        <= acc_width`` (26 <= 32 for the presets).
     mult_width : int
         Width of the unsigned requantization multiplier ``M`` (see ``docs/numerics.md``).
     max_tokens : int
@@ -95,8 +97,16 @@ class AccelConfig:
         check_int("max_dim", self.max_dim, 1, 8192)
         check_int("max_hidden", self.max_hidden, 1, 32768)
         check_int("score_width", self.score_width, 1, 12)
-        need = self.act_width + self.weight_width - 1 + math.ceil(math.log2(self.max_gemm_dim))
-        check_int("acc_width", self.acc_width, max(need, 2), 48)
+        # A is act_width + 1 bits signed (an unsigned act_width-bit operand, zero-extended).
+        need = (self.act_width + 1 + self.weight_width - 1
+                + math.ceil(math.log2(self.max_gemm_dim)))
+        try:
+            check_int("acc_width", self.acc_width, max(need, 2), 48)
+        except ValueError as exc:
+            raise ValueError(f"{exc}: a dot product of max_gemm_dim = {self.max_gemm_dim} terms "
+                             f"of (act_width + 1) x weight_width bits needs act_width + 1 + "
+                             f"weight_width - 1 + ceil_log2(max_gemm_dim) = {need} bits"
+                             ) from None
         # (acc + bias) * M must fit the golden model's int64 arithmetic with room to round.
         check_int("mult_width", self.mult_width, 1, 61 - self.acc_width)
         check_int("weight_buffer_depth", self.weight_buffer_depth, 0, 1 << 22)

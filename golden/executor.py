@@ -37,6 +37,7 @@ from .gelu import gelu_int
 from .isa import (
     ADD_RECORD_BYTES,
     GELU_RECORD_BYTES,
+    OUT16_BITS,
     Buf,
     Flag,
     Instr,
@@ -155,7 +156,7 @@ def _step(mc: _Machine, ins: Instr, index: int) -> TraceEntry:
     if op == Op.GEMM:
         a = src("a")
         ep = unpack_epilogue(cfg, mc.read_mem(ins.addr2, epilogue_bytes(cfg, n)), n)
-        out_bits = 16 if f & Flag.OUT16 else cfg.act_width
+        out_bits = OUT16_BITS if f & Flag.OUT16 else cfg.act_width
         info = {}
         if f & Flag.SPARSE:
             try:

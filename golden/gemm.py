@@ -13,7 +13,12 @@ import numpy as np
 from .config import AccelConfig
 from .fixedpoint import check_int_array, requantize
 
-__all__ = ["gemm_acc", "gemm", "check_gemm_operands", "EpilogueParams"]
+__all__ = ["OUT16_BITS", "gemm_acc", "gemm", "check_gemm_operands", "EpilogueParams"]
+
+#: Output width of a GEMM with the 16-bit output option (``out_bits=OUT16_BITS``: attention and
+#: classifier logits; the ISA's ``OUT16`` flag, the engine's ``out16`` command field). It is
+#: also the width of the engine's output lanes, which carry int8 results sign-extended.
+OUT16_BITS = 16
 
 
 class EpilogueParams:
@@ -74,7 +79,8 @@ def gemm(cfg: AccelConfig, a, b, ep: EpilogueParams | None = None, *, a_unsigned
     """The GEMM engine's result: ``requantize(a @ b + bias, mult, shift)`` as int8 (int64 array).
 
     ``a_unsigned`` takes ``a`` as unsigned ``act_width``-bit (softmax probabilities);
-    ``out_bits`` saturates to another width (16 for attention and classifier logits);
+    ``out_bits`` saturates to another width (:data:`OUT16_BITS` for attention and classifier
+    logits);
     ``weight_buffer=False`` skips the weight-buffer capacity check (``b`` read from elsewhere).
     """
     a, b = check_gemm_operands(cfg, a, b, a_unsigned=a_unsigned, weight_buffer=weight_buffer)

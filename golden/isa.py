@@ -41,11 +41,12 @@ from .add import AddParams, add_int
 from .config import AccelConfig
 from .fixedpoint import check_int_array
 from .gelu import GeluParams
-from .gemm import EpilogueParams, gemm
+from .gemm import OUT16_BITS, EpilogueParams, gemm
 from .layernorm import LnParams
 
 __all__ = [
     "ADD_RECORD_BYTES", "EXT_ADDR_LIMIT", "GELU_RECORD_BYTES", "INSTR_BYTES", "LN_HEADER_BYTES",
+    "OUT16_BITS",
     "AddParams", "Buf", "BufferSpec", "Flag", "Instr", "Op", "Operand", "ProgramError",
     "add_int", "buffers", "decode_instr", "decode_program", "dense_weight_bytes",
     "encode_program", "epilogue_bytes", "ext_ranges", "gemm_ext", "ln_record_bytes",
@@ -84,7 +85,7 @@ class Flag(enum.IntFlag):
     B_BUF = 0x02    # GEMM: B comes from an activation bank (operand b), not external memory
     B_T = 0x04      # GEMM: with B_BUF, operand b holds B transposed (n rows x k columns)
     A_U8 = 0x08     # GEMM: A is unsigned 8-bit (softmax probabilities)
-    OUT16 = 0x10    # GEMM: the epilogue saturates to int16; LOAD/STORE (W16): 2-byte elements
+    OUT16 = 0x10    # GEMM: the epilogue saturates to OUT16_BITS; LOAD/STORE (W16): 2-byte elements
     SCORE = 0x20    # SOFTMAX: copy output row 0 into score-buffer row imm
 
 
@@ -123,7 +124,7 @@ def buffers(cfg: AccelConfig) -> dict[Buf, BufferSpec]:
     act_cols = max(3 * cfg.max_dim, cfg.max_hidden)
     t = cfg.max_tokens
     out = {b: BufferSpec(b.name, t, act_cols, cfg.act_width, True) for b in ACT_BANKS}
-    out[Buf.LOGIT] = BufferSpec("LOGIT", t, t, 16, True)
+    out[Buf.LOGIT] = BufferSpec("LOGIT", t, t, OUT16_BITS, True)
     out[Buf.PROB] = BufferSpec("PROB", t, t, 8, False)
     out[Buf.SCORE] = BufferSpec("SCORE", cfg.max_heads, t, 8, False)
     return out

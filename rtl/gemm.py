@@ -5,22 +5,41 @@ Computes ``O = sat8(round_shift((A @ B + bias) * M, S))`` for ``A: m x k`` (acti
 :func:`golden.gemm.gemm`. ``m``, ``k`` and ``n`` are given at run time and need not be multiples
 of the array shape.
 
+Two per-command options (``docs/isa.md``, flags ``A_U8`` and ``OUT16``) give
+``golden.gemm.gemm(..., a_unsigned=cmd.a_unsigned, out_bits=OUT16_BITS if cmd.out16 else
+act_width)``:
+
+* ``a_unsigned``: the ``a`` lanes carry the raw bits of unsigned ``act_width``-bit values
+  (softmax probabilities, 0..255 for int8). The engine zero-extends them (sign-extends without
+  the option) into the ``act_width + 1``-bit signed A operand of the PEs
+  (:func:`rtl.pe.a_operand_shape`), in the register after the A-buffer read.
+* ``out16``: the epilogue saturates to ``OUT16_BITS`` (16) bits instead of ``act_width``. The
+  ``o`` lanes are always ``signed(OUT16_BITS)`` (:func:`output_layout`); ``act_width`` results
+  are sign-extended into them.
+
+Both are latched with ``m``, ``k`` and ``n`` when the command is accepted (a command is accepted
+only once the previous one has left the pipeline), cost no pipeline stage and change no cycle
+count.
+
 Data flow
 ---------
-1. ``cmd`` gives ``m, k, n`` and whether to load new weights. Invalid commands are dropped and
-   raise ``error`` (see below).
+1. ``cmd`` gives ``m, k, n``, whether to load new weights, the mode (``sparse``) and the
+   options ``a_unsigned`` and ``out16``. Invalid commands are dropped and raise ``error`` (see
+   below).
 2. Weights (when ``load_weights``): ``k * ceil(n / cols)`` beats on ``w``, each one row segment
    ``B[kk, tj*cols : (tj+1)*cols]``, ordered ``for tj: for kk`` (column tile major). Lanes past
    ``n`` are ignored. Then ``ceil(n / cols)`` beats on ``ep`` with the epilogue parameters of
    each column tile. Both stay resident: a later command with ``load_weights = 0`` and the same
    ``k`` and ``n`` reuses them (e.g. the next image).
 3. Activations: ``ceil(m / rows) * k`` beats on ``a``, each one column segment
-   ``A[ti*rows : (ti+1)*rows, kk]``, ordered ``for ti: for kk``. Lanes past ``m`` are ignored.
+   ``A[ti*rows : (ti+1)*rows, kk]``, ordered ``for ti: for kk`` (raw ``act_width``-bit
+   patterns; unsigned with ``a_unsigned``). Lanes past ``m`` are ignored.
    Tile row ``ti`` is held in one half of a double buffer and reused for every column tile, so
    the next tile row loads while this one computes.
 4. Outputs: one beat on ``o`` per valid output row of each tile, ordered ``for ti: for tj: for r``
-   (``r < min(rows, m - ti*rows)``), each the row segment ``O[ti*rows + r, tj*cols : ...]``;
-   lanes past ``n`` are zero.
+   (``r < min(rows, m - ti*rows)``), each the row segment ``O[ti*rows + r, tj*cols : ...]`` in
+   ``OUT16_BITS``-bit lanes (saturated to ``act_width`` bits unless ``out16``); lanes past
+   ``n`` are zero.
 
 Output-stationary tiles stream through the array back to back: the ``last`` beat of one tile is
 followed directly by the ``first`` beat of the next, and finished rows drain through the
@@ -65,20 +84,23 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from golden.config import AccelConfig
+from golden.gemm import OUT16_BITS
 
 from .checks import check_config, validating
 from .fixedpoint_ops import saturate
 from .multiply import multiply_latency, pipelined_multiply
-from .pe import Control
+from .pe import Control, a_operand_shape
 from .sparse_decoder import SparseDecoder, compressed_beat_layout
 from .systolic import SystolicArray
 
 __all__ = [
+    "OUT16_BITS",
     "GemmEngine",
     "command_layout",
     "default_fifo_depth",
     "engine_latency",
     "epilogue_layout",
+    "output_layout",
 ]
 
 FEED_STAGES = 2       # command issue -> operands at the array (buffer read, read register)
@@ -112,13 +134,22 @@ def default_fifo_depth(cfg: AccelConfig) -> int:
 
 
 def command_layout(cfg: AccelConfig) -> data.StructLayout:
+    """``m``, ``k``, ``n``; ``load_weights``; ``sparse`` (compressed weights on ``cw``);
+    ``a_unsigned`` (the ``a`` lanes are unsigned); ``out16`` (saturate to ``OUT16_BITS``)."""
     return data.StructLayout({
         "m": unsigned(cfg.max_tokens.bit_length()),
         "k": unsigned(cfg.max_gemm_dim.bit_length()),
         "n": unsigned(cfg.max_gemm_dim.bit_length()),
         "load_weights": 1,
         "sparse": 1,
+        "a_unsigned": 1,
+        "out16": 1,
     })
+
+
+def output_layout(cfg: AccelConfig) -> data.ArrayLayout:
+    """Payload of ``o``: ``cols`` lanes of ``signed(OUT16_BITS)``."""
+    return data.ArrayLayout(signed(OUT16_BITS), cfg.cols)
 
 
 def epilogue_layout(cfg: AccelConfig) -> data.StructLayout:
@@ -141,13 +172,20 @@ class GemmEngine(wiring.Component):
     Stalls: any input may stall (the engine idles); ``o`` back-pressure stalls new tiles via
     output credits.
 
+    The options ``a_unsigned`` and ``out16`` change neither the latency nor any cycle count.
+
     Members
     -------
     cmd : In(stream.Signature(command_layout))
+        ``m, k, n, load_weights, sparse, a_unsigned, out16``.
     w : In(stream.Signature(ArrayLayout(signed(weight_width), cols)))
     ep : In(stream.Signature(epilogue_layout))
     a : In(stream.Signature(ArrayLayout(signed(act_width), rows)))
-    o : Out(stream.Signature(ArrayLayout(signed(act_width), cols)))
+        Raw ``act_width``-bit activations: two's complement, or (``cmd.a_unsigned``) the bit
+        patterns of unsigned values.
+    o : Out(stream.Signature(output_layout))
+        ``cols`` lanes of ``signed(OUT16_BITS)``: results saturated to ``OUT16_BITS`` bits
+        (``cmd.out16``) or to ``act_width`` bits and sign-extended.
     cw : In(stream.Signature(compressed_beat_layout))
         Compressed sparse weights (sparse commands with ``load_weights``).
     error : Out(1)
@@ -168,7 +206,7 @@ class GemmEngine(wiring.Component):
             "w": In(stream.Signature(data.ArrayLayout(signed(cfg.weight_width), cfg.cols))),
             "ep": In(stream.Signature(epilogue_layout(cfg))),
             "a": In(stream.Signature(data.ArrayLayout(signed(cfg.act_width), cfg.rows))),
-            "o": Out(stream.Signature(data.ArrayLayout(signed(cfg.act_width), cfg.cols))),
+            "o": Out(stream.Signature(output_layout(cfg))),
             "cw": In(stream.Signature(compressed_beat_layout(cfg))),
             "error": Out(1),
             "busy": Out(1),
@@ -234,7 +272,7 @@ class GemmEngine(wiring.Component):
         m.submodules.tags = tags = fifo.SyncFIFO(
             width=ceil_log2(ntmax + 1) + ceil_log2(C + 1) + ceil_log2(R + 1), depth=4)
         m.submodules.ofifo = ofifo = fifo.SyncFIFOBuffered(
-            width=cfg.act_width * C, depth=self.out_fifo_depth)
+            width=OUT16_BITS * C, depth=self.out_fifo_depth)
 
         # ---- command: latch, validate (computes nt = ceil(n/C) and words = k*nt) -------------
         cm = Signal(command_layout(cfg).members["m"])
@@ -242,6 +280,8 @@ class GemmEngine(wiring.Component):
         cn = Signal(range(kmax + 1))
         cload = Signal()
         csparse = Signal()
+        cau = Signal()             # a_unsigned: zero-extend the A operand
+        cout16 = Signal()          # out16: saturate to OUT16_BITS
         loaded_sparse = Signal()
         nt = Signal(range(ntmax + 1))
         words = Signal(range(kmax * ntmax + 1))
@@ -265,7 +305,8 @@ class GemmEngine(wiring.Component):
                 with m.If(self.cmd.valid & pipeline_empty):
                     p = self.cmd.payload
                     m.d.sync += [cm.eq(p.m), ck.eq(p.k), cn.eq(p.n), cload.eq(p.load_weights),
-                                 csparse.eq(p.sparse), nt.eq(0), words.eq(0), n_left.eq(p.n),
+                                 csparse.eq(p.sparse), cau.eq(p.a_unsigned), cout16.eq(p.out16),
+                                 nt.eq(0), words.eq(0), n_left.eq(p.n),
                                  ck_m1.eq(p.k - 1), nt_m1.eq(0), words_m1.eq(-1)]
                     bad = ((p.m == 0) | (p.m > cfg.max_tokens) | (p.k == 0) | (p.k > kmax)
                            | (p.n == 0) | (p.n > kmax)
@@ -429,11 +470,15 @@ class GemmEngine(wiring.Component):
                      s1_zero.eq(t_empty), s2_zero.eq(s1_zero), s3_zero.eq(s2_zero),
                      s1_waddr.eq(f_waddr), s2_waddr.eq(s1_waddr),
                      kq.eq(Mux(s1_zero, 0, k_rd.data))]
-        a_q = Signal.like(a_rd.data)
+        # The A read register widens each lane by one bit: a copy of the sign bit, or 0 for an
+        # unsigned command (one AND gate per lane).
+        a_q = Signal(data.ArrayLayout(a_operand_shape(cfg), R))
         w_q = Signal.like(w_rd.data)
         dense_ctl = Signal(Control)
-        m.d.sync += [a_q.eq(a_rd.data), w_q.eq(Mux(csparse & s3_zero, 0, w_rd.data)),
-                     dense_ctl.eq(ctl)]
+        for r in range(R):
+            raw = a_rd.data[r]
+            m.d.sync += a_q[r].eq(Cat(raw, raw[-1] & ~cau).as_signed())
+        m.d.sync += [w_q.eq(Mux(csparse & s3_zero, 0, w_rd.data)), dense_ctl.eq(ctl)]
         m.d.comb += [
             k_rd.addr.eq(f_waddr),
             a_rd.addr.eq(Mux(csparse, Cat(kq, s2_half), Cat(f_k, f_half))),
@@ -482,7 +527,8 @@ class GemmEngine(wiring.Component):
                             with m.Elif(~a_full.bit_select(~f_half, 1)):
                                 m.next = "WAIT"      # next tile row not loaded yet
 
-        # ---- epilogue: bias, multiply, round, shift, saturate; lanes past n are zeroed -------
+        # ---- epilogue: bias, multiply, round, shift, saturate (to act_width or OUT16_BITS bits);
+        # lanes past n are zeroed -------------------------------------------------------------
         head = Signal(tag_w)
         m.d.comb += [head.eq(tags.r_data), ep_rd.addr.eq(head.tj),
                      tags.r_en.eq(array.out_valid & (array.out_row == R - 1))]
@@ -510,7 +556,7 @@ class GemmEngine(wiring.Component):
         keep1b = Signal(C)
         m.d.sync += [par.eq(ep_rd.data), acc1b.eq(acc1), keep1b.eq(keep1)]
         valids = [v1]
-        out_row = Signal(data.ArrayLayout(signed(aw), C))
+        out_row = Signal(output_layout(cfg))
         for c in range(C):
             # Stage 3: bias (one bit wider than the accumulator).
             s2 = Signal(signed(accw + 1), name=f"biased_{c}")
@@ -533,9 +579,10 @@ class GemmEngine(wiring.Component):
             m.d.sync += [q5.eq(r4 >> Cat(Const(0, 3), sh4[3:])), sh5.eq(sh4[:3])]
             q6 = Signal(signed(prod_w + 1), name=f"shifted_{c}")
             m.d.sync += q6.eq(q5 >> sh5)
-            # Saturate and zero the lanes past n.
+            # Saturate (two constant-bound clips, one selected) and zero the lanes past n.
             keep6 = delayed(keep1b[c], 4 + mul_stages, f"keep_{c}")
-            m.d.sync += out_row[c].eq(Mux(keep6, saturate(q6, aw), 0))
+            clipped = Mux(cout16, saturate(q6, OUT16_BITS), saturate(q6, aw))
+            m.d.sync += out_row[c].eq(Mux(keep6, clipped, 0))
         v = v1
         for i in range(EPILOGUE_FIXED_STAGES - 1 + mul_stages):
             nxt = Signal(name=f"epilogue_valid_{i + 2}")

@@ -1,5 +1,10 @@
 """Processing element: one signed multiply-accumulate of the output-stationary systolic array.
 
+The A operand is ``act_width + 1`` bits signed (:func:`a_operand_shape`) so that one PE
+multiplies either signed or unsigned ``act_width``-bit activations (softmax probabilities
+0..255): the GEMM engine sign- or zero-extends per command. At 8 bits this is a 9 x 8-bit
+multiply, still one MULT18X18D (ECP5) or DSP48E2 (UltraScale+) per MAC.
+
 The PE keeps one output element in its accumulator. Operands arrive from the left (``a``, with
 the control flags) and from the top (``b``) and leave, one cycle later, to the right and bottom
 neighbours. The multiply is two register stages deep: operand registers, then a product
@@ -25,7 +30,13 @@ from golden.config import AccelConfig
 
 from .multiply import pipelined_multiply
 
-__all__ = ["PE", "Control"]
+__all__ = ["PE", "Control", "a_operand_shape"]
+
+
+def a_operand_shape(cfg: AccelConfig):
+    """Shape of the PE's A operand: ``signed(act_width + 1)``, which holds a signed or an
+    unsigned ``act_width``-bit activation."""
+    return signed(cfg.act_width + 1)
 
 
 class Control(data.Struct):
@@ -37,7 +48,7 @@ class Control(data.Struct):
 
 
 class PE(wiring.Component):
-    """Output-stationary int8 x int8 MAC.
+    """Output-stationary ``(act_width + 1) x weight_width`` MAC (int9 x int8 at the presets).
 
     Latency: operands and flags pass to the neighbours in 1 cycle; a ``last`` term presented in
     cycle ``t`` asserts ``done`` in cycle ``t + 2`` and the sum is visible on ``result`` from
@@ -46,8 +57,13 @@ class PE(wiring.Component):
 
     Members
     -------
-    a_in, b_in, ctl_in : In
-        Operands and flags from the left / top neighbour.
+    a_in : In(signed(act_width + 1))
+        A operand from the left neighbour (:func:`a_operand_shape`: an ``act_width``-bit
+        activation, sign- or zero-extended by the GEMM engine).
+    b_in : In(signed(weight_width))
+        B operand from the top neighbour.
+    ctl_in : In(Control)
+        Flags from the left neighbour.
     a_out, b_out, ctl_out : Out
         The same, registered, toward the right / bottom neighbour.
     result : Out(signed(acc_width))
@@ -61,10 +77,10 @@ class PE(wiring.Component):
     def __init__(self, cfg: AccelConfig):
         self._cfg = cfg
         super().__init__({
-            "a_in": In(signed(cfg.act_width)),
+            "a_in": In(a_operand_shape(cfg)),
             "b_in": In(signed(cfg.weight_width)),
             "ctl_in": In(Control),
-            "a_out": Out(signed(cfg.act_width)),
+            "a_out": Out(a_operand_shape(cfg)),
             "b_out": Out(signed(cfg.weight_width)),
             "ctl_out": Out(Control),
             "result": Out(signed(cfg.acc_width)),

@@ -4,7 +4,9 @@ Every cycle the array takes one column of an activation tile (``a``: ``rows`` va
 output row) and one row of a weight tile (``b``: ``cols`` values, one per output column) for
 the same reduction index ``k``, aligned; skew registers delay lane ``r`` of ``a`` by ``r``
 cycles and lane ``c`` of ``b`` by ``c`` cycles so that PE ``(r, c)`` sees matching operands.
-The :class:`~rtl.pe.Control` flags travel with ``a``.
+The :class:`~rtl.pe.Control` flags travel with ``a``. The ``a`` lanes are the PEs' A operand,
+``act_width + 1`` bits signed (:func:`rtl.pe.a_operand_shape`): the array passes them through;
+the GEMM engine sign- or zero-extends the stored activations into them.
 
 When the ``last`` term of a tile reaches the end of PE row ``r``, that row of results is
 complete; rows finish on consecutive cycles (``r = 0`` first), and the drain reads them out
@@ -22,13 +24,13 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import AccelConfig
 
-from .pe import PE, Control
+from .pe import PE, Control, a_operand_shape
 
 __all__ = ["SystolicArray"]
 
 
 class SystolicArray(wiring.Component):
-    """``rows x cols`` output-stationary int8 MAC array.
+    """``rows x cols`` output-stationary MAC array (int9 x int8 at the presets).
 
     Latency: a tile whose ``last`` beat is presented in cycle ``t`` puts its row ``r`` on
     ``out_data`` in cycle ``t + latency + r`` with ``latency = cols + PE.latency``. Throughput: one
@@ -36,8 +38,9 @@ class SystolicArray(wiring.Component):
 
     Members
     -------
-    a : In(ArrayLayout(signed(act_width), rows))
-        Activation column for one ``k``.
+    a : In(ArrayLayout(signed(act_width + 1), rows))
+        Activation column for one ``k``, each lane an ``act_width``-bit activation already
+        sign- or zero-extended by one bit.
     b : In(ArrayLayout(signed(weight_width), cols))
         Weight row for the same ``k``.
     ctl : In(Control)
@@ -53,7 +56,7 @@ class SystolicArray(wiring.Component):
     def __init__(self, cfg: AccelConfig):
         self._cfg = cfg
         super().__init__({
-            "a": In(data.ArrayLayout(signed(cfg.act_width), cfg.rows)),
+            "a": In(data.ArrayLayout(a_operand_shape(cfg), cfg.rows)),
             "b": In(data.ArrayLayout(signed(cfg.weight_width), cfg.cols)),
             "ctl": In(Control),
             "out_valid": Out(1),
@@ -83,7 +86,7 @@ class SystolicArray(wiring.Component):
         for r in range(R):
             a_val, a_ctl = self.a[r], self.ctl
             for i in range(r):
-                a_next = Signal(signed(cfg.act_width), name=f"a_skew_{r}_{i}")
+                a_next = Signal(a_operand_shape(cfg), name=f"a_skew_{r}_{i}")
                 ctl_next = Signal(Control, name=f"ctl_skew_{r}_{i}")
                 m.d.sync += [a_next.eq(a_val), ctl_next.eq(a_ctl)]
                 a_val, a_ctl = a_next, ctl_next

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from golden.gemm import EpilogueParams, gemm
+from golden.gemm import OUT16_BITS, EpilogueParams, gemm
 
 from .gemm import run_gemm
 from .perf import gemm_cycles
@@ -23,6 +23,10 @@ def add_arguments(parser):
     add_shape_arguments(parser)
     parser.add_argument("--stall", type=float, default=0.0,
                         help="probability of a random stall per beat on every stream")
+    parser.add_argument("--a-unsigned", action="store_true",
+                        help="unsigned activations (0..255, as softmax probabilities)")
+    parser.add_argument("--out16", action="store_true",
+                        help=f"saturate the outputs to {OUT16_BITS} bits instead of act_width")
 
 
 def run(args) -> dict:
@@ -30,18 +34,25 @@ def run(args) -> dict:
     m, k, n = args.m, args.k, args.n
     if not 0.0 <= args.stall < 1.0:
         raise ValueError(f"--stall must be in the range [0, 1), not {args.stall}")
+    a_unsigned, out16 = args.a_unsigned, args.out16
     rng = np.random.default_rng(args.seed)
-    a = rng.integers(-128, 128, size=(m, k))
+    half = 1 << (cfg.act_width - 1)
+    a = rng.integers(0, 2 * half, size=(m, k)) if a_unsigned else \
+        rng.integers(-half, half, size=(m, k))
     b = rng.integers(-128, 128, size=(k, n))
     ep = EpilogueParams.random(cfg, n, rng, k)
-    expected = gemm(cfg, a, b, ep)     # validates shapes against the config
-    out, result = run_gemm(cfg, a, b, ep, rng=rng, stall=args.stall)
+    if out16:     # the same scales 2^8 times finer: results over the int16 range
+        ep = EpilogueParams(cfg, n, ep.bias, ep.mult, np.maximum(ep.shift - 8, 0))
+    opts = {"a_unsigned": a_unsigned, "out_bits": OUT16_BITS if out16 else None}
+    expected = gemm(cfg, a, b, ep, **opts)     # validates shapes against the config
+    out, result = run_gemm(cfg, a, b, ep, a_unsigned=a_unsigned, out16=out16, rng=rng,
+                           stall=args.stall)
     cycles = result.cycles[0]
     ideal = m * k * n / cfg.pes
     model = gemm_cycles(cfg, m, k, n)
     return {
         "kernel": "gemm", "config": cfg.name, "rows": cfg.rows, "cols": cfg.cols,
-        "m": m, "k": k, "n": n,
+        "m": m, "k": k, "n": n, "a_unsigned": bool(a_unsigned), "out16": bool(out16),
         "bit_exact": bool(np.array_equal(out, expected)),
         "cycles": int(cycles),
         "ideal_cycles": round(ideal, 2),

@@ -10,6 +10,12 @@ The beat orders are those documented in :mod:`rtl.gemm` (and ``docs/gemm.md``):
   ``cols`` bytes per beat (:func:`pack_compressed`), then the epilogue parameters.
 
 Padding lanes (past ``m`` or ``n``) are sent as zeros.
+
+Per-command options (:class:`GemmJob`): ``a_unsigned`` activations (0..255 for int8) are sent as
+their raw ``act_width``-bit patterns in the engine's ``signed(act_width)`` lanes
+(:func:`pack_activations`); outputs arrive in ``OUT16_BITS``-bit lanes and are saturated to
+``OUT16_BITS`` bits with ``out16``, else to ``act_width`` bits (:func:`unpack_outputs` checks the
+range).
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from golden.config import AccelConfig
-from golden.gemm import EpilogueParams, check_gemm_operands
+from golden.fixedpoint import check_int_array
+from golden.gemm import OUT16_BITS, EpilogueParams, check_gemm_operands
 from rtl.gemm import GemmEngine
 
 from .streams import run_simulation, stream_recv, stream_send
@@ -33,6 +40,7 @@ __all__ = [
     "pack_compressed",
     "pack_epilogue",
     "pack_weights",
+    "raw_activations",
     "run_gemm",
     "run_gemm_jobs",
     "run_sparse_gemm",
@@ -84,10 +92,19 @@ def pack_epilogue(cfg: AccelConfig, ep: EpilogueParams) -> list[dict]:
     return beats
 
 
+def raw_activations(cfg: AccelConfig, a) -> np.ndarray:
+    """``a`` (signed or unsigned ``act_width``-bit values) as the two's-complement reading of
+    their ``act_width``-bit patterns, the values of the engine's ``signed(act_width)`` lanes
+    (e.g. uint8 255 -> -1); signed values are unchanged."""
+    half = 1 << (cfg.act_width - 1)
+    return ((np.asarray(a, np.int64) + half) & ((half << 1) - 1)) - half
+
+
 def pack_activations(cfg: AccelConfig, a) -> list[list[int]]:
+    """Beats of ``a`` (signed or unsigned ``act_width`` bits, sent as raw bit patterns)."""
     m, k = a.shape
     padded = np.zeros((_ceil_div(m, cfg.rows) * cfg.rows, k), np.int64)
-    padded[:m] = a
+    padded[:m] = raw_activations(cfg, a)
     return [padded[ti * cfg.rows:(ti + 1) * cfg.rows, kk].tolist()
             for ti in range(_ceil_div(m, cfg.rows)) for kk in range(k)]
 
@@ -96,8 +113,11 @@ def output_beats(cfg: AccelConfig, m: int, n: int) -> int:
     return m * _ceil_div(n, cfg.cols)
 
 
-def unpack_outputs(cfg: AccelConfig, beats, m: int, n: int) -> np.ndarray:
-    """Reassemble output beats into ``O[m, n]``; raises ValueError if padding lanes are not 0."""
+def unpack_outputs(cfg: AccelConfig, beats, m: int, n: int, out_bits: int = OUT16_BITS
+                   ) -> np.ndarray:
+    """Reassemble output beats (``OUT16_BITS``-bit lanes) into ``O[m, n]``; raises ValueError
+    if padding lanes are not 0 or a value lies outside the signed ``out_bits`` range (the
+    saturation width of the command: ``act_width`` results must arrive sign-extended)."""
     nt = _ceil_div(n, cfg.cols)
     out = np.zeros((m, nt * cfg.cols), np.int64)
     it = iter(beats)
@@ -107,6 +127,10 @@ def unpack_outputs(cfg: AccelConfig, beats, m: int, n: int) -> np.ndarray:
                 out[ti * cfg.rows + r, tj * cfg.cols:(tj + 1) * cfg.cols] = next(it)
     if np.any(out[:, n:]):
         raise ValueError("output lanes past n are not zero")
+    lo, hi = -(1 << (out_bits - 1)), (1 << (out_bits - 1)) - 1
+    if out.size and (out.min() < lo or out.max() > hi):
+        raise ValueError(f"output values must be in the range [{lo}, {hi}], found "
+                         f"[{out.min()}, {out.max()}]")
     return out[:, :n]
 
 
@@ -117,7 +141,11 @@ class GemmJob:
     Sparse commands set ``sparse``; their weights are the compressed stream ``compressed``
     (``None``: reuse the resident sparse weights). ``k``/``n`` default to the shapes of ``a``
     and ``b`` or of the stream's header. ``expect_error``: the command is rejected, so no
-    activations are sent and no outputs awaited (the weight stream still is)."""
+    activations are sent and no outputs awaited (the weight stream still is).
+
+    Options of the command: ``a_unsigned`` (``a`` holds unsigned ``act_width``-bit values) and
+    ``out16`` (the epilogue saturates to ``OUT16_BITS`` bits), as ``golden.gemm.gemm``'s
+    ``a_unsigned`` and ``out_bits`` (:meth:`out_bits`)."""
     a: np.ndarray
     b: np.ndarray | None = None
     ep: EpilogueParams | None = None
@@ -126,10 +154,16 @@ class GemmJob:
     sparse: bool = False
     compressed: bytes | None = None
     expect_error: bool = False
+    a_unsigned: bool = False
+    out16: bool = False
 
     @property
     def loads(self) -> bool:
         return (self.compressed if self.sparse else self.b) is not None
+
+    def out_bits(self, cfg: AccelConfig) -> int:
+        """Saturation width of the outputs: ``OUT16_BITS`` with ``out16``, else ``act_width``."""
+        return OUT16_BITS if self.out16 else cfg.act_width
 
 
 @dataclass
@@ -143,6 +177,8 @@ class GemmRun:
 def run_gemm_jobs(cfg: AccelConfig, jobs, *, rng=None, stall=0.0, vcd=None,
                   max_cycles=None, dut=None) -> GemmRun:
     """Run jobs back to back on one engine; stalls on every stream when ``stall > 0``."""
+    for job in jobs:
+        check_int_array("a", job.a, cfg.act_width, signed=not job.a_unsigned)
     dut = GemmEngine(cfg) if dut is None else dut
     plans = []
     for job in jobs:
@@ -164,7 +200,8 @@ def run_gemm_jobs(cfg: AccelConfig, jobs, *, rng=None, stall=0.0, vcd=None,
         work += sum(len(job.compressed) for job in jobs if job.sparse and job.compressed)
         max_cycles = int((work + 200 * len(jobs) + 1000) * (1 + 4 * stall) * 2)
 
-    accepted = [plan for plan, job in zip(plans, jobs) if not job.expect_error]
+    accepted = [(plan, job.out_bits(cfg)) for plan, job in zip(plans, jobs)
+                if not job.expect_error]
     state = {"cycle": 0, "first": None, "last": None}
     cycles, errors = [], []
 
@@ -183,7 +220,9 @@ def run_gemm_jobs(cfg: AccelConfig, jobs, *, rng=None, stall=0.0, vcd=None,
             start = ctx.get(dut.cycles)
             await stream_send(ctx, dut.cmd, [{"m": m, "k": k, "n": n,
                                               "load_weights": int(job.loads),
-                                              "sparse": int(job.sparse)}],
+                                              "sparse": int(job.sparse),
+                                              "a_unsigned": int(job.a_unsigned),
+                                              "out16": int(job.out16)}],
                               rng=rngs["cmd"], stall=stall)
             while ctx.get(dut.busy):
                 await ctx.tick()
@@ -216,10 +255,10 @@ def run_gemm_jobs(cfg: AccelConfig, jobs, *, rng=None, stall=0.0, vcd=None,
     async def outputs(ctx):
         plans = accepted                # commands that produce outputs
         results = []
-        for m, _, n in plans:
+        for (m, _, n), out_bits in plans:
             beats = await stream_recv(ctx, dut.o, output_beats(cfg, m, n), rng=rngs["o"],
                                       stall=stall)
-            results.append(unpack_outputs(cfg, beats, m, n))
+            results.append(unpack_outputs(cfg, beats, m, n, out_bits))
         state["last"] = state["cycle"]
         return results
 
@@ -238,17 +277,21 @@ def _header_shape(compressed):
     return struct.unpack_from("<II", bytes(compressed), 12)
 
 
-def run_sparse_gemm(cfg: AccelConfig, a, compressed: bytes, ep: EpilogueParams, **kwargs):
+def run_sparse_gemm(cfg: AccelConfig, a, compressed: bytes, ep: EpilogueParams, *,
+                    a_unsigned: bool = False, out16: bool = False, **kwargs):
     """Run one sparse GEMM ``A @ W^T`` with ``W`` given as a compressed stream; returns
-    ``(O, GemmRun)``."""
+    ``(O, GemmRun)``. ``a_unsigned``, ``out16``: the command's options (:class:`GemmJob`)."""
     run = run_gemm_jobs(cfg, [GemmJob(np.asarray(a), ep=ep, sparse=True,
-                                      compressed=bytes(compressed))], **kwargs)
+                                      compressed=bytes(compressed), a_unsigned=a_unsigned,
+                                      out16=out16)], **kwargs)
     return run.outputs[0], run
 
 
-def run_gemm(cfg: AccelConfig, a, b, ep: EpilogueParams | None = None, **kwargs):
-    """Run one GEMM; returns ``(O, GemmRun)``."""
-    a, b = check_gemm_operands(cfg, a, b)
+def run_gemm(cfg: AccelConfig, a, b, ep: EpilogueParams | None = None, *,
+             a_unsigned: bool = False, out16: bool = False, **kwargs):
+    """Run one GEMM; returns ``(O, GemmRun)``. ``a_unsigned``, ``out16``: the command's options
+    (:class:`GemmJob`)."""
+    a, b = check_gemm_operands(cfg, a, b, a_unsigned=a_unsigned)
     ep = EpilogueParams(cfg, b.shape[1]) if ep is None else ep
-    run = run_gemm_jobs(cfg, [GemmJob(a, b, ep)], **kwargs)
+    run = run_gemm_jobs(cfg, [GemmJob(a, b, ep, a_unsigned=a_unsigned, out16=out16)], **kwargs)
     return run.outputs[0], run

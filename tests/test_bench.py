@@ -18,6 +18,16 @@ def test_gemm_json_reports_cycles_against_ideal():
     assert out["utilization"] == round(out["ideal_cycles"] / out["cycles"], 4)
 
 
+def test_gemm_with_the_command_options():
+    res = bench("gemm", "--config", "tiny", "--m", "5", "--k", "6", "--n", "7", "--a-unsigned",
+                "--out16", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["a_unsigned"] is True and out["out16"] is True
+    assert out["bit_exact"] is True
+    assert out["cycles"] == out["model_cycles"]
+
+
 def test_gemm_text_output():
     res = bench("gemm", "--config", "tiny", "--m", "2", "--k", "2", "--n", "2")
     assert res.returncode == 0

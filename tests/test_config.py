@@ -25,7 +25,7 @@ def test_default_is_deit_tiny_on_8x8():
     ("cols", 65, r"cols must be in the range \[1, 64\], not 65"),
     ("act_width", 1, r"act_width must be in the range \[2, 16\], not 1"),
     ("max_tokens", 0, r"max_tokens must be in the range \[1, 4096\], not 0"),
-    ("acc_width", 16, r"acc_width must be in the range \[25, 48\], not 16"),
+    ("acc_width", 16, r"acc_width must be in the range \[26, 48\], not 16"),
     ("mult_width", 30, r"mult_width must be in the range \[1, 29\], not 30"),
     ("weight_buffer_depth", -1, r"weight_buffer_depth must be in the range"),
     ("out_fifo_depth", 3, r"out_fifo_depth must be 0 \(automatic\) or in the range \[8, 4096\]"),
@@ -43,10 +43,18 @@ def test_non_integer_is_type_error():
 
 
 def test_accumulator_must_hold_the_longest_dot_product():
-    # 8 + 8 - 1 + ceil(log2(768)) = 25 bits
-    AccelConfig(acc_width=25)
-    with pytest.raises(ValueError, match=r"acc_width must be in the range \[25, 48\], not 24"):
-        AccelConfig(acc_width=24)
+    # A is act_width + 1 bits signed (unsigned-A GEMMs): 8 + 1 + 8 - 1 + ceil(log2(768)) = 26
+    AccelConfig(acc_width=26)
+    message = ("acc_width must be in the range [26, 48], not 25: a dot product of "
+               "max_gemm_dim = 768 terms of (act_width + 1) x weight_width bits needs "
+               "act_width + 1 + weight_width - 1 + ceil_log2(max_gemm_dim) = 26 bits")
+    with pytest.raises(ValueError) as info:
+        AccelConfig(acc_width=25)
+    assert str(info.value) == message
+    # tiny: max_gemm_dim = 96 -> 8 + 1 + 8 - 1 + 7 = 23
+    PRESETS["tiny"].replace(acc_width=23)
+    with pytest.raises(ValueError, match=r"acc_width must be in the range \[23, 48\], not 22"):
+        PRESETS["tiny"].replace(acc_width=22)
 
 
 def test_unknown_preset():

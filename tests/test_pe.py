@@ -1,4 +1,7 @@
 
+import numpy as np
+from amaranth.hdl import signed
+
 from golden.gemm import gemm_acc
 from rtl.pe import PE
 from sim.streams import run_simulation
@@ -40,3 +43,17 @@ def test_dot_products_with_bubbles_and_extremes(tiny, rng):
     assert [r for _, r in seen] == [int(gemm_acc(a[None], b[:, None])[0, 0]), -128 * 127]
     # done pulses PE.latency - 1 cycles after the last term; result visible one cycle later
     assert seen[0][0] == beats.index((int(a[6]), int(b[6]), 1, False, True)) + PE.latency - 1
+
+
+def test_a_operand_is_one_bit_wider_than_an_activation(tiny):
+    """Unsigned activations (zero-extended by the GEMM engine) reach the MAC unchanged:
+    255 x -128 and 255 x 127 over a long dot product."""
+    dut = PE(tiny)
+    dut._MustUse__silence = True                     # never elaborated
+    assert dut.a_in.shape() == dut.a_out.shape() == signed(tiny.act_width + 1)
+    a = np.array([255] * 40 + [0, 1, 128, 254])
+    b = np.array([-128] * 30 + [127] * 10 + [-128, 127, -1, 5])
+    beats = [(int(a[i]), int(b[i]), 1, i == 0, i == len(a) - 1) for i in range(len(a))]
+    beats += [(-256, -128, 1, 1, 1)]                 # the most negative A operand
+    seen = _run_pe(tiny, beats)
+    assert [r for _, r in seen] == [int(gemm_acc(a[None], b[:, None])[0, 0]), 32768]

@@ -128,6 +128,62 @@ def test_corrupted_stream_flags_error_then_recovers(tiny, rng):
     assert np.array_equal(run.outputs[4], expected)
 
 
+def finer(cfg, ep, by):
+    """The same epilogue ``2**by`` times finer (outputs over a wider range)."""
+    return EpilogueParams(cfg, ep.bias.shape[0], ep.bias, ep.mult, np.maximum(ep.shift - by, 0))
+
+
+@pytest.mark.parametrize("a_unsigned, out16, stall", [
+    (True, False, 0.0), (False, True, 0.0), (True, True, 0.0), (True, True, 0.3)])
+def test_options_unsigned_a_and_out16(tiny, rng, a_unsigned, out16, stall):
+    w = rng.integers(-128, 128, (20, 30))
+    p = block_prune(w, 0.5, (8, 8), balanced=False)
+    a = rng.integers(0, 256, (9, 30)) if a_unsigned else rng.integers(-128, 128, (9, 30))
+    if a_unsigned:
+        a[:, :3] = 255
+    ep = EpilogueParams.random(tiny, 20, rng, 30)
+    ep = finer(tiny, ep, 7) if out16 else ep
+    out_bits = 16 if out16 else None
+    expected = gemm(tiny, a, p.apply(w).T, ep, a_unsigned=a_unsigned, out_bits=out_bits)
+    out, run = run_sparse_gemm(tiny, a, encode(w, p), ep, a_unsigned=a_unsigned, out16=out16,
+                               rng=rng, stall=stall)
+    assert run.errors == [0]
+    assert np.array_equal(out, expected)
+    if out16:
+        assert np.abs(expected).max() > 127
+    if stall == 0:
+        assert run.cycles[0] == sparse_gemm_cycles(tiny, 9, p).total
+    else:
+        assert run.cycles[0] > sparse_gemm_cycles(tiny, 9, p).total
+
+
+def test_options_latched_per_command_across_modes(tiny, rng):
+    w = rng.integers(-128, 128, (16, 32))
+    p = block_prune(w, 0.5, (8, 8))
+    ep = finer(tiny, EpilogueParams.random(tiny, 16, rng, 32), 4)
+    a_u = rng.integers(0, 256, (7, 32))
+    a_s = rng.integers(-128, 128, (5, 32))
+    b = rng.integers(-128, 128, (32, 8))
+    dep = finer(tiny, EpilogueParams.random(tiny, 8, rng, 32), 4)
+    wt = p.apply(w).T
+    jobs = [GemmJob(a_u, ep=ep, sparse=True, compressed=encode(w, p), a_unsigned=True,
+                    out16=True),
+            GemmJob(a_s, sparse=True, k=32, n=16),
+            GemmJob(a_u, sparse=True, k=32, n=16, a_unsigned=True),
+            GemmJob(a_s, b, dep, out16=True),
+            GemmJob(a_u, k=32, n=8, a_unsigned=True)]
+    run = run_gemm_jobs(tiny, jobs)
+    assert run.errors == [0] * 5
+    assert np.array_equal(run.outputs[0], gemm(tiny, a_u, wt, ep, a_unsigned=True, out_bits=16))
+    assert np.array_equal(run.outputs[1], gemm(tiny, a_s, wt, ep))
+    assert np.array_equal(run.outputs[2], gemm(tiny, a_u, wt, ep, a_unsigned=True))
+    assert np.array_equal(run.outputs[3], gemm(tiny, a_s, b, dep, out_bits=16))
+    assert np.array_equal(run.outputs[4], gemm(tiny, a_u, b, dep, a_unsigned=True))
+    assert run.cycles[0] == sparse_gemm_cycles(tiny, 7, p).total
+    assert run.cycles[2] == sparse_gemm_cycles(tiny, 7, p, load_weights=False).total
+    assert run.cycles[3] == gemm_cycles(tiny, 5, 32, 8).total
+
+
 def test_sparse_latency_adds_the_index_read_and_its_register(tiny):
     dut = GemmEngine(tiny)
     dut._MustUse__silence = dut._array._MustUse__silence = True   # never elaborated

@@ -1,0 +1,500 @@
+"""Row execution unit: SOFTMAX, GELU, LAYERNORM and ADD (``docs/exec/exec_row.md``).
+
+:class:`RowUnit` runs the four opcodes whose work is a pass over rows of an on-chip buffer,
+wrapping the existing streaming units: :class:`rtl.softmax.Softmax` and
+:class:`rtl.layernorm.LayerNorm` take one element per cycle, :class:`rtl.gelu.Gelu` and
+:class:`rtl.add.ResidualAdd` one word (``cols`` elements) per cycle. Everything is shared
+between the four paths:
+
+* **record reader**: GELU, LAYERNORM and ADD read their parameter record (``docs/isa.md``) as
+  one memory burst, issued in the ``start`` cycle. A byte gearbox (``B + 15`` bytes, ``B`` the
+  beat width) turns the beats into fields whatever the record's length and the beat width:
+  the header (16 bytes for GELU, 8 for LAYERNORM and ADD) in one pop, then LayerNorm's
+  gammas (:func:`gamma_group` per pop) and betas (one per pop). Gammas wait in a small memory
+  until their betas arrive; each beta then writes one entry of LayerNorm's parameter memory.
+* **row reader**: walks the source rows word by word (``rd0``, and ``rd1`` for ADD's second
+  operand at the same position), starting in the ``start`` cycle. A buffer read port holds its
+  data until the next read, so the read port itself is the one-word stage between the buffer
+  and the consumer: the next word is read in the cycle the current one is consumed.
+* **serializer** (SOFTMAX, LAYERNORM): hands the held word's lanes to the element unit one per
+  cycle, ``last`` on a row's final element; a row of ``n`` elements uses ``ceil(n / cols)``
+  words, the last one partly.
+* **writer**: takes the unit's output (words from GELU/ADD, elements from softmax/LayerNorm,
+  deserialized into words) and writes it to the destination rows; the last word of a row has a
+  lane mask. For SOFTMAX with ``SCORE`` it also writes row 0 of the result into SCORE row
+  ``imm`` through ``score_wr``, one element per cycle as it is produced.
+
+The element units are fed back to back across rows: their row buffers let them load the next
+row while they reduce and emit the previous ones. For GELU/ADD the first word is read in the
+``start`` cycle and waits on the read port until the header has been popped. LayerNorm's rows
+start streaming at once; only the last element of the first row waits until every
+gamma/beta has been written (the unit's emitter reads them after that row's reduction).
+
+Errors (``error`` in the ``done`` cycle): the ``error`` outputs of the wrapped units (cleared at
+``start``), and a record field outside its unit's range (the cases where
+``golden.executor`` raises ``ProgramError`` for ``data``: a GELU/LayerNorm/ADD ``shift`` above
+62, a GELU constant outside :class:`golden.gelu.GeluParams`' ranges, a multiplier wider than
+``mult_width``). The instruction then runs to the end with the truncated fields, so the unit
+always finishes cleanly.
+
+Cycle count (no stalls): :func:`cycles`; ``docs/exec/exec_row.md`` gives the formulas.
+
+Trade-off: the LayerNorm record keeps all gammas ahead of all betas, so the unit buffers the
+gammas (``max_dim`` x 16 bits) rather than issuing one small burst per channel group: one burst
+pays the memory latency once, and the gamma pops (``G`` per cycle) plus one beta per cycle
+finish about ``n / G`` cycles after the first row has been loaded.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, memory, wiring
+from amaranth.utils import ceil_log2
+
+from golden.config import AccelConfig
+from golden.gelu import MAX_IN_BITS
+from golden.isa import ADD_RECORD_BYTES, GELU_RECORD_BYTES, LN_HEADER_BYTES, Flag, Op
+from golden.layernorm import SHIFT_MAX, var_bits
+from golden.softmax import FACTOR_BITS
+
+from .add import ResidualAdd
+from .checks import check_config, validating
+from .gelu import Gelu
+from .layernorm import BANKS as LN_BANKS
+from .layernorm import INV_BITS as LN_INV_BITS
+from .layernorm import LayerNorm
+from .ports import (
+    LANE_BITS,
+    exec_signature,
+    mem_beat_bytes,
+    word_bits,
+)
+from .softmax import BANKS as SOFTMAX_BANKS
+from .softmax import Softmax
+
+__all__ = ["HEADER_MAX", "RowUnit", "cycles", "gamma_group"]
+
+#: Pipeline latencies of the word units (``Gelu.latency``, ``ResidualAdd.latency``).
+GELU_LATENCY, ADD_LATENCY = 6, 3
+#: Longest header popped from the gearbox at once (the GELU record).
+HEADER_MAX = max(GELU_RECORD_BYTES, LN_HEADER_BYTES, ADD_RECORD_BYTES)
+
+
+def ln_reducer_cycles(cfg: AccelConfig) -> int:
+    """``rtl.layernorm.LayerNorm.reducer_cycles`` of ``cfg`` (cycles per row of its reducer)."""
+    return (var_bits(cfg.act_width, cfg.max_dim) + 1) // 2 + LN_INV_BITS + 4
+
+
+def gamma_group(cfg: AccelConfig) -> int:
+    """LayerNorm gammas popped from the record per cycle: the largest power of two with
+    ``2 * G <= min(beat bytes, 16)`` (at least 1)."""
+    g = 1
+    while 4 * g <= min(mem_beat_bytes(cfg), HEADER_MAX):
+        g *= 2
+    return g
+
+
+def _word_div(col, cols: int):
+    """``col // cols`` for a 16-bit ``col`` that is a multiple of ``cols``: a multiplication by
+    ``ceil(2**16 / cols)`` and a shift (exact because ``col < 2**16``)."""
+    if cols & (cols - 1) == 0:
+        return col >> ceil_log2(cols)
+    return (col * -(-(1 << 16) // cols)) >> 16
+
+
+class RowUnit(wiring.Component):
+    """Execution unit of SOFTMAX, GELU, LAYERNORM and ADD.
+
+    Parameters
+    ----------
+    cfg : AccelConfig
+        The accelerator configuration (``act_width`` at most 14, the GELU unit's limit).
+
+    Members
+    -------
+    start, instr, done, error, mem, rd0, rd1, wr, score_wr, score_rd
+        :func:`rtl.ports.exec_signature` (``mem`` reads the record only; ``rd1`` is used by
+        ADD, ``score_wr`` by SOFTMAX with ``SCORE``; ``score_rd`` and the memory write
+        channels stay idle).
+
+    Throughput: GELU/ADD one word per cycle, SOFTMAX/LAYERNORM one element per cycle (rows
+    shorter than the softmax divider's 16 cycles or LayerNorm's reducer cycles are paced by
+    those; softmax rows of 13..26 elements by its four row buffers).
+
+    Cycles from ``start`` to ``done`` with no stalls and memory latency ``L`` (``L' = max(1,
+    L)``, ``B = cols`` bytes per beat), exactly :func:`cycles`:
+
+    * GELU / ADD: ``L' + ceil(R / B) + m * ceil(n / cols) + latency`` with ``R`` = 16 / 8
+      record bytes and ``latency`` = 6 / 3;
+    * SOFTMAX: ``2n + 34 + m * n`` for ``n >= 27``, ``3n + 34 + 16 (m - 1)`` for ``n <= 12``;
+    * LAYERNORM: ``P + 11 + m * max(n, RC) + min(n, RC)`` with ``RC`` the reducer's cycles
+      per row (46) and ``P = L' + max(ceil((8 + 6n) / B), ceil(8 / B) + ceil(n / G) + n)``
+      the last record pop (power-of-two ``B >= 4``, ``n`` not within a few elements of
+      ``RC``); the other cases are recurrences over the rows (``docs/exec/exec_row.md``).
+    """
+
+    def __init__(self, cfg: AccelConfig):
+        with validating(self):
+            check_config(cfg)
+            if cfg.act_width > MAX_IN_BITS:
+                raise ValueError(f"RowUnit needs act_width at most {MAX_IN_BITS} (GELU), "
+                                 f"not {cfg.act_width}")
+        self.cfg = cfg
+        super().__init__(exec_signature(cfg))
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        C = cfg.cols
+        B = mem_beat_bytes(cfg)
+        aw, mw = cfg.act_width, cfg.mult_width
+        ins = self.instr
+
+        m.submodules.softmax = sm = Softmax(cfg)
+        m.submodules.layernorm = ln = LayerNorm(cfg)
+        m.submodules.gelu = ge = Gelu(cfg, lanes=C)
+        m.submodules.add = ad = ResidualAdd(cfg, lanes=C)
+        # the timing model of cycles() relies on these
+        assert (ge.latency, ad.latency) == (GELU_LATENCY, ADD_LATENCY)
+        assert ln.reducer_cycles == ln_reducer_cycles(cfg) and ln.latency == ln.reducer_cycles + 10
+        assert sm.latency == 19 + FACTOR_BITS
+
+        is_sm = Signal()
+        is_ge = Signal()
+        is_ln = Signal()
+        is_ad = Signal()
+        m.d.comb += [is_sm.eq(ins.op == Op.SOFTMAX), is_ge.eq(ins.op == Op.GELU),
+                     is_ln.eq(ins.op == Op.LAYERNORM), is_ad.eq(ins.op == Op.ADD)]
+        elem = Signal()                 # element path (softmax, LayerNorm), else word path
+        m.d.comb += elem.eq(is_sm | is_ln)
+
+        busy = Signal()
+        run = Signal()                  # the start cycle or later, until done
+        done = Signal()
+        m.d.comb += run.eq(busy | self.start)
+        with m.If(self.start):
+            m.d.sync += busy.eq(1)
+        with m.If(done):
+            m.d.sync += busy.eq(0)
+        clear = [sm.error_clear.eq(self.start), ln.error_clear.eq(self.start),
+                 ad.error_clear.eq(self.start)]
+        m.d.comb += clear
+
+        n = ins.n
+        n_w = len(n)
+        G = gamma_group(cfg)
+        log_g = ceil_log2(G)
+        err = Signal()                  # record field out of range
+
+        # ------------------------------------------------------------ record reader
+        CAP = B + HEADER_MAX - 1
+        gb_data = Signal(8 * CAP)
+        gb_cnt = Signal(range(CAP + 1))
+        sent = Signal()
+        rec_bytes = Signal(32)
+        m.d.comb += rec_bytes.eq(Mux(is_ge, GELU_RECORD_BYTES,
+                                     Mux(is_ad, ADD_RECORD_BYTES, LN_HEADER_BYTES + 6 * n)))
+        need_rec = ~is_sm
+        with m.If(run & need_rec & ~sent):
+            m.d.comb += [self.mem.rcmd.valid.eq(1), self.mem.rcmd.payload.addr.eq(ins.addr),
+                         self.mem.rcmd.payload.bytes.eq(rec_bytes)]
+            with m.If(self.mem.rcmd.ready):
+                m.d.sync += sent.eq(1)
+
+        PH_HDR, PH_GAMMA, PH_BETA, PH_DONE = range(4)
+        phase = Signal(2)
+        pc = Signal(n_w)                # gamma/beta index
+        cmd_ok = Signal()               # header popped: the unit's cmd fields are set
+        params_ok = Signal()            # every LayerNorm gamma/beta popped
+        sz = Signal(range(HEADER_MAX + 1))
+        with m.Switch(phase):
+            with m.Case(PH_HDR):
+                m.d.comb += sz.eq(Mux(is_ge, GELU_RECORD_BYTES,
+                                      Mux(is_ad, ADD_RECORD_BYTES, LN_HEADER_BYTES)))
+            with m.Case(PH_GAMMA):
+                m.d.comb += sz.eq(Mux(pc + G >= n, (n - pc) << 1, 2 * G))
+            with m.Default():
+                m.d.comb += sz.eq(4)
+        pop = Signal()
+        m.d.comb += pop.eq(busy & need_rec & (phase != PH_DONE) & (gb_cnt >= sz))
+        win = gb_data[:8 * HEADER_MAX]
+        cnt1 = Signal(range(CAP + 1))
+        data1 = Signal(8 * CAP)
+        m.d.comb += [cnt1.eq(Mux(pop, gb_cnt - sz, gb_cnt)), data1.eq(gb_data)]
+        with m.If(pop):
+            with m.Switch(sz):
+                for size in sorted({*range(2, 2 * G + 1, 2), 4, GELU_RECORD_BYTES,
+                                    ADD_RECORD_BYTES, LN_HEADER_BYTES}):
+                    with m.Case(size):
+                        m.d.comb += data1.eq(gb_data >> (8 * size))
+        take = Signal()
+        m.d.comb += [take.eq(busy & need_rec & (cnt1 + B <= CAP)),
+                     self.mem.rdata.ready.eq(take)]
+        beat = self.mem.rdata.payload.data
+        with m.If(take & self.mem.rdata.valid):
+            m.d.sync += [gb_data.eq(data1 | (beat << Cat(Const(0, 3), cnt1))[:8 * CAP]),
+                         gb_cnt.eq(cnt1 + B)]
+        with m.Else():
+            m.d.sync += [gb_data.eq(data1), gb_cnt.eq(cnt1)]
+
+        def field(offset, size, sign=False):
+            v = win[8 * offset:8 * (offset + size)]
+            return v.as_signed() if sign else v
+
+        def out_of(value, lo, hi):
+            return (value < lo) | (value > hi)
+
+        ge_cmd = Signal.like(ge.cmd)
+        ln_cmd = Signal.like(ln.cmd)
+        ad_cmd = Signal.like(ad.cmd)
+        m.d.comb += [ge.cmd.eq(ge_cmd), ln.cmd.eq(ln_cmd), ad.cmd.eq(ad_cmd)]
+        mult_max = (1 << mw) - 1
+        with m.If(pop & (phase == PH_HDR)):
+            m.d.sync += cmd_ok.eq(1)
+            with m.If(is_ge):
+                b_int, c_int, one_int = field(0, 4, True), field(4, 4, True), field(8, 4, True)
+                mult, shift = field(12, 2), field(14, 1)
+                m.d.sync += [ge_cmd.b_int.eq(b_int), ge_cmd.c_int.eq(c_int),
+                             ge_cmd.one_int.eq(one_int), ge_cmd.mult.eq(mult),
+                             ge_cmd.shift.eq(shift),
+                             err.eq(out_of(b_int, -(1 << aw), -1)
+                                    | out_of(c_int, -(1 << (2 * aw + 1)), -1)
+                                    | (one_int < -(1 << (2 * aw + 3))) | (one_int > c_int)
+                                    | (mult > mult_max) | (shift > SHIFT_MAX))]
+            with m.Elif(is_ad):
+                ma, mb, shift = field(0, 2), field(2, 2), field(4, 1)
+                m.d.sync += [ad_cmd.ma.eq(ma), ad_cmd.mb.eq(mb), ad_cmd.shift.eq(shift),
+                             err.eq((ma > mult_max) | (mb > mult_max) | (shift > SHIFT_MAX))]
+            with m.Else():
+                mult, shift, eps = field(0, 2), field(2, 1), field(4, 4)
+                m.d.sync += [ln_cmd.mult.eq(mult), ln_cmd.shift.eq(shift), ln_cmd.eps.eq(eps),
+                             err.eq((mult > mult_max) | (shift > SHIFT_MAX))]
+            m.d.sync += phase.eq(Mux(is_ln, PH_GAMMA, PH_DONE))
+
+        # LayerNorm gamma/beta: gammas, G per pop, wait in gmem until their betas arrive.
+        gmem = memory.Memory(shape=data.ArrayLayout(signed(16), G), depth=-(-cfg.max_dim // G),
+                             init=[])
+        m.submodules.gammas = gmem
+        g_wr = gmem.write_port()
+        g_rd = gmem.read_port(transparent_for=())
+        m.d.comb += [g_wr.addr.eq(pc >> log_g), g_wr.data.eq(win[:16 * G]),
+                     g_wr.en.eq(pop & (phase == PH_GAMMA)), g_rd.addr.eq(pc >> log_g),
+                     g_rd.en.eq(1)]
+        with m.If(pop & (phase == PH_GAMMA)):
+            m.d.sync += pc.eq(pc + G)
+            with m.If(pc + G >= n):
+                m.d.sync += [phase.eq(PH_BETA), pc.eq(0)]
+        pc_last = pc == n - 1
+        p_valid = Signal()
+        p_addr = Signal.like(ln.param.payload.addr)
+        p_beta = Signal(signed(32))
+        p_lane = Signal(range(G))
+        m.d.sync += p_valid.eq(pop & (phase == PH_BETA))
+        with m.If(pop & (phase == PH_BETA)):
+            m.d.sync += [p_addr.eq(pc), p_beta.eq(field(0, 4, True)), p_lane.eq(pc[:log_g]),
+                         pc.eq(Mux(pc_last, 0, pc + 1))]
+            with m.If(pc_last):
+                m.d.sync += [phase.eq(PH_DONE), params_ok.eq(1)]
+        m.d.comb += [ln.param.valid.eq(p_valid), ln.param.payload.addr.eq(p_addr),
+                     ln.param.payload.gamma.eq(g_rd.data[p_lane]),
+                     ln.param.payload.beta.eq(p_beta)]
+
+        # ------------------------------------------------------------ row reader
+        wb = word_bits(cfg)
+        r_row = Signal(range(1 << 12))
+        r_word = Signal(wb)
+        r_off = Signal(n_w + 1)          # element offset of the word to read
+        r_end = Signal()                 # every word has been read
+        hv = Signal()                    # rd0 (and rd1) hold a word of the stream
+        h_lastlane = Signal(range(C))    # last lane of the held word used by the row
+        h_rowend = Signal()              # the held word ends its row
+        slot = Signal()                  # the held word is consumed this cycle
+        issue = Signal()
+        m.d.comb += issue.eq(run & ~r_end & (~hv | slot))
+        r_last_word = r_off + C >= n
+        a_word = _word_div(ins.a.col, C)
+        b_word = _word_div(ins.b.col, C)
+        with m.If(issue):
+            m.d.comb += [self.rd0.en.eq(1), self.rd0.buf.eq(ins.a.buf),
+                         self.rd0.row.eq(ins.a.row + r_row), self.rd0.word.eq(a_word + r_word)]
+            with m.If(is_ad):
+                m.d.comb += [self.rd1.en.eq(1), self.rd1.buf.eq(ins.b.buf),
+                             self.rd1.row.eq(ins.b.row + r_row),
+                             self.rd1.word.eq(b_word + r_word)]
+            m.d.sync += [h_lastlane.eq(Mux(r_last_word, n - r_off - 1, C - 1)),
+                         h_rowend.eq(r_last_word)]
+            with m.If(r_last_word):
+                m.d.sync += [r_word.eq(0), r_off.eq(0), r_row.eq(r_row + 1)]
+                with m.If(r_row == ins.m - 1):
+                    m.d.sync += r_end.eq(1)
+            with m.Else():
+                m.d.sync += [r_word.eq(r_word + 1), r_off.eq(r_off + C)]
+        with m.If(issue):
+            m.d.sync += hv.eq(1)
+        with m.Elif(slot):
+            m.d.sync += hv.eq(0)
+
+        # word path: GELU, ADD
+        w_valid = hv & cmd_ok
+        for k in range(C):
+            m.d.comb += [ge.i.payload[k].eq(self.rd0.data[k]),
+                         ad.a.payload[k].eq(self.rd0.data[k]),
+                         ad.b.payload[k].eq(self.rd1.data[k])]
+        m.d.comb += [ge.i.valid.eq(w_valid & is_ge), ad.a.valid.eq(w_valid & is_ad),
+                     ad.b.valid.eq(w_valid & is_ad)]
+
+        # element path: the serializer
+        s_lane = Signal(range(C))
+        s_data = Signal(signed(LANE_BITS))
+        s_last = Signal()
+        s_ready = Signal()
+        m.d.comb += [s_data.eq(self.rd0.data[s_lane]), s_last.eq(h_rowend & (s_lane == h_lastlane))]
+        m.d.comb += [sm.i.payload.data.eq(s_data), sm.i.payload.last.eq(s_last),
+                     ln.i.payload.data.eq(s_data), ln.i.payload.last.eq(s_last),
+                     sm.i.valid.eq(hv & is_sm),
+                     ln.i.valid.eq(hv & is_ln & (params_ok | ~s_last)),
+                     s_ready.eq(Mux(is_sm, sm.i.ready & sm.i.valid, ln.i.ready & ln.i.valid))]
+        with m.If(s_ready):
+            m.d.sync += s_lane.eq(Mux(s_lane == h_lastlane, 0, s_lane + 1))
+        m.d.comb += slot.eq(Mux(elem, s_ready & (s_lane == h_lastlane),
+                                Mux(is_ge, ge.i.valid & ge.i.ready, ad.a.valid & ad.a.ready)))
+
+        # ------------------------------------------------------------ writer
+        m.d.comb += [sm.o.ready.eq(1), ln.o.ready.eq(1), ge.o.ready.eq(1), ad.o.ready.eq(1)]
+        w_row = Signal(range(1 << 12))
+        w_word = Signal(wb)
+        w_off = Signal(n_w + 1)
+        w_lane = Signal(range(C))
+        e_valid = Signal()
+        e_data = Signal(signed(LANE_BITS))
+        m.d.comb += [e_valid.eq(Mux(is_sm, sm.o.valid, ln.o.valid)),
+                     e_data.eq(Mux(is_sm, sm.o.payload.data, ln.o.payload.data))]
+        acc = Signal.like(self.wr.data)
+        w_last_word = w_off + C >= n
+        e_word_end = (w_lane == C - 1) | (w_off + w_lane + 1 == n)
+        w_adv = Signal()                # a word is written this cycle
+        w_data = Signal.like(self.wr.data)
+        w_mask = Signal(C)
+        with m.If(elem):
+            m.d.comb += [w_adv.eq(busy & e_valid & e_word_end),
+                         w_mask.eq(Cat(w_lane >= k for k in range(C)))]
+            with m.If(e_valid):
+                m.d.sync += [acc[w_lane].eq(e_data),
+                             w_lane.eq(Mux(e_word_end, 0, w_lane + 1))]
+            for k in range(C):
+                m.d.comb += w_data[k].eq(Mux(w_lane == k, e_data, acc[k]))
+        with m.Else():
+            m.d.comb += [w_adv.eq(busy & Mux(is_ge, ge.o.valid, ad.o.valid)),
+                         w_mask.eq(Cat((w_off + k < n) for k in range(C)))]
+            for k in range(C):
+                m.d.comb += w_data[k].eq(Mux(is_ge, ge.o.payload[k], ad.o.payload[k]))
+        with m.If(w_adv):
+            m.d.comb += [self.wr.en.eq(1), self.wr.buf.eq(ins.dst.buf),
+                         self.wr.row.eq(ins.dst.row + w_row),
+                         self.wr.word.eq(_word_div(ins.dst.col, C) + w_word),
+                         self.wr.mask.eq(w_mask), self.wr.data.eq(w_data)]
+            with m.If(w_last_word):
+                m.d.sync += [w_word.eq(0), w_off.eq(0), w_row.eq(w_row + 1)]
+                with m.If(w_row == ins.m - 1):
+                    m.d.comb += done.eq(1)
+            with m.Else():
+                m.d.sync += [w_word.eq(w_word + 1), w_off.eq(w_off + C)]
+
+        # SOFTMAX with SCORE: row 0 of the result into SCORE row imm
+        with m.If(busy & is_sm & (ins.flags & int(Flag.SCORE)).any() & (w_row == 0) & e_valid):
+            m.d.comb += [self.score_wr.en.eq(1), self.score_wr.token.eq(w_off + w_lane),
+                         self.score_wr.head.eq(ins.imm), self.score_wr.data.eq(e_data)]
+
+        # ------------------------------------------------------------ done
+        unit_err = Mux(is_sm, sm.error, 0) | Mux(is_ln, ln.error, 0) | Mux(is_ad, ad.error, 0)
+        m.d.comb += [self.done.eq(done), self.error.eq(done & (err | unit_err))]
+        with m.If(done):
+            # back to the idle state: every counter and flag at its initial value
+            m.d.sync += [sent.eq(0), gb_cnt.eq(0), gb_data.eq(0), phase.eq(PH_HDR), pc.eq(0),
+                         cmd_ok.eq(0), params_ok.eq(0), err.eq(0), r_row.eq(0), r_word.eq(0),
+                         r_off.eq(0), r_end.eq(0), hv.eq(0), s_lane.eq(0), w_row.eq(0),
+                         w_word.eq(0), w_off.eq(0), w_lane.eq(0)]
+        return m
+
+
+def _record_pops(cfg: AccelConfig, op: int, n: int, mem_latency: int) -> tuple[int, int]:
+    """Cycles (``start`` = 0) of the header pop and of the last pop of the record of ``op``:
+    a cycle-by-cycle model of the memory model's beats and the gearbox."""
+    B = mem_beat_bytes(cfg)
+    cap = B + HEADER_MAX - 1
+    hdr = {Op.GELU: GELU_RECORD_BYTES, Op.ADD: ADD_RECORD_BYTES}.get(op, LN_HEADER_BYTES)
+    total = hdr + (6 * n if op == Op.LAYERNORM else 0)
+    g = gamma_group(cfg)
+    pops = [hdr] + ([2 * min(g, n - j) for j in range(0, n, g)] + [4] * n
+                    if op == Op.LAYERNORM else [])
+    beats = -(-total // B)
+    t, cnt, beat, next_beat, k = 1, 0, 0, max(1, mem_latency), 0
+    header = None
+    while True:
+        cnt1 = cnt
+        if cnt >= pops[k]:
+            cnt1 -= pops[k]
+            if k == 0:
+                header = t
+            k += 1
+            if k == len(pops):
+                return header, t
+        if beat < beats and t >= next_beat and cnt1 + B <= cap:
+            cnt1 += B
+            beat += 1
+            next_beat = t + 1
+        cnt = cnt1
+        t += 1
+
+
+def _element_rows(m: int, n: int, last, banks: int, reduce) -> int:
+    """Cycle of the last output of ``m`` rows of ``n`` elements through a row-buffered unit
+    (``rtl.rowbuffer``) fed from cycle 1 at one element per cycle: ``last(r, a)`` is the cycle
+    row ``r``'s last element is accepted when its first is accepted at ``a``;
+    ``reduce(ready)`` the cycle the emitter's descriptor FIFO offers the row, given the cycle
+    the loader's FIFO offers it (the reduction engines' recurrences live in ``reduce``)."""
+    end, freed, emit = [], [], []
+    for r in range(m):
+        a = 1 if r == 0 else end[-1] + 1
+        if r >= banks:
+            a = max(a, freed[r - banks] + 1)
+        e = last(r, a)
+        end.append(e)
+        q = reduce(e + 2)
+        if emit:
+            q = max(q, emit[-1] + n)
+        emit.append(q)
+        freed.append(q + n)
+    return emit[-1] + n + 7
+
+
+def cycles(cfg: AccelConfig, instr, mem_latency: int = 2) -> int:
+    """Exact cycles ``sim.instr.run_instr`` measures for ``instr`` on :class:`RowUnit` with no
+    stalls and the memory model's first-beat latency ``mem_latency`` (``docs/exec/exec_row.md``
+    gives the closed forms)."""
+    op, m, n = Op(instr.op), instr.m, instr.n
+    C = cfg.cols
+    if op in (Op.GELU, Op.ADD):
+        header, _ = _record_pops(cfg, op, n, mem_latency)
+        latency = GELU_LATENCY if op == Op.GELU else ADD_LATENCY
+        return header + m * -(-n // C) + latency
+    if op == Op.SOFTMAX:
+        sums, divs = [], []
+
+        def softmax_reduce(ready):
+            p = ready if not sums else max(ready, sums[-1] + n)
+            sums.append(p)
+            d = p + n + 7 if not divs else max(p + n + 7, divs[-1] + FACTOR_BITS + 1)
+            divs.append(d)
+            return d + FACTOR_BITS + 3
+        return _element_rows(m, n, lambda r, a: a + n - 1, SOFTMAX_BANKS, softmax_reduce)
+    _, last_pop = _record_pops(cfg, op, n, mem_latency)
+    rc = ln_reducer_cycles(cfg)
+    idle = []
+
+    def ln_reduce(ready):
+        i = ready if not idle else max(ready, idle[-1] + rc)
+        idle.append(i)
+        return i + rc + 1
+    return _element_rows(m, n, lambda r, a: max(a + n - 1, last_pop + 1) if r == 0
+                         else a + n - 1, LN_BANKS, ln_reduce)
