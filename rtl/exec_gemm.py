@@ -361,11 +361,7 @@ class GemmUnit(wiring.Component):
         # ---- control --------------------------------------------------------------------------
         cmd = eng.cmd.payload
         m.d.comb += [cmd.m.eq(ins.m), cmd.k.eq(ins.k), cmd.n.eq(ins.n), cmd.load_weights.eq(1),
-                     cmd.sparse.eq(f_sparse)]
-        if "a_unsigned" in dims:
-            m.d.comb += cmd.a_unsigned.eq(f_au8)
-        if "out16" in dims:
-            m.d.comb += cmd.out16.eq(f_out16)
+                     cmd.sparse.eq(f_sparse), cmd.a_unsigned.eq(f_au8), cmd.out16.eq(f_out16)]
 
         bursts_left = Signal(2)   # read bursts whose last beat has not been taken
         issue_done = Signal()     # every read command has been accepted

@@ -22,15 +22,12 @@ from golden.isa import (
 from golden.pruning import BlockPattern, block_prune, hierarchical_prune
 from golden.sparse_format import encode
 from rtl.exec_gemm import GemmUnit, TransposeReader, WordReader, cycles
-from rtl.gemm import command_layout
 from rtl.ports import mem_beat_bytes
 from sim.instr import UnitHarness, check_instr, golden_instr, read_buffers, run_instr
 from sim.memory import MemoryModel
 from sim.streams import run_simulation
 
 ACT0, ACT1, ACT2, ACT3 = Buf.ACT0, Buf.ACT1, Buf.ACT2, Buf.ACT3
-HAS_EXT = "a_unsigned" in command_layout(PRESETS["tiny"]).members
-needs_ext = pytest.mark.skipif(not HAS_EXT, reason="GemmEngine without a_unsigned/out16")
 
 
 def _bufs(cfg, rng):
@@ -211,7 +208,6 @@ def test_b_from_bank(m, k, n, flags, a, b, dst, tiny, rng):
     _check(tiny, ins, mem, _bufs(tiny, rng), rng)
 
 
-@needs_ext
 def test_attention_logits_out16(tiny, rng):
     """Q.K^T of one head into LOGIT (B_BUF | B_T | OUT16), 16-bit saturation both ways."""
     cfg, m, k, n = tiny, 17, 16, 17
@@ -225,7 +221,6 @@ def test_attention_logits_out16(tiny, rng):
     assert np.any((np.abs(out) > 127) & (np.abs(out) < (1 << 15) - 1))
 
 
-@needs_ext
 def test_attention_pv_a_u8(tiny, rng):
     """P.V of one head (A_U8 | B_BUF): probabilities from PROB, unsigned, including 255."""
     cfg = tiny
@@ -236,7 +231,6 @@ def test_attention_pv_a_u8(tiny, rng):
     _check(cfg, ins, mem, bufs, rng)
 
 
-@needs_ext
 def test_classifier_logits_out16(tiny, rng):
     """A dense GEMM into LOGIT at a row offset (OUT16) and an unsigned A at column offsets."""
     ins, mem = _gemm(tiny, rng, 2, 32, 10, Flag.OUT16, a=(ACT3, 0, 0), dst=(Buf.LOGIT, 1, 4))
@@ -249,7 +243,7 @@ def test_classifier_logits_out16(tiny, rng):
 def test_tiny_model_gemms(tiny):
     """GEMMs of the compiled tiny model (``golden.compiler.build_tiny``), each run from the
     golden machine state before it: a sparse projection, the attention pair of head 0 and the
-    classifier (the latter three need the engine's ``a_unsigned``/``out16``)."""
+    classifier."""
     from golden.compiler import build_tiny
     from golden.executor import _Machine, _step
     _, _, comp = build_tiny()
@@ -263,14 +257,14 @@ def test_tiny_model_gemms(tiny):
             break
         key = Flag(ins.flags).name if ins.flags else ""
         if ins.op == Op.GEMM and key in wanted and wanted[key][0] == ins.m \
-                and (HAS_EXT or key == "SPARSE") and not (key == "SPARSE" and ins.n != 32):
+                and not (key == "SPARSE" and ins.n != 32):
             latency = wanted.pop(key)[1]
             stream = bytes(mc.mem[ins.addr:ins.addr + ins.imm]) if key == "SPARSE" else None
             res = check_instr(tiny, GemmUnit(tiny), ins, mc.mem, mc.bufs, latency=latency)
             assert res["cycles"] == cycles(tiny, ins, latency, stream)
             ran.append(key)
         _step(mc, ins, i)
-    assert len(ran) == (4 if HAS_EXT else 1)
+    assert len(ran) == 4
 
 
 @pytest.mark.parametrize("rows, cols, flags", [
