@@ -413,8 +413,8 @@ def main(argv=None):
                         help="preset name or JSON file (default: tiny)")
     parser.add_argument("--design", choices=DESIGNS, default="engine",
                         help="engine: the GEMM engine (rtl.gemm.GemmEngine); accel: the whole "
-                             "accelerator (rtl.top.build_top(cfg)); mac: the config's MAC array alone "
-                             "(platforms.standin.MacArray); mac-mult18: the same with ECP5 "
+                             "accelerator (rtl.top.build_top(cfg)); mac: the config's MAC array "
+                             "alone (platforms.standin.MacArray); mac-mult18: the same with ECP5 "
                              "MULT18X18D instances (ecp5 flow only)")
     parser.add_argument("--flow", choices=(*FLOWS, "all"), default="all")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
