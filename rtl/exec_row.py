@@ -244,6 +244,10 @@ class RowUnit(wiring.Component):
         def out_of(value, lo, hi):
             return (value < lo) | (value > hi)
 
+        def above(value, bound):
+            # ``value > bound``, constant false (no comparator) when the field cannot exceed it.
+            return value > bound if bound < (1 << len(value)) - 1 else Const(0)
+
         ge_cmd = Signal.like(ge.cmd)
         ln_cmd = Signal.like(ln.cmd)
         ad_cmd = Signal.like(ad.cmd)
@@ -260,15 +264,16 @@ class RowUnit(wiring.Component):
                              err.eq(out_of(b_int, -(1 << aw), -1)
                                     | out_of(c_int, -(1 << (2 * aw + 1)), -1)
                                     | (one_int < -(1 << (2 * aw + 3))) | (one_int > c_int)
-                                    | (mult > mult_max) | (shift > SHIFT_MAX))]
+                                    | above(mult, mult_max) | above(shift, SHIFT_MAX))]
             with m.Elif(is_ad):
                 ma, mb, shift = field(0, 2), field(2, 2), field(4, 1)
                 m.d.sync += [ad_cmd.ma.eq(ma), ad_cmd.mb.eq(mb), ad_cmd.shift.eq(shift),
-                             err.eq((ma > mult_max) | (mb > mult_max) | (shift > SHIFT_MAX))]
+                             err.eq(above(ma, mult_max) | above(mb, mult_max)
+                                    | above(shift, SHIFT_MAX))]
             with m.Else():
                 mult, shift, eps = field(0, 2), field(2, 1), field(4, 4)
                 m.d.sync += [ln_cmd.mult.eq(mult), ln_cmd.shift.eq(shift), ln_cmd.eps.eq(eps),
-                             err.eq((mult > mult_max) | (shift > SHIFT_MAX))]
+                             err.eq(above(mult, mult_max) | above(shift, SHIFT_MAX))]
             m.d.sync += phase.eq(Mux(is_ln, PH_GAMMA, PH_DONE))
 
         # LayerNorm gamma/beta: gammas, G per pop, wait in gmem until their betas arrive.
@@ -377,7 +382,7 @@ class RowUnit(wiring.Component):
         w_mask = Signal(C)
         with m.If(elem):
             m.d.comb += [w_adv.eq(busy & e_valid & e_word_end),
-                         w_mask.eq(Cat(w_lane >= k for k in range(C)))]
+                         w_mask.eq(Cat(Const(1) if k == 0 else w_lane >= k for k in range(C)))]
             with m.If(e_valid):
                 m.d.sync += [acc[w_lane].eq(e_data),
                              w_lane.eq(Mux(e_word_end, 0, w_lane + 1))]
