@@ -24,6 +24,7 @@ __all__ = ["KERNELS", "main", "format_result"]
 
 #: kernel name -> module implementing it
 KERNELS = {
+    "accel": "sim.bench_accel",
     "add": "sim.bench_add",
     "gemm": "sim.bench_gemm",
     "nonlinear": "sim.bench_nonlinear",

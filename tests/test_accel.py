@@ -104,3 +104,19 @@ def test_memory_stalls_keep_results(tiny_model):
 def test_config_type_checked():
     with pytest.raises(TypeError, match="cfg must be an AccelConfig"):
         Accelerator("tiny")
+
+
+def test_first_mismatch_names_the_instruction(tiny_model):
+    """The runner's report: a weight byte the RTL sees differently shows up at the GEMM that
+    uses it (golden on the original memory, RTL on the altered one)."""
+    q, compiled = tiny_model
+    prog = compiled.program[:3] + [Instr(Op.HALT)]          # load, patch GEMM, load
+    mem = compiled.memory_with_input(_images(q, 1, seed=3)[0])
+    gold = execute(prog, mem, TINY)
+    altered = bytearray(mem)
+    altered[prog[1].addr] ^= 0x40                           # weight B[0, 0] of embed.patch
+    run = run_program(TINY, prog, altered)
+    mm = first_mismatch(gold.trace, run.outputs)
+    assert mm is not None and mm.index == 1 and mm.instr.op == Op.GEMM
+    assert mm.element[1] == 0                               # output column 0
+    assert "instruction 1 (GEMM): first difference at element" in str(mm)
