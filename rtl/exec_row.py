@@ -54,15 +54,14 @@ from amaranth.utils import ceil_log2
 from golden.config import AccelConfig
 from golden.gelu import MAX_IN_BITS
 from golden.isa import ADD_RECORD_BYTES, GELU_RECORD_BYTES, LN_HEADER_BYTES, Flag, Op
-from golden.layernorm import SHIFT_MAX, var_bits
+from golden.layernorm import SHIFT_MAX
 from golden.softmax import FACTOR_BITS
 
 from .add import ResidualAdd
 from .checks import check_config, validating
 from .gelu import Gelu
 from .layernorm import BANKS as LN_BANKS
-from .layernorm import INV_BITS as LN_INV_BITS
-from .layernorm import LayerNorm
+from .layernorm import LayerNorm, reducer_cycles
 from .ports import (
     LANE_BITS,
     exec_signature,
@@ -82,7 +81,7 @@ HEADER_MAX = max(GELU_RECORD_BYTES, LN_HEADER_BYTES, ADD_RECORD_BYTES)
 
 def ln_reducer_cycles(cfg: AccelConfig) -> int:
     """``rtl.layernorm.LayerNorm.reducer_cycles`` of ``cfg`` (cycles per row of its reducer)."""
-    return (var_bits(cfg.act_width, cfg.max_dim) + 1) // 2 + LN_INV_BITS + 4
+    return reducer_cycles(cfg)
 
 
 def gamma_group(cfg: AccelConfig) -> int:
@@ -128,9 +127,9 @@ class RowUnit(wiring.Component):
       record bytes and ``latency`` = 6 / 3;
     * SOFTMAX: ``2n + 34 + m * n`` for ``n >= 27``, ``3n + 34 + 16 (m - 1)`` for ``n <= 12``;
     * LAYERNORM: ``P + 11 + m * max(n, RC) + min(n, RC)`` with ``RC`` the reducer's cycles
-      per row (46) and ``P = L' + max(ceil((8 + 6n) / B), ceil(8 / B) + ceil(n / G) + n)``
-      the last record pop (power-of-two ``B >= 4``, ``n`` not within a few elements of
-      ``RC``); the other cases are recurrences over the rows (``docs/exec/exec_row.md``).
+      per row (26) and ``P = L' + max(ceil((8 + 6n) / B), ceil(8 / B) + ceil(n / G) + n)``
+      the last record pop (power-of-two ``B >= 4``, ``n`` outside ``RC - 1 .. RC + 2``); the
+      other cases are recurrences over the rows (``docs/exec/exec_row.md``).
     """
 
     def __init__(self, cfg: AccelConfig):

@@ -9,11 +9,12 @@ buffers rows in a ring of ``BANKS = 3`` row buffers and overlaps three engines:
    exact in integers, so no second pass over the data is needed);
 2. **reducer** (per row, on the sums only): ``V = n*S2 - S1**2 + eps`` in one cycle; the floor
    square root of ``V << 16`` (8 fractional result bits) by the bitwise digit-by-digit
-   (restoring) method, one result bit per cycle, ``ceil(var_bits / 2)`` iterations; normalization of
-   ``r`` to ``[2**(RW-1), 2**RW)`` with a
-   priority encoder; and ``inv = floor(2**(15+RW) / r_norm)`` by a restoring divider in 17
-   cycles. In total ``ceil(var_bits / 2) + 21`` cycles per row (46 for ``tiny`` and
-   ``default``), overlapped with the loading of the next row and the emission of the previous;
+   (restoring) method, two result bits per cycle (``RW = ceil(var_bits / 2)`` bits);
+   normalization of ``r`` to ``[2**(RW-1), 2**RW)`` with a priority encoder; and
+   ``inv = floor(2**(15+RW) / r_norm)`` by a restoring divider, two quotient bits per cycle
+   (17 bits). In total ``4 + ceil(RW / 2) + 9`` cycles per row (:func:`reducer_cycles`: 26 for
+   ``tiny`` and ``default``), overlapped with the loading of the next row and the emission of
+   the previous;
 3. **emitter**: reads the row and the channel's ``gamma``/``beta`` again and runs a 6-stage
    pipeline: ``c = n*x - S1``; ``c * inv``; rounding shift to the normalized value ``z`` (10
    fractional bits); ``z*gamma + beta``; ``* mult``; rounding shift and saturation to int8.
@@ -51,7 +52,8 @@ from .checks import check_config, validating
 from .fixedpoint_ops import round_shift, saturate
 from .rowbuffer import row_loader, row_reader
 
-__all__ = ["BANKS", "LayerNorm", "layernorm_cmd_layout", "layernorm_param_layout"]
+__all__ = ["BANKS", "LayerNorm", "layernorm_cmd_layout", "layernorm_param_layout",
+           "reducer_cycles"]
 
 BANKS = 3
 INV_BITS = INV_FRAC + 2          # quotient in (2**15, 2**16]
@@ -65,6 +67,13 @@ def layernorm_cmd_layout(mult_width):
 def layernorm_param_layout(max_dim):
     return data.StructLayout({"addr": unsigned(max(ceil_log2(max_dim), 1)),
                               "gamma": signed(GAMMA_BITS), "beta": signed(BETA_BITS)})
+
+
+def reducer_cycles(cfg: AccelConfig) -> int:
+    """Cycles the reducer of ``cfg``'s LayerNorm spends per row: pop, variance, the square
+    root at two bits per cycle, normalization, the reciprocal at two bits per cycle, hand-off."""
+    root_width = (var_bits(cfg.act_width, cfg.max_dim) + 1) // 2
+    return 4 + -(-root_width // 2) + -(-INV_BITS // 2)
 
 
 class LayerNorm(wiring.Component):
@@ -120,8 +129,8 @@ class LayerNorm(wiring.Component):
 
     @property
     def reducer_cycles(self):
-        """Cycles the reducer spends per row (pop to hand-off)."""
-        return self.root_width + INV_BITS + 4
+        """Cycles the reducer spends per row (pop to hand-off): :func:`reducer_cycles`."""
+        return reducer_cycles(self.cfg)
 
     @property
     def latency(self):
@@ -205,14 +214,28 @@ class LayerNorm(wiring.Component):
                              r_one.eq(1 << (2 * rw - 2))]
                 m.next = "SQRT"
             with m.State("SQRT"):
-                trial = r_res + r_one
-                with m.If(r_v >= trial):
-                    m.d.sync += [r_v.eq(r_v - trial), r_res.eq((r_res >> 1) + r_one)]
-                with m.Else():
-                    m.d.sync += r_res.eq(r_res >> 1)
-                m.d.sync += r_one.eq(r_one >> 2)
+                # Two result bits per cycle: two restoring steps in a row (the second is
+                # skipped when only one bit is left, rw odd).
+                v1 = Signal.like(r_v)
+                res1 = Signal.like(r_res)
+                v2 = Signal.like(r_v)
+                res2 = Signal.like(r_res)
+                one1 = Signal.like(r_one)
+                m.d.comb += one1.eq(r_one >> 2)
+                for (vi, ri, oi), (vo, ro) in (((r_v, r_res, r_one), (v1, res1)),
+                                               ((v1, res1, one1), (v2, res2))):
+                    trial = ri + oi
+                    with m.If(vi >= trial):
+                        m.d.comb += [vo.eq(vi - trial), ro.eq((ri >> 1) + oi)]
+                    with m.Else():
+                        m.d.comb += [vo.eq(vi), ro.eq(ri >> 1)]
                 with m.If(r_one == 1):
+                    m.d.sync += [r_v.eq(v1), r_res.eq(res1)]
                     m.next = "NORM"
+                with m.Else():
+                    m.d.sync += [r_v.eq(v2), r_res.eq(res2), r_one.eq(r_one >> 4)]
+                    with m.If(r_one == 4):
+                        m.next = "NORM"
             with m.State("NORM"):
                 root = r_res[:rw]
                 nbits = Signal(unsigned(6))
@@ -231,12 +254,25 @@ class LayerNorm(wiring.Component):
                     m.d.comb += q_b.w_en.eq(1)
                     m.next = "IDLE"
                 with m.Else():
-                    with m.If(r_rem >= r_div):
-                        m.d.sync += [r_rem.eq(r_rem - r_div),
-                                     r_quo.eq(Cat(Const(1, 1), r_quo))]
+                    # Two quotient bits per cycle (one when a single bit is left).
+                    rem1 = Signal.like(r_rem)
+                    quo1 = Signal.like(r_quo)
+                    rem2 = Signal.like(r_rem)
+                    quo2 = Signal.like(r_quo)
+                    div1 = Signal.like(r_div)
+                    m.d.comb += div1.eq(r_div >> 1)
+                    for (ri, qi, di), (ro, qo) in (((r_rem, r_quo, r_div), (rem1, quo1)),
+                                                   ((rem1, quo1, div1), (rem2, quo2))):
+                        with m.If(ri >= di):
+                            m.d.comb += [ro.eq(ri - di), qo.eq(Cat(Const(1, 1), qi))]
+                        with m.Else():
+                            m.d.comb += [ro.eq(ri), qo.eq(Cat(Const(0, 1), qi))]
+                    with m.If(r_count == INV_BITS - 1):
+                        m.d.sync += [r_rem.eq(rem1), r_quo.eq(quo1), r_div.eq(div1),
+                                     r_count.eq(r_count + 1)]
                     with m.Else():
-                        m.d.sync += r_quo.eq(Cat(Const(0, 1), r_quo))
-                    m.d.sync += [r_div.eq(r_div >> 1), r_count.eq(r_count + 1)]
+                        m.d.sync += [r_rem.eq(rem2), r_quo.eq(quo2), r_div.eq(r_div >> 2),
+                                     r_count.eq(r_count + 2)]
 
         # ---------------------------------------------------------------- emitter
         adv = Signal()
