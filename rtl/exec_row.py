@@ -118,14 +118,14 @@ class RowUnit(wiring.Component):
 
     Throughput: GELU/ADD one word per cycle, SOFTMAX/LAYERNORM one element per cycle (rows
     shorter than the softmax divider's 16 cycles or LayerNorm's reducer cycles are paced by
-    those; softmax rows of 13..26 elements by its four row buffers).
+    those).
 
     Cycles from ``start`` to ``done`` with no stalls and memory latency ``L`` (``L' = max(1,
     L)``, ``B = cols`` bytes per beat), exactly :func:`cycles`:
 
     * GELU / ADD: ``L' + ceil(R / B) + m * ceil(n / cols) + latency`` with ``R`` = 16 / 8
       record bytes and ``latency`` = 6 / 3;
-    * SOFTMAX: ``2n + 34 + m * n`` for ``n >= 27``, ``3n + 34 + 16 (m - 1)`` for ``n <= 12``;
+    * SOFTMAX: ``2n + 34 + m * n`` for ``n >= 16``, ``3n + 34 + 16 (m - 1)`` for ``n <= 15``;
     * LAYERNORM: ``P + 11 + m * max(n, RC) + min(n, RC)`` with ``RC`` the reducer's cycles
       per row (26) and ``P = L' + max(ceil((8 + 6n) / B), ceil(8 / B) + ceil(n / G) + n)``
       the last record pop (power-of-two ``B >= 4``, ``n`` outside ``RC - 1 .. RC + 2``); the

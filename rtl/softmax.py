@@ -2,8 +2,8 @@
 
 A softmax row needs three passes over its values (the maximum, then the sum of the exps, then
 the normalized outputs), so the unit buffers rows and overlaps them in a ring of
-``BANKS = 4`` row buffers (one memory of ``4 * max_tokens`` 16-bit words, one write port and two
-read ports). Four engines work on four different rows at once:
+``BANKS = 6`` row buffers (one memory of ``6 * max_tokens`` 16-bit words, one write port and two
+read ports). Four engines work on different rows at once:
 
 1. **loader** (:func:`rtl.rowbuffer.row_loader`): writes the incoming row into the next free
    bank and tracks its maximum;
@@ -57,7 +57,7 @@ from .rowbuffer import row_loader, row_reader
 
 __all__ = ["BANKS", "Softmax", "softmax_in_layout", "softmax_out_layout"]
 
-BANKS = 4
+BANKS = 6
 EXP_STAGES = 4
 
 
@@ -128,9 +128,10 @@ class Softmax(wiring.Component):
     the memory reads, two 4-stage exp pipelines, the divider and the output multiply. Throughput:
     one element per cycle for back-to-back
     rows of at least ``FACTOR_BITS + 1`` (16) elements; shorter rows are paced by the divider
-    at one row per ``FACTOR_BITS + 1`` cycles. Up to four rows are in flight; ``i.ready`` drops
-    while all four row buffers are busy. Stalls on ``o`` stall the emitter only; the loader and
-    summer keep working until the buffers fill.
+    at one row per ``FACTOR_BITS + 1`` cycles. Up to six rows are in flight (a row holds its
+    buffer for about ``3n + 27`` cycles, so six buffers keep rows of 16 elements at full
+    rate); ``i.ready`` drops while all six row buffers are busy. Stalls on ``o`` stall the
+    emitter only; the loader and summer keep working until the buffers fill.
     """
 
     def __init__(self, cfg: AccelConfig):

@@ -142,6 +142,18 @@ def test_rtl_latency_and_throughput(tiny, rng):
     assert stamps[-1] - stamps[0] == len(beats) - 1
 
 
+@pytest.mark.parametrize("n", [16, 17, 26])
+def test_rtl_full_rate_from_16_elements(tiny, rng, n):
+    """Six row buffers keep rows of 16+ elements back to back (a row holds its buffer for
+    about 3n + 27 cycles)."""
+    dut = Softmax(tiny)
+    rows = [rng.integers(-1000, 1000, size=n) for _ in range(12)]
+    beats = row_beats(rows)
+    _, stamps = run_timed(dut, beats, max_cycles=3000)
+    assert stamps[0] == 2 * n + dut.latency
+    assert stamps[-1] - stamps[0] == len(beats) - 1
+
+
 @pytest.mark.parametrize("n", [1, 5, 16])
 def test_rtl_latency_short_rows(tiny, rng, n):
     dut = Softmax(tiny)
