@@ -71,10 +71,11 @@ or of its mask bit (hierarchical: the lowest bit left is isolated, a carry chain
 before it is encoded, an OR tree, and added). A block's last column is found by a down-counter
 of its columns (hierarchical: the mask's population count, stored with the entry and summed
 from per-nibble table lookups registered when the mask byte is taken). The weight buffer's room
-after the next step of a payload column (``wr2``) is a register, so the overflow check is a
-sign test rather than a compare behind the column count. The state register is one-hot in
-synthesis (``fsm_encoding``); its power-up value then comes from the reset, which the platforms
-assert at start.
+after the next step of a payload column (``wr2``) and the channels left at the next word
+(``rem_nx``, for its padding lanes) are registers, so the overflow check is a sign test and the
+padding flags are compares of a register, not of a difference computed in the same cycle. The
+state register is one-hot in synthesis (``fsm_encoding``); its power-up value then comes from
+the reset, which the platforms assert at start.
 
 Checks (``error`` is raised, sticky until the next ``start``, and the rest of the stream is
 drained up to its ``last`` beat so that nothing hangs): magic, version, unknown flags, reserved
@@ -459,7 +460,8 @@ class SparseDecoder(wiring.Component):
 
         sgn = signed(ceil_log2(kmax + 2 * _MAX_BLOCK + 1) + 1)
         rem_row = Signal(sgn)                   # n - first channel of the block-row
-        rem_ch = Signal(sgn)                    # n - first channel of the current word
+        rem_nx = Signal(sgn)                    # n - first channel of the next word (same k)
+        rem_row1 = Signal(sgn)                  # rem_row - cols
         crem = Signal(sgn)                      # n - first channel of tile ctile
         wsgn = signed(len(waddr) + 1)
         proom = Signal(wsgn)                    # depth - pos_addr
@@ -625,7 +627,8 @@ class SparseDecoder(wiring.Component):
                                  # payload addressing
                                  pos_addr.eq(self.words), waddr.eq(self.words),
                                  w_ok.eq(self.words < depth),
-                                 proom.eq(depth - self.words), rem_ch.eq(rem_row),
+                                 proom.eq(depth - self.words), rem_nx.eq(rem_row - C),
+                                 rem_row1.eq(rem_row - C),
                                  pad.eq(past_n(rem_row)), pad_row.eq(past_n(rem_row)),
                                  sl.eq(q - 1), s_last.eq(q1),
                                  # column generator
@@ -707,13 +710,13 @@ class SparseDecoder(wiring.Component):
                     with m.If(exists):
                         m.d.comb += self.w_en.eq(w_ok)
                         m.d.sync += self.words.eq(self.words + 1)
-                    m.d.sync += [sl.eq(sl - 1), s_last.eq(sl == 1), rem_ch.eq(rem_ch - C),
-                                 pad.eq(past_n(rem_ch - C)), waddr.eq(waddr + cols_r),
+                    m.d.sync += [sl.eq(sl - 1), s_last.eq(sl == 1), rem_nx.eq(rem_nx - C),
+                                 pad.eq(past_n(rem_nx)), waddr.eq(waddr + cols_r),
                                  wr2.eq(wr2 - cols_r), w_ok.eq(wr2 > 0)]
                     with m.If(s_last):
                         # Next kept column.
                         m.d.comb += pop.eq(1)
-                        m.d.sync += [sl.eq(q - 1), rem_ch.eq(rem_row),
+                        m.d.sync += [sl.eq(q - 1), rem_nx.eq(rem_row1),
                                      pad.eq(pad_row), pos_addr.eq(pos_addr + 1),
                                      waddr.eq(pos_addr + 1), proom.eq(proom - 1),
                                      pr2.eq(pr2 - 1), wr2.eq(pr2 - 1), w_ok.eq(proom > 1),
