@@ -12,9 +12,9 @@ feeder of :class:`rtl.gemm.GemmEngine` reads:
 
 Input: ``cw``, a stream of beats of up to ``cols`` bytes (``data`` lanes ``0 .. n-1`` in stream
 order, ``n <= cols``; ``last`` marks the final beat). A beat as wide as a weight word lets the
-payload stream at one word per cycle; metadata fields (counts, indices, masks, header fields)
-take one cycle each. A small byte aligner (``max(3 * cols - 1, cols + 3)`` bytes) re-aligns the
-payload, which starts at arbitrary byte offsets.
+payload stream at one word per cycle; metadata fields (counts, indices, header fields, mask
+bytes) take one cycle each. A small byte aligner (``max(3 * cols - 1, cols + 3)`` bytes)
+re-aligns the payload, which starts at arbitrary byte offsets.
 
 Mapping: ``b_r`` must be a multiple of ``cols`` (``b_r = q * cols``). A payload column of block-row
 ``r`` (``b_r`` bytes for one kept ``k``) is ``q`` words, word ``s`` belonging to tile ``r*q + s``;
@@ -22,30 +22,60 @@ the decoder writes it at ``base_r + s * cnt_r + p`` (``cnt_r``: kept ``k`` of th
 ``p``: position of this ``k``), so the buffer is tile-major without any reordering memory. Words
 of tiles past ``out_features`` (padding rows) are checked to be zero and not written.
 
-Trade-offs: parsing the stream in hardware means one read of the compressed (smaller) weights
-from memory and no host-side expansion; it costs one cycle per metadata field and a few cycles
-per kept block, a few percent of the payload cycles. The entry memory keeps the block-row's
-kept blocks (first ``k``, kept columns, mask) because the payload follows the whole index list.
+Pipeline: the stream is consumed in order by one parser (count, index list, payload of each
+block-row), and everything else runs beside it so that the payload of consecutive kept blocks
+streams without a bubble:
 
-Timing (the decoder is built to close 150 MHz on ECP5-class fabric): there is no multiplier.
-``ceil(k / b_c)`` and the last block-column's width are found once per stream by repeated
-subtraction, and ``index * b_c`` by stepping an accumulator up the block-columns (indices
-increase within a block-row, so a block-row costs at most one cycle per block-column). The entry
-memory is distributed RAM read asynchronously into a register (a block RAM's clock-to-output
-alone would fill the cycle). Every state transition depends on registered flags (down-counters
-reaching 1, remaining-room registers compared with a constant or one register, "n bytes
-buffered" flags registered from the aligner's next level); value checks of the header, counts,
-indices, masks, padding rows and weight range are registered (with whether their state applied
-them) and then set a registered error that diverts the state machine to ``ERROR``, two cycles
-after the check (nothing is written in between but weight words inside the buffer). The aligner's
-``ready`` depends on registers only (an ``active`` flag and the level). The hierarchical column
-sequence is a small pipeline (lowest mask bit isolated, then encoded, then added to the block's
-first ``k``) primed in four cycles per kept block. The state register is one-hot in synthesis
-(``fsm_encoding``); its power-up value then comes from the reset, which the platforms assert at
-start. The cost: about ``ceil(k / b_c)`` cycles per stream and per block-row, one per block-row
-and five per kept block, against two per kept block for a single-cycle multiply-and-compare
-design. The longest remaining path is the aligner's: the parse state and a "bytes buffered"
-flag select this cycle's consumption, which shifts the buffer (with the beat appended).
+* ``kstart``, a table of ``c * b_c`` for every block-column ``c``, is written once per stream
+  while the block-columns are counted (``ceil(k / b_c)`` cycles of repeated subtraction, which
+  the header needed anyway): a kept block's first ``k`` is one table read, neither a walk over
+  the block-columns nor a multiplication;
+* the index list is stored in the entry memory at one index per cycle (hierarchical: one more
+  cycle per mask byte, the entry stored the cycle after its last mask byte);
+* a column generator expands the stored entries into the ``k`` of every kept column: an entry
+  register (read from the entry memory as soon as the entry is stored), a block register (the
+  block's first ``k`` from ``kstart``, the next column's offset or, hierarchical, its isolated
+  mask bit, the columns left) and a two-column queue whose front is the ``k`` of the next
+  payload column. The block register emits a column while the queue holds fewer than two and
+  takes the next entry when it emits its block's last column, so the generator primes itself
+  while the rest of the index list is parsed and then delivers one column per cycle across
+  block boundaries;
+* the per-tile counts are written by a small side unit once the block-row's list is stored,
+  during the payload.
+
+Timing per block-row (plain, ``q = 1``): count 1 cycle, one cycle per kept block, one cycle per
+payload word; the queue's front is ready four cycles after the first index, so a block-row of
+fewer than four kept blocks waits ``4 - cnt`` cycles before its payload. With ``q > 1`` the
+payload also waits for the block-row's column count (``max(2, 4 - cnt)`` cycles). Hierarchical:
+the payload starts three cycles after the last mask byte (four with ``q > 1``; five with a
+single kept block). An empty block-row costs its count, one cycle per tile count and one cycle.
+:func:`sim.perf.decode_timeline` replays these registers cycle by cycle and is exact.
+
+Timing (built to close 150 MHz on ECP5-class fabric): there is no multiplier, and no carry
+chain behind a compare of this cycle's bytes. The entry memory and ``kstart`` are distributed
+RAM read asynchronously from a register into a register (a block RAM's clock-to-output alone
+would fill the cycle). Every state transition depends on registered flags (down-counters
+reaching 1, remaining-room registers compared with a constant, "n bytes buffered" flags
+registered from the aligner's next level, the generator's valid bits); value checks of the
+header, counts, indices, masks, padding rows and weight range are registered (with whether
+their state applied them) and then set a registered error that diverts the state machine to
+``ERROR``, two cycles after the check (nothing is written in between but weight words and tile
+counts inside the buffers). The aligner's ``ready`` depends on registers only (an ``active``
+flag and the level), and its consumption on two flip-flops per field size: ``tsel`` (the
+state's field size, set with every state transition) and the "bytes buffered" flag. The payload
+state exists twice, ``COLUMN`` (the queue holds a column: take a word when ``cols`` bytes are
+buffered) and ``CWAIT`` (it does not), so the generator is not on the aligner's path; the
+generator's own moves are decided from its registers (the queue's count, not the parser's
+``pop``). A kept column's ``k`` is the block's first ``k`` plus the offset of the column (plain)
+or of its mask bit (hierarchical: the lowest bit left is isolated, a carry chain, one cycle
+before it is encoded, an OR tree, and added). A block's last column is found by a down-counter
+of its columns (hierarchical: the mask's population count, stored with the entry and summed
+from per-nibble table lookups registered when the mask byte is taken). The weight buffer's room
+after the next step of a payload column (``wr2``) and the channels left at the next word
+(``rem_nx``, for its padding lanes) are registers, so the overflow check is a sign test and the
+padding flags are compares of a register, not of a difference computed in the same cycle. The
+state register is one-hot in synthesis (``fsm_encoding``); its power-up value then comes from
+the reset, which the platforms assert at start.
 
 Checks (``error`` is raised, sticky until the next ``start``, and the rest of the stream is
 drained up to its ``last`` beat so that nothing hangs): magic, version, unknown flags, reserved
@@ -59,7 +89,7 @@ truncated stream (``last`` before the end), trailing bytes (``last`` after the e
 with ``n > cols``.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -91,11 +121,11 @@ class SparseDecoder(wiring.Component):
     """Validating decoder of the compressed block-sparse weight format.
 
     Latency / throughput: one metadata field per cycle (a hierarchical mask one byte per cycle),
-    one cycle per block-column stepped over in the index list, five cycles per kept block before
-    its payload, then one payload word (``cols`` bytes) per cycle while the input keeps up
-    (:func:`sim.perf.decode_cycles` is cycle-exact); ``done`` pulses one cycle after the last
-    byte is parsed (or, on an error, after the stream's ``last`` beat). Stalls: an idle ``cw``
-    stalls the parse; the write ports never stall.
+    one payload word (``cols`` bytes) per cycle while the input keeps up, with no bubble between
+    kept blocks and a short wait before the first word of a block-row (at most four cycles, see
+    the module docstring; :func:`sim.perf.decode_cycles` is cycle-exact); ``done`` pulses one
+    cycle after the last byte is parsed (or, on an error, after the stream's ``last`` beat).
+    Stalls: an idle ``cw`` stalls the parse; the write ports never stall.
 
     Members
     -------
@@ -165,7 +195,18 @@ class SparseDecoder(wiring.Component):
         buf = Signal(8 * BUF)
         level = Signal(range(BUF + 1))
         ended = Signal()
-        take = Signal(range(BUF + 1))          # bytes consumed this cycle (comb, by the parser)
+        # Bytes consumed this cycle: the parse state's field size (``tsel``, registered with
+        # every state transition) when that many bytes are buffered (``have``, registered).
+        sizes = sorted({1, 2, 4, W})
+        have = {t: Signal(name=f"have{t}") for t in sizes}
+        tsel = {t: Signal(name=f"tsel{t}") for t in sizes}
+        tk = {t: Signal(name=f"take{t}") for t in sizes}
+        take = Signal(range(BUF + 1))
+        for t in sizes:
+            m.d.comb += tk[t].eq(tsel[t] & have[t])
+        for t in sizes:
+            with m.If(tk[t]):
+                m.d.comb += take.eq(t)
         active = Signal()                       # between start and done (registered)
         drop = Signal()                         # discard the buffer (comb)
         # Room is counted before this cycle's consumption, so that ``ready`` depends on the
@@ -198,10 +239,9 @@ class SparseDecoder(wiring.Component):
             m.d.comb += [merged.eq(buf), mlevel.eq(level)]
         rest = Signal(8 * BUF)
         m.d.comb += rest.eq(merged)
-        with m.Switch(take):
-            for t in sorted({1, 2, 4, W}):
-                with m.Case(t):
-                    m.d.comb += rest.eq(merged >> (8 * t))
+        for t in sizes:
+            with m.If(tk[t]):
+                m.d.comb += rest.eq(merged >> (8 * t))
         with m.If(drop):
             m.d.sync += [buf.eq(0), level.eq(0)]
         with m.Else():
@@ -213,9 +253,7 @@ class SparseDecoder(wiring.Component):
         clear = Signal()                        # a new stream starts (comb, by the parser)
         level_nx = Signal(range(BUF + 1))
         m.d.comb += level_nx.eq(Mux(drop | clear, 0, mlevel - take))
-        have = {}
-        for t in sorted({1, 2, 4, W}):
-            have[t] = Signal(name=f"have{t}")
+        for t in sizes:
             m.d.sync += have[t].eq((level_nx >= t) & ~clear & ~beat_err & ~bad_beat)
 
         u8, u16, u32 = buf[:8], buf[:16], buf[:32]
@@ -223,6 +261,7 @@ class SparseDecoder(wiring.Component):
         # ---- parse state -----------------------------------------------------------------
         ntmax = -(-kmax // C)
         nmax = min(kmax, _MAX_BLOCK)            # columns of a block that exist
+        iw = max(1, ceil_log2(kmax))            # bits of a block-column index (< kmax)
         hier = Signal()
         bal = Signal()
         br = Signal(range(_MAX_BLOCK + 1))
@@ -234,89 +273,173 @@ class SparseDecoder(wiring.Component):
         cn = Signal(range(kmax + 1))
         rem_k = Signal(range(kmax + 1))
         nbc = Signal(range(kmax + 1))           # block-columns: ceil(k / b_c)
+        nbcm1 = Signal(iw)                      # nbc - 1: index of the last block-column
         lastw = Signal(range(_MAX_BLOCK + 1))   # columns of the last block-column
+        lastw1 = Signal()                       # lastw == 1
+        bc1 = Signal()                          # b_c == 1
         vb_full = Signal(MAX_MASK_BITS)         # valid mask bits of a full / the last block
         vb_last = Signal(MAX_MASK_BITS)
-        ch_row = Signal(range(kmax + _MAX_BLOCK + 1))   # first output channel of the block-row
+        wk = Signal(range(kmax + _MAX_BLOCK + 1))  # first k of block-column nbc (NBC state)
         tile_row = Signal(range(ntmax + _MAX_BLOCK + 1))  # first tile of the block-row
         first_row = Signal()
         first_cnt = Signal(16)
         uneven = Signal()
-        cnt = Signal(16)
-        e = Signal(16)
-        cols_r = Signal(range(kmax + 1))
-        base = Signal(range(depth + 1))
+        e = Signal(16)                          # entries parsed in this block-row
+        el = Signal(16)                         # cnt - 1 - e
+        cur_last = Signal()                     # the entry being parsed is the last one
+        cols_r = Signal(range(kmax + 1))        # kept columns of the block-row
         mask = Signal(MAX_MASK_BITS)
         mbyte = Signal(range(MAX_MASK_BITS // 8 + 1))
         pcnt = Signal(range(MAX_MASK_BITS + 1))  # kept columns of the mask bytes before mlast
-        mlast = Signal(8)                       # the last mask byte read
+        # Kept columns of the last mask byte read, per nibble (one table lookup each).
+        mlast = [Signal(range(5), name=f"mlast{i}") for i in range(2)]
+        m_fin = Signal()                        # the next mask byte is the entry's last
         idx = Signal(16)
-        wc = Signal(range(kmax + 1))            # block-column reached by the walk
-        wk = Signal(range(kmax + _MAX_BLOCK + 1))  # wc * b_c, by repeated addition
-        ncols = Signal(range(nmax + 1))         # columns of the block being parsed
         vbits = Signal(MAX_MASK_BITS)
         s_last = Signal()                       # last word of the payload column: s + 1 == q
         q1 = Signal()                           # q == 1
         pos_addr = Signal(range(depth + kmax + 1))
         waddr = Signal(range(depth + _MAX_BLOCK * (kmax + 1) + 1))
         ctile = Signal(range(ntmax + _MAX_BLOCK + 1))
-        cs = Signal(range(_MAX_BLOCK + 1))
-        prime = Signal(2)
 
-        # Entry memory: per kept block of the block-row, its first k, its kept columns and
-        # (hierarchical) its column mask. Read asynchronously and registered at once, so that
-        # it maps to distributed RAM with a short read path.
-        entry_layout = data.StructLayout({"kb": unsigned(ceil_log2(kmax + 1)),
-                                          "n": unsigned(ceil_log2(nmax + 1)),
+        # Block-column starts: ``kstart[c] = c * b_c``, written once per stream while the
+        # block-columns are counted (NBC), so that a kept block's first k is one table read
+        # instead of a walk or a multiplication.
+        m.submodules.kstart = kstart = memory.Memory(
+            shape=unsigned(iw), depth=kmax, init=[], attrs={"ram_style": "distributed"})
+        ks_wr = kstart.write_port()
+        ks_rd = kstart.read_port(domain="comb")
+        # Entry memory: per kept block of the block-row, its block-column, whether it is the
+        # block-row's last, and (hierarchical) its kept columns and column mask. Written by
+        # the parser, read by the column generator; distributed RAM read asynchronously into a
+        # register.
+        entry_layout = data.StructLayout({"idx": unsigned(iw), "elast": 1,
+                                          "n": unsigned(ceil_log2(MAX_MASK_BITS + 1)),
                                           "mask": unsigned(MAX_MASK_BITS)})
         m.submodules.entries = entries = memory.Memory(
             shape=entry_layout, depth=kmax, init=[], attrs={"ram_style": "distributed"})
         ent_wr = entries.write_port()
         ent_rd = entries.read_port(domain="comb")
-        m.d.comb += ent_rd.addr.eq(e)
+
+        # ---- column generator ------------------------------------------------------------
+        # A pipeline that runs ahead of the payload, one kept column per cycle, across block
+        # boundaries without a bubble:
+        #   ENT:  the next entry, read from the entry memory (``ptr``) once it is stored;
+        #   S0:   the block being expanded: its first k (``kstart`` read), the next column's
+        #         offset (``j0``, plain) or mask bit (``glow0``, hierarchical, isolated), the
+        #         bits left (``rest0``) or columns left (``nl0``), ``last0``: the next column
+        #         is the block's last;
+        #   head: a two-entry queue of columns (k, last column of the block-row); its front
+        #         (``kcol``, ``head_rlast``) is the payload column the parser takes next.
+        # S0 emits a column while the queue holds fewer than two, ENT moves into S0 when S0
+        # is empty or emits its last column: both decided from registers only, so the
+        # parser's ``pop`` (it takes the front's last word) moves nothing but the queue's
+        # read pointer and count. The block-row's entries are reset at its count.
+        ptr = Signal(range(kmax + 1))           # next entry to read into ENT
+        e_w = Signal(range(kmax + 1))           # entries stored
         ent = Signal(entry_layout)
-        # The column sequence of the block being written: k of this column (``kcol``), of the
-        # next one (``knext``); for the one after, its offset (``gj``, plain) or its mask bit
-        # (``glow``, hierarchical), and the mask bits left (``gm``).
-        kcol = Signal(range(kmax))
-        knext = Signal(range(kmax + _MAX_BLOCK + 1))
-        gj = Signal(range(nmax + 1))
-        gm = Signal(MAX_MASK_BITS)
-        cur_j = Signal(range(nmax + 1))
-        j_last = Signal()
-        e_last = Signal()
-        # Hierarchical: ``glow`` is the lowest mask bit left (one-hot, registered), so that
-        # isolating the next bit (a carry chain) and encoding it (an OR tree) are in
-        # different cycles.
-        glow = Signal(MAX_MASK_BITS)
+        ent_v = Signal()
+        kb0 = Signal(iw)
+        glow0 = Signal(MAX_MASK_BITS)
+        rest0 = Signal(MAX_MASK_BITS)
+        j0 = Signal(range(nmax + 1))
+        nl0 = Signal(range(nmax + 1))
+        last0 = Signal()
+        elast0 = Signal()
+        s0_v = Signal()
+        head_k = [Signal(range(kmax), name=f"head{i}_k") for i in range(2)]
+        head_l = [Signal(name=f"head{i}_last") for i in range(2)]
+        hwp, hrp = Signal(), Signal()           # queue write / read pointers
+        hcnt = Signal(range(3))                 # columns queued
+        kcol = Signal(range(kmax))              # front of the queue (comb)
+        head_rlast = Signal()
+        head_v = Signal()                       # the queue is not empty (comb)
+        m.d.comb += [kcol.eq(Mux(hrp, head_k[1], head_k[0])),
+                     head_rlast.eq(Mux(hrp, head_l[1], head_l[0])), head_v.eq(hcnt != 0)]
+        stored_all = Signal()                   # every entry of the block-row is stored
+        pop = Signal()                          # the parser takes the head (comb)
+        # Entry stages: a hierarchical entry is stored the cycle after its last mask byte
+        # (stage 1, with the mask check and its kept columns); a plain one with its index.
+        # Stage 2 (the next cycle, both kinds) adds the entry's columns to the block-row's.
+        st1_v, st1_last, st2_v, st2_last = Signal(), Signal(), Signal(), Signal()
+        ncols_r = Signal(range(_MAX_BLOCK + 1))
+
         glow_enc = Signal(range(MAX_MASK_BITS))
         for b in range(glow_enc.shape().width):
             m.d.comb += glow_enc[b].eq(
-                Cat(*[glow[i] for i in range(MAX_MASK_BITS) if (i >> b) & 1]).any())
+                Cat(*[glow0[i] for i in range(MAX_MASK_BITS) if (i >> b) & 1]).any())
 
-        def gen_step():
-            """Advance the column generator by one kept column."""
-            m.d.sync += [knext.eq(ent.kb + Mux(hier, glow_enc, gj)), gj.eq(gj + 1),
-                         glow.eq(gm & (~gm + 1)), gm.eq(gm & (gm - 1))]
+        def low_bit(v):
+            return (v & (~v + 1))[:MAX_MASK_BITS]
+
+        def drop_low(v):
+            return (v & (v - 1))[:MAX_MASK_BITS]
+
+        avail = Signal()
+        m.d.comb += avail.eq(ptr != e_w)
+        s0_emit, s0_done, s0_load, ent_ld = (
+            Signal(name=n) for n in ("s0_emit", "s0_done", "s0_load", "ent_ld"))
+        # S0 may emit (``gate``): plain blocks with q = 1 at once; hierarchical ones with q = 1
+        # from the cycle the last entry's column count is added (for the tile counts); with
+        # q > 1 one cycle later, once ``wr2`` / ``pr2`` are set from the final column count.
+        # A register: set at the count, raised at the last index or the last entry's stages.
+        gate = Signal()
+        m.d.comb += [
+            s0_emit.eq(s0_v & gate & (hcnt != 2)),
+            s0_done.eq(s0_emit & last0),
+            s0_load.eq((~s0_v | s0_done) & ent_v),
+            ent_ld.eq((~ent_v | s0_load) & avail),
+            ent_rd.addr.eq(ptr),
+            ks_rd.addr.eq(ent.idx),
+        ]
+        m.d.sync += [
+            hcnt.eq(hcnt + s0_emit - pop), hwp.eq(hwp ^ s0_emit), hrp.eq(hrp ^ pop),
+            s0_v.eq(s0_load | (s0_v & ~s0_done)),
+            ent_v.eq(ent_ld | (ent_v & ~s0_load)),
+        ]
+        for i in range(2):
+            with m.If(s0_emit & (hwp == i)):
+                m.d.sync += [head_k[i].eq(kb0 + Mux(hier, glow_enc, j0)),
+                             head_l[i].eq(last0 & elast0)]
+        ent_lastcol = ent.idx == nbcm1
+        with m.If(s0_load):
+            m.d.sync += [kb0.eq(ks_rd.data), glow0.eq(low_bit(ent.mask)),
+                         rest0.eq(drop_low(ent.mask)), j0.eq(0),
+                         nl0.eq(Mux(hier, ent.n, Mux(ent_lastcol, lastw, bc))),
+                         last0.eq(Mux(hier, ent.n == 1, Mux(ent_lastcol, lastw1, bc1))),
+                         elast0.eq(ent.elast)]
+        with m.Elif(s0_emit):
+            m.d.sync += [glow0.eq(low_bit(rest0)), rest0.eq(drop_low(rest0)), j0.eq(j0 + 1),
+                         nl0.eq(nl0 - 1), last0.eq(nl0 == 2)]
+        with m.If(ent_ld):
+            m.d.sync += [ent.eq(ent_rd.data), ptr.eq(ptr + 1)]
+
+        def popcount4(v):
+            """Set bits of a nibble: a 16-entry table, one LUT4 per result bit."""
+            return Array([Const(bin(i).count("1"), 3) for i in range(16)])[v]
 
         def thermometer(v):
             """The ``v`` low bits set (all of them from ``MAX_MASK_BITS`` on)."""
             return Cat(*[v > i for i in range(MAX_MASK_BITS)])
-
-        def popcount8(v):
-            pairs = [v[i] + v[i + 1] for i in range(0, 8, 2)]
-            return (pairs[0] + pairs[1]) + (pairs[2] + pairs[3])
 
         mask_bytes = Signal(range(MAX_MASK_BITS // 8 + 1))
 
         with m.If(bad_beat):
             m.d.sync += beat_err.eq(1)
 
+        # Field size consumed by each state (``tsel``), set with every transition (``goto``).
+        sizes_of = {"MAGIC": 4, "VERSION": 2, "BR": 2, "BC": 2, "RESERVED": 2, "OUT": 4,
+                    "IN": 4, "TOTAL": 4, "COUNT": 2, "INDEX": 2, "MASK": 1, "COLUMN": W}
+
+        def goto(state):
+            m.next = state
+            m.d.sync += [tsel[t].eq(sizes_of.get(state) == t) for t in sizes]
+
         def need(nbytes):
             """Condition 'nbytes are buffered' (and no bad beat); else the truncation error."""
             ok = have[nbytes]
             with m.If((~ok & ended) | beat_err):
-                m.next = "ERROR"
+                goto("ERROR")
             return ok
 
         # Registered conditions: every state decides from flip-flops (or a compare of the
@@ -326,31 +449,29 @@ class SparseDecoder(wiring.Component):
         lerr = Signal()
         rem_gt = Signal()                       # rem > cols
         rk_gt = Signal()                        # rem_k > b_c
-        row_end = Signal()                      # ch_row >= n
+        row_end = Signal()                      # no block-row at all (n == 0)
+        row_last = Signal()                     # the block-row is the last one
         left_zero = Signal()
-        walk_done = Signal()                    # wc == idx
-        e_fin = Signal()                        # e + 1 == cnt (parse phase)
-        cnt_zero = Signal()
-        mask_fin = Signal()                     # mbyte == mask_bytes
-        cnt_done = Signal()                     # cs == q or tile ctile past n
+        e_fin = Signal()                        # the next entry parsed is the last one
+        cnt_done = Signal()                     # the block-row's tile counts are written
         pad = Signal(C)                         # lane of the current word past n
         pad_row = Signal(C)                     # lane of the block-row's first word past n
         w_ok = Signal()                         # waddr < depth
 
         sgn = signed(ceil_log2(kmax + 2 * _MAX_BLOCK + 1) + 1)
         rem_row = Signal(sgn)                   # n - first channel of the block-row
-        rem_ch = Signal(sgn)                    # n - first channel of the current word
+        rem_nx = Signal(sgn)                    # n - first channel of the next word (same k)
+        rem_row1 = Signal(sgn)                  # rem_row - cols
         crem = Signal(sgn)                      # n - first channel of tile ctile
         wsgn = signed(len(waddr) + 1)
-        wroom = Signal(wsgn)                    # depth - waddr
         proom = Signal(wsgn)                    # depth - pos_addr
-        csl = Signal(range(_MAX_BLOCK + 1))     # q - cs
+        wr2 = Signal(wsgn)                      # depth - (waddr + cols_r)
+        pr2 = Signal(wsgn)                      # depth - (pos_addr + cols_r)
+        rinit = Signal()                        # cols_r is final: set wr2, pr2
+        csl = Signal(range(_MAX_BLOCK + 1))     # q - (tiles counted)
         sl = Signal(range(_MAX_BLOCK + 1))      # q - 1 - s
-        jl = Signal(range(nmax + 1))            # n - 1 - cur_j
-        el = Signal(16)                         # cnt - 1 - e
-        wl = Signal(16)                         # idx - wc
-        wr = Signal(range(kmax + 1))            # nbc - 1 - wc
-        wlast = Signal()                        # wc + 1 == nbc
+
+        m.d.sync += left_zero.eq(left == 0)
 
         def past_n(rem_expr):
             """Lanes of a word whose channels left (``n - ch``) are ``rem_expr`` past n."""
@@ -368,206 +489,211 @@ class SparseDecoder(wiring.Component):
 
         def late_error():
             with m.If(lerr):
-                m.next = "ERROR"
+                goto("ERROR")
+
+        def to_column(head_next):
+            """The payload starts: COLUMN if the head is valid in the next cycle, else CWAIT."""
+            with m.If(head_next):
+                goto("COLUMN")
+            with m.Else():
+                goto("CWAIT")
+
+        def next_row():
+            """The block-row is finished (its last word taken, or its counts written)."""
+            m.d.sync += [tile_row.eq(tile_row + q), rem_row.eq(rem_row - br)]
+            with m.If(row_last):
+                goto("END")
+            with m.Else():
+                goto("COUNT")
+
+        # Per-tile counts of the block-row, one per cycle once its list is stored (during
+        # the payload: a non-empty block-row has at least ``q`` payload words).
+        with m.If(stored_all & ~cnt_done):
+            m.d.comb += [self.c_en.eq(1), self.c_addr.eq(ctile), self.c_data.eq(cols_r)]
+            m.d.sync += [ctile.eq(ctile + 1), csl.eq(csl - 1), crem.eq(crem - C),
+                         cnt_done.eq((csl == 1) | (crem <= C))]
+
+        # Hierarchical entry store (see above).
+        m.d.sync += [st1_v.eq(0), st2_v.eq(st1_v), st2_last.eq(st1_last)]
+        with m.If(st1_v):
+            hcols = pcnt + mlast[0] + mlast[1]
+            m.d.comb += [ent_wr.en.eq(1), ent_wr.addr.eq(e_w), ent_wr.data.idx.eq(idx),
+                         ent_wr.data.n.eq(hcols), ent_wr.data.mask.eq(mask),
+                         ent_wr.data.elast.eq(st1_last)]
+            m.d.sync += [e_w.eq(e_w + 1), ncols_r.eq(hcols)]
+            check((mask == 0) | ((mask & ~vbits) != 0))
+            with m.If(st1_last):
+                m.d.sync += gate.eq(q1)
+        m.d.sync += rinit.eq(0)
+        with m.If(st2_v):
+            m.d.sync += cols_r.eq(cols_r + ncols_r)
+            with m.If(st2_last):
+                m.d.sync += [stored_all.eq(1), gate.eq(1), rinit.eq(1)]
+        # With the row's column count final, the rooms after a step of cols_r (q > 1).
+        with m.If(rinit):
+            m.d.sync += [wr2.eq(proom - cols_r), pr2.eq(proom - cols_r)]
 
         with m.FSM(name="parse") as fsm:
             with m.State("IDLE"), m.If(self.start):
                 m.d.comb += clear.eq(1)
                 m.d.sync += [self.error.eq(0), ended.eq(0), buf.eq(0), level.eq(0),
                              ck.eq(self.exp_k), cn.eq(self.exp_n), self.words.eq(0),
-                             first_row.eq(1), uneven.eq(0), base.eq(0), lerr.eq(0), active.eq(1),
-                             ch_row.eq(0), tile_row.eq(0), q.eq(0), beat_err.eq(0)]
-                m.next = "MAGIC"
+                             first_row.eq(1), uneven.eq(0), lerr.eq(0), active.eq(1),
+                             tile_row.eq(0), q.eq(0), beat_err.eq(0),
+                             hcnt.eq(0), hwp.eq(0), hrp.eq(0), s0_v.eq(0), ent_v.eq(0),
+                             ptr.eq(0), e_w.eq(0),
+                             stored_all.eq(0), cnt_done.eq(1), st1_v.eq(0), st2_v.eq(0)]
+                goto("MAGIC")
             with m.State("MAGIC"):
                 with m.If(need(4)):
-                    m.d.comb += take.eq(4)
-                    m.next = "VERSION"
+                    goto("VERSION")
                     check(u32 != MAGIC_WORD)
             with m.State("VERSION"):
                 with m.If(need(2)):
-                    m.d.comb += take.eq(2)
                     m.d.sync += [hier.eq(buf[8]), bal.eq(buf[9])]
-                    m.next = "BR"
+                    goto("BR")
                     check((u8 != _VERSION) | (buf[10:16] != 0))
                 late_error()
             with m.State("BR"):
                 with m.If(need(2)):
-                    m.d.comb += take.eq(2)
                     m.d.sync += [br.eq(u16), rem.eq(u16), rem_gt.eq(u16 > C)]
-                    m.next = "BC"
+                    goto("BC")
                     check((u16 == 0) | (u16 > _MAX_BLOCK))
                 late_error()
             with m.State("BC"):
                 with m.If(need(2)):
-                    m.d.comb += take.eq(2)
                     m.d.sync += bc.eq(u16)
-                    m.next = "RESERVED"
+                    goto("RESERVED")
                     check((u16 == 0) | (u16 > _MAX_BLOCK) | (hier & (u16 > MAX_MASK_BITS)))
                 late_error()
             with m.State("RESERVED"):
                 m.d.sync += [vb_full.eq(thermometer(bc[:6])),
                              mask_bytes.eq((bc[:6] + 7) >> 3)]
                 with m.If(need(2)):
-                    m.d.comb += take.eq(2)
-                    m.next = "OUT"
+                    goto("OUT")
                     check(u16 != 0)
                 late_error()
             with m.State("OUT"):
                 with m.If(need(4)):
-                    m.d.comb += take.eq(4)
-                    m.next = "IN"
+                    goto("IN")
                     check(u32 != cn)
                 late_error()
             with m.State("IN"):
                 with m.If(need(4)):
-                    m.d.comb += take.eq(4)
-                    m.next = "TOTAL"
+                    goto("TOTAL")
                     check(u32 != ck)
                 late_error()
             with m.State("TOTAL"):
-                m.d.sync += [rem_k.eq(ck), nbc.eq(0), rk_gt.eq(ck > bc)]
+                m.d.sync += [rem_k.eq(ck), nbc.eq(0), rk_gt.eq(ck > bc), wk.eq(0),
+                             row_end.eq(cn == 0), rem_row.eq(cn)]
                 with m.If(need(4)):
-                    m.d.comb += take.eq(4)
                     m.d.sync += left.eq(u32)
-                    m.next = "QDIV"
+                    goto("QDIV")
                 late_error()
             with m.State("QDIV"):
                 # q = b_r / cols by repeated subtraction; b_r must be a multiple of cols.
-                m.d.sync += [q.eq(q + 1), rem.eq(rem - C), rem_gt.eq(rem > 2 * C),
-                             left_zero.eq(left == 0)]
+                m.d.sync += [q.eq(q + 1), rem.eq(rem - C), rem_gt.eq(rem > 2 * C)]
                 with m.If(~rem_gt):
-                    m.next = "NBC"
+                    goto("NBC")
                     check(rem != C)
                 late_error()
             with m.State("NBC"):
                 # Block-columns ceil(k / b_c) and the width of the last one, by repeated
-                # subtraction (one cycle per block-column).
-                m.d.sync += [q1.eq(q == 1), row_end.eq(cn == 0), rem_row.eq(cn)]
+                # subtraction (one cycle per block-column), filling kstart on the way.
+                m.d.sync += [q1.eq(q == 1), bc1.eq(bc == 1)]
+                m.d.comb += [ks_wr.en.eq(1), ks_wr.addr.eq(nbc), ks_wr.data.eq(wk)]
+                m.d.sync += wk.eq(wk + bc)
                 with m.If(rk_gt):
                     m.d.sync += [rem_k.eq(rem_k - bc), nbc.eq(nbc + 1),
                                  rk_gt.eq(rem_k > (bc << 1))]
                 with m.Else():
-                    m.d.sync += [lastw.eq(rem_k),
+                    m.d.sync += [lastw.eq(rem_k), lastw1.eq(rem_k == 1),
                                  vb_last.eq(thermometer(rem_k[:6])),
-                                 nbc.eq(nbc + (rem_k != 0))]
-                    m.next = "ROW"
-                late_error()
-            with m.State("ROW"):
-                m.d.sync += [wr.eq(nbc - 1), wlast.eq(nbc == 1)]
-                with m.If(row_end):
-                    m.next = "END"
-                with m.Else():
-                    m.next = "COUNT"
+                                 nbc.eq(nbc + (rem_k != 0)),
+                                 nbcm1.eq(Mux(rem_k != 0, nbc, nbc - 1))]
+                    with m.If(row_end):
+                        goto("END")
+                    with m.Else():
+                        goto("COUNT")
                 late_error()
             with m.State("COUNT"):
                 with m.If(need(2)):
-                    m.d.comb += take.eq(2)
-                    m.d.sync += [cnt.eq(u16), e.eq(0), cols_r.eq(0), left.eq(left - u16),
-                                 cnt_zero.eq(u16 == 0),
+                    m.d.sync += [e.eq(0), cols_r.eq(0), left.eq(left - u16),
                                  e_fin.eq(u16 == 1), el.eq(u16 - 1), first_row.eq(0),
+                                 row_last.eq(rem_row <= br),
+                                 # tile counts
                                  ctile.eq(tile_row), crem.eq(rem_row), csl.eq(q),
-                                 cnt_done.eq(0), pad_row.eq(past_n(rem_row)),
-                                 wc.eq(0), wk.eq(0)]
+                                 cnt_done.eq(0),
+                                 # payload addressing
+                                 pos_addr.eq(self.words), waddr.eq(self.words),
+                                 w_ok.eq(self.words < depth),
+                                 proom.eq(depth - self.words), rem_nx.eq(rem_row - C),
+                                 rem_row1.eq(rem_row - C),
+                                 pad.eq(past_n(rem_row)), pad_row.eq(past_n(rem_row)),
+                                 sl.eq(q - 1), s_last.eq(q1),
+                                 # column generator
+                                 ptr.eq(0), e_w.eq(0), ent_v.eq(0),
+                                 s0_v.eq(0), hcnt.eq(0), hwp.eq(0), hrp.eq(0),
+                                 stored_all.eq(u16 == 0),
+                                 gate.eq(q1 & ~hier)]
                     with m.If(first_row):
                         m.d.sync += first_cnt.eq(u16)
                     with m.Elif(u16 != first_cnt):
                         m.d.sync += uneven.eq(1)
-                    m.next = "ROUTE"
+                    with m.If(u16 == 0):
+                        goto("ECNT")
+                    with m.Else():
+                        goto("INDEX")
                     check((u16 > nbc) | (u16 > left))
-                late_error()
-            with m.State("ROUTE"):
-                m.d.sync += left_zero.eq(left == 0)
-                with m.If(cnt_zero):
-                    m.next = "CNT"
-                with m.Else():
-                    m.next = "INDEX"
                 late_error()
             with m.State("INDEX"):
                 with m.If(need(2)):
-                    m.d.comb += take.eq(2)
-                    m.d.sync += [idx.eq(u16), mask.eq(0), mbyte.eq(0), mask_fin.eq(0), pcnt.eq(0),
-                                 mlast.eq(0),
-                                 walk_done.eq(u16 == wc), wl.eq(u16 - wc)]
-                    m.next = "WALK"
+                    is_last = u16[:iw] == nbcm1
+                    m.d.sync += [idx.eq(u16), e.eq(e + 1), el.eq(el - 1), e_fin.eq(el == 1),
+                                 cur_last.eq(e_fin)]
                     check((u16 >= nbc) | ((e != 0) & (u16 <= idx)))
-                late_error()
-            with m.State("WALK"):
-                # wk = idx * b_c: step the block-column up to the index (indices increase).
-                with m.If(walk_done):
-                    m.d.sync += [ncols.eq(Mux(wlast, lastw, bc)),
-                                 vbits.eq(Mux(wlast, vb_last, vb_full))]
                     with m.If(hier):
-                        m.next = "MASK"
+                        m.d.sync += [mask.eq(0), mbyte.eq(0), pcnt.eq(0),
+                                     mlast[0].eq(0), mlast[1].eq(0),
+                                     m_fin.eq(mask_bytes == 1),
+                                     vbits.eq(Mux(is_last, vb_last, vb_full))]
+                        goto("MASK")
                     with m.Else():
-                        m.next = "STORE"
-                with m.Else():
-                    m.d.sync += [wc.eq(wc + 1), wk.eq(wk + bc), wl.eq(wl - 1),
-                                 walk_done.eq(wl == 1), wr.eq(wr - 1), wlast.eq(wr == 1)]
+                        m.d.comb += [ent_wr.en.eq(1), ent_wr.addr.eq(e_w),
+                                     ent_wr.data.idx.eq(u16), ent_wr.data.elast.eq(e_fin)]
+                        m.d.sync += [e_w.eq(e_w + 1), ncols_r.eq(Mux(is_last, lastw, bc)),
+                                     st2_v.eq(1), st2_last.eq(e_fin)]
+                        with m.If(e_fin):
+                            m.d.sync += gate.eq(q1)
+                            to_column(head_v | s0_emit)
                 late_error()
             with m.State("MASK"):
-                byte_ok = need(1)
-                with m.If(mask_fin):
-                    m.d.sync += ncols.eq(pcnt + popcount8(mlast))
-                    m.next = "STORE"
-                    check((mask == 0) | ((mask & ~vbits) != 0))
-                with m.Elif(byte_ok):
-                    m.d.comb += take.eq(1)
-                    m.d.sync += [mbyte.eq(mbyte + 1), mask_fin.eq(mbyte + 1 == mask_bytes),
-                                 pcnt.eq(pcnt + popcount8(mlast)), mlast.eq(u8),
+                with m.If(need(1)):
+                    m.d.sync += [mbyte.eq(mbyte + 1), m_fin.eq(mbyte + 2 == mask_bytes),
+                                 pcnt.eq(pcnt + mlast[0] + mlast[1]),
+                                 mlast[0].eq(popcount4(u8[:4])), mlast[1].eq(popcount4(u8[4:])),
                                  mask.eq(mask | (u8 << (mbyte * 8))[:MAX_MASK_BITS])]
                     # Bits past MAX_MASK_BITS cannot occur: b_c <= MAX_MASK_BITS here.
+                    with m.If(m_fin):
+                        m.d.sync += [st1_v.eq(1), st1_last.eq(cur_last)]
+                        with m.If(cur_last):
+                            to_column(head_v | s0_emit)
+                        with m.Else():
+                            goto("INDEX")
                 late_error()
-            with m.State("STORE"):
-                m.d.comb += [ent_wr.en.eq(1), ent_wr.addr.eq(e),
-                             ent_wr.data.kb.eq(wk), ent_wr.data.n.eq(ncols),
-                             ent_wr.data.mask.eq(mask)]
-                m.d.sync += [e.eq(e + 1), cols_r.eq(cols_r + ncols), el.eq(el - 1),
-                             e_fin.eq(el == 1)]
-                with m.If(e_fin):
-                    m.next = "CNT"
-                with m.Else():
-                    m.next = "INDEX"
-                late_error()
-            with m.State("CNT"):
-                # Counts of the block-row's tiles (those before out_features).
+            with m.State("ECNT"):
+                # An empty block-row: its tiles' counts (0) are being written.
                 with m.If(cnt_done):
-                    m.d.sync += [e.eq(0), el.eq(cnt - 1), pos_addr.eq(base), waddr.eq(base),
-                                 w_ok.eq(base < depth), wroom.eq(depth - base),
-                                 proom.eq(depth - base), rem_ch.eq(rem_row),
-                                 sl.eq(q - 1), s_last.eq(q1), pad.eq(pad_row)]
-                    with m.If(cnt_zero):
-                        m.next = "ROWEND"
-                    with m.Else():
-                        m.next = "FETCH"
-                with m.Else():
-                    m.d.comb += [self.c_en.eq(1), self.c_addr.eq(ctile), self.c_data.eq(cols_r)]
-                    m.d.sync += [cs.eq(cs + 1), ctile.eq(ctile + 1), csl.eq(csl - 1),
-                                 crem.eq(crem - C), cnt_done.eq((csl == 1) | (crem <= C))]
+                    next_row()
                 late_error()
-            with m.State("FETCH"):
-                # Entry e: registered, then the column generator is primed (4 cycles).
-                m.d.sync += [ent.eq(ent_rd.data), e_last.eq(el == 0), prime.eq(0)]
-                m.next = "PRIME"
-                late_error()
-            with m.State("PRIME"):
-                m.d.sync += prime.eq(prime + 1)
-                with m.If(prime == 0):
-                    m.d.sync += [gm.eq(ent.mask), gj.eq(0), cur_j.eq(0), jl.eq(ent.n - 1),
-                                 j_last.eq(ent.n == 1)]
-                with m.Elif(prime == 1):
-                    with m.If(hier):
-                        m.d.sync += [glow.eq(gm & (~gm + 1)), gm.eq(gm & (gm - 1))]
-                with m.Elif(prime == 2):
-                    gen_step()
-                with m.Else():
-                    m.d.sync += kcol.eq(knext)
-                    gen_step()
-                    m.next = "COLUMN"
+            with m.State("CWAIT"):
+                need(W)
+                to_column(s0_emit)
                 late_error()
             with m.State("COLUMN"):
+                # The head is valid here (CWAIT otherwise).
                 exists = ~pad[0]
                 with m.If(need(W)):
-                    m.d.comb += take.eq(W)
                     word = buf[:8 * W]
                     pad_bad = Signal()
                     for lane in range(C):
@@ -584,51 +710,42 @@ class SparseDecoder(wiring.Component):
                     with m.If(exists):
                         m.d.comb += self.w_en.eq(w_ok)
                         m.d.sync += self.words.eq(self.words + 1)
-                    m.d.sync += [sl.eq(sl - 1), s_last.eq(sl == 1), rem_ch.eq(rem_ch - C),
-                                 pad.eq(past_n(rem_ch - C)), waddr.eq(waddr + cols_r),
-                                 wroom.eq(wroom - cols_r), w_ok.eq(wroom > cols_r)]
+                    m.d.sync += [sl.eq(sl - 1), s_last.eq(sl == 1), rem_nx.eq(rem_nx - C),
+                                 pad.eq(past_n(rem_nx)), waddr.eq(waddr + cols_r),
+                                 wr2.eq(wr2 - cols_r), w_ok.eq(wr2 > 0)]
                     with m.If(s_last):
                         # Next kept column.
-                        m.d.sync += [sl.eq(q - 1), rem_ch.eq(rem_row),
+                        m.d.comb += pop.eq(1)
+                        m.d.sync += [sl.eq(q - 1), rem_nx.eq(rem_row1),
                                      pad.eq(pad_row), pos_addr.eq(pos_addr + 1),
                                      waddr.eq(pos_addr + 1), proom.eq(proom - 1),
-                                     wroom.eq(proom - 1), w_ok.eq(proom > 1),
-                                     cur_j.eq(cur_j + 1), kcol.eq(knext), s_last.eq(q1),
-                                     jl.eq(jl - 1), j_last.eq(jl == 1)]
-                        gen_step()
-                        with m.If(j_last):
-                            m.d.sync += [e.eq(e + 1), el.eq(el - 1)]
-                            with m.If(e_last):
-                                m.next = "ROWEND"
-                            with m.Else():
-                                m.next = "FETCH"
+                                     pr2.eq(pr2 - 1), wr2.eq(pr2 - 1), w_ok.eq(proom > 1),
+                                     s_last.eq(q1)]
+                        with m.If(head_rlast):
+                            next_row()
+                        with m.Elif((hcnt == 1) & ~s0_emit):
+                            goto("CWAIT")
                     check(pad_bad)
                     with m.If(exists & ~w_ok):
-                        m.next = "ERROR"
-                late_error()
-            with m.State("ROWEND"):
-                m.d.sync += [base.eq(self.words), ch_row.eq(ch_row + br),
-                             tile_row.eq(tile_row + q), rem_row.eq(rem_row - br),
-                             row_end.eq(rem_row <= br)]
-                m.next = "ROW"
+                        goto("ERROR")
                 late_error()
             with m.State("END"):
                 with m.If(~left_zero | (bal == uneven) | (level != 0) | beat_err):
-                    m.next = "ERROR"
+                    goto("ERROR")
                 with m.Elif(ended & ~lerr & ~pending):
                     m.d.sync += active.eq(0)
-                    m.next = "DONE"
+                    goto("DONE")
                 late_error()
             with m.State("ERROR"):
                 # Drain the rest of the stream up to its last beat.
                 m.d.comb += [drop.eq(1)]
-                m.d.sync += self.error.eq(1)
+                m.d.sync += [self.error.eq(1), cnt_done.eq(1)]
                 with m.If(ended | (self.cw.valid & beat.last & (level <= BUF - W))):
                     m.d.sync += active.eq(0)
-                    m.next = "DONE"
+                    goto("DONE")
             with m.State("DONE"):
                 m.d.comb += self.done.eq(1)
-                m.next = "IDLE"
+                goto("IDLE")
         # One-hot state register in synthesis: short next-state logic for this many states.
         fsm.state.attrs["fsm_encoding"] = "one-hot"
         hits = []

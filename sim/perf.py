@@ -110,7 +110,11 @@ def decode_cycles(cfg: AccelConfig, pattern) -> int:
 def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0) -> tuple[int, int]:
     """:func:`decode_cycles` when the stream's first beat can be taken no earlier than cycle
     ``first_beat`` (the ``start`` cycle is 0; later beats follow whenever the decoder takes
-    them): returns ``(cycles, last)``, ``last`` the cycle the final beat is taken."""
+    them): returns ``(cycles, last)``, ``last`` the cycle the final beat is taken.
+
+    A register-level replay of the decoder: the byte aligner, the parser's states, the column
+    generator (entry register, block register, head), the hierarchical entry store and the
+    tile-count writer, each updated once per cycle from the values of the previous one."""
     C = W = cfg.cols
     BUF = SparseDecoder.buffer_bytes(cfg)
     n = pattern.shape[0]
@@ -119,12 +123,20 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0) -> tuple[int
     nt = ceil_div(n, C)
     cols = pattern.column_mask()
     hier = pattern.hierarchical
-    meta = 2 + (mask_bytes(bc) if hier else 0)
-    length = (HEADER_BYTES + 2 * pattern.n_block_rows + meta * pattern.kept_blocks
+    mb = mask_bytes(bc) if hier else 0
+    length = (HEADER_BYTES + 2 * pattern.n_block_rows + (2 + mb) * pattern.kept_blocks
               + br * int(cols.sum()))
     st = {"cycles": 0, "level": 0, "sent": 0, "last": None}
+    # Column generator and side units (see rtl/sparse_decoder.py): ENT (entry register),
+    # S0 (block register, ``s0_left`` columns left), the head queue (its columns' "last of the
+    # block-row" flags), the entries stored (``e_w``)
+    # and read (``ptr``), the hierarchical store stages, the tile-count writer (``cw`` left).
+    g = {"ent_v": False, "ent_b": 0, "s0_v": False, "s0_b": 0, "s0_left": 0, "head": [],
+         "ptr": 0, "e_w": 0, "stored": False, "st1": None, "st2": None,
+         "cw": 0, "cnt": 0}
+    row = []                                  # kept columns of each kept block of the row
 
-    def cycle(take=0, idle=False):
+    def cycle(take=0, idle=False, pop=False, store=False, st1=None, st2=None, count=None):
         # One clock: the parser takes `take` bytes, the aligner accepts a beat if it has room.
         st["cycles"] += 1
         accept = (not idle and st["sent"] < length and st["level"] <= BUF - W
@@ -136,11 +148,39 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0) -> tuple[int
             st["level"] += beat
             if st["sent"] == length:
                 st["last"] = st["cycles"] - 1
+        gate = g["stored"] or (q == 1 and (not hier or g["st2"] is True))
+        s0_emit = g["s0_v"] and gate and len(g["head"]) < 2
+        s0_done = s0_emit and g["s0_left"] == 1
+        s0_load = (not g["s0_v"] or s0_done) and g["ent_v"]
+        ent_ld = (not g["ent_v"] or s0_load) and g["ptr"] != g["e_w"]
+        nx = dict(g)
+        nx["head"] = g["head"][1:] if pop else list(g["head"])
+        if s0_emit:
+            nx["head"].append(s0_done and g["s0_b"] == g["cnt"] - 1)
+        nx["s0_v"] = s0_load or (g["s0_v"] and not s0_done)
+        if s0_load:
+            nx["s0_b"], nx["s0_left"] = g["ent_b"], row[g["ent_b"]]
+        elif s0_emit:
+            nx["s0_left"] -= 1
+        nx["ent_v"] = ent_ld or (g["ent_v"] and not s0_load)
+        if ent_ld:
+            nx["ent_b"], nx["ptr"] = g["ptr"], g["ptr"] + 1
+        if store or g["st1"] is not None:
+            nx["e_w"] += 1
+        nx["st1"], nx["st2"] = st1, g["st1"] if g["st1"] is not None else st2
+        if g["st2"] is True:
+            nx["stored"] = True
+        if g["stored"] and g["cw"]:
+            nx["cw"] -= 1                     # one tile count written
+        if count is not None:                 # COUNT: a new block-row
+            nx.update(ptr=0, e_w=0, ent_v=False, s0_v=False, head=[], stored=count == 0,
+                      cnt=count, cw=min(q, nt - r * q))
+        g.update(nx)
 
-    def need(nbytes):
+    def need(nbytes, **kw):
         while st["level"] < nbytes:
             cycle()
-        cycle(nbytes)
+        cycle(nbytes, **kw)
 
     cycle(idle=True)                          # the start cycle (IDLE)
     for nbytes in (4, 2, 2, 2, 2, 4, 4, 4):  # header fields
@@ -150,30 +190,27 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0) -> tuple[int
     for _ in range(max(1, pattern.n_block_cols)):
         cycle()                               # NBC
     for r in range(pattern.n_block_rows):
-        cycle()                               # ROW
-        need(2)                               # COUNT
-        cycle()                               # ROUTE (empty block-row or index list)
         kept = [c for c in range(pattern.n_block_cols) if pattern.blocks[r, c]]
-        walked = 0
-        for c in kept:
-            need(2)                           # INDEX
-            for _ in range(c - walked + 1):
-                cycle()                       # WALK to block-column c
-            walked = c
+        row[:] = [int(cols[r, c].sum()) for c in kept]
+        need(2, count=len(kept))              # COUNT
+        if not kept:
+            while g["cw"]:
+                cycle()                       # ECNT: its tile counts
+            cycle()                           # ECNT: next block-row
+            continue
+        for i in range(len(kept)):
+            last = i == len(kept) - 1
             if hier:
-                for _ in range(mask_bytes(bc)):
-                    need(1)                   # MASK bytes
-                cycle()                       # MASK check
-            cycle()                           # STORE
-        for _ in range(min(q, nt - r * q) + 1):
-            cycle()                           # CNT
-        for c in kept:
-            for _ in range(5):
-                cycle()                       # FETCH, PRIME x 4
-            for _ in range(int(cols[r, c].sum()) * q):
-                need(W)                       # COLUMN
-        cycle()                               # ROWEND
-    cycle()                                   # ROW -> END
+                need(2)                       # INDEX
+                for b in range(mb):
+                    need(1, st1=last if b == mb - 1 else None)   # MASK bytes
+            else:
+                need(2, store=True, st2=last)  # INDEX (stores the entry)
+        for _ in range(sum(row)):
+            for s in range(q):
+                while st["level"] < W or not g["head"]:
+                    cycle()
+                cycle(W, pop=s == q - 1)      # COLUMN
     while st["sent"] < length:
         cycle()                               # END waits for the last beat
     cycle()                                   # END -> DONE

@@ -252,3 +252,169 @@ def test_fuzz_matches_golden_decoder(tiny, rng):
             assert res[0] == 1
         else:
             check_image(tiny, res, dec.weights, dec.pattern)
+
+
+# ---- the pipelined column generator ------------------------------------------------------
+
+def _blocks(n_rows, n_cols, rows):
+    """A block mask with the listed block-columns kept in each block-row."""
+    b = np.zeros((n_rows, n_cols), bool)
+    for r, cs in enumerate(rows):
+        b[r, list(cs)] = True
+    return b
+
+
+def _columns(pattern_blocks, bc, masks):
+    """Hierarchical column masks: ``masks[(r, c)]`` (an int, bit j keeps column j)."""
+    nbr, nbc = pattern_blocks.shape
+    cols = np.zeros((nbr, nbc, bc), bool)
+    for (r, c), mask in masks.items():
+        cols[r, c] = [(mask >> j) & 1 for j in range(bc)]
+    return cols
+
+
+def pipeline_patterns():
+    """(name, pattern) cases on the tiny preset for the column generator: back-to-back kept
+    blocks, adjacent and far block-columns, single-column blocks (a new block every word),
+    partial last block-columns, empty block-rows (first, consecutive, last), q = 1, 2, 4 and
+    hierarchical masks of one to four bytes."""
+    cases = [
+        ("adjacent, every block kept",
+         BlockPattern((12, 30), (4, 4), np.ones((3, 8), bool))),
+        ("adjacent runs",
+         BlockPattern((12, 32), (4, 4), _blocks(3, 8, [range(8), [0, 1, 2], [6, 7]]))),
+        ("far apart",
+         BlockPattern((12, 64), (4, 4), _blocks(3, 16, [[0, 15], [15], [0]]))),
+        ("single-column blocks back to back",
+         BlockPattern((8, 12), (4, 1), _blocks(2, 12, [range(12), [0, 11]]))),
+        ("partial last block-column",
+         BlockPattern((8, 30), (4, 8), _blocks(2, 4, [[3], [0, 3]]))),
+        ("empty block-rows",
+         BlockPattern((24, 32), (4, 4), _blocks(6, 8, [[], [1], [], [], [0, 7], []]))),
+        ("q = 2, one and two kept blocks",
+         BlockPattern((20, 32), (8, 8), _blocks(3, 4, [[2], [0, 1], [3]]))),
+        ("q = 4, partial last tile",
+         BlockPattern((28, 32), (16, 16), _blocks(2, 2, [[0, 1], [1]]))),
+    ]
+    b = _blocks(3, 4, [[0, 1, 2, 3], [1, 3], [2]])
+    cases.append(("hierarchical, one-bit and full masks", BlockPattern(
+        (12, 30), (4, 8), b, _columns(b, 8, {(0, 0): 0x01, (0, 1): 0x80, (0, 2): 0xff,
+                                             (0, 3): 0x20, (1, 1): 0x81, (1, 3): 0x3f,
+                                             (2, 2): 0x10}))))
+    b = _blocks(2, 2, [[0, 1], [1]])
+    cases.append(("hierarchical, four mask bytes", BlockPattern(
+        (8, 64), (4, 32), b, _columns(b, 32, {(0, 0): 0x80000001, (0, 1): 0x00010000,
+                                              (1, 1): 0xffffffff}))))
+    b = _blocks(3, 3, [[0, 2], [], [1]])
+    cases.append(("hierarchical, two mask bytes, q = 2, empty block-row", BlockPattern(
+        (24, 30), (8, 12), b, _columns(b, 12, {(0, 0): 0x801, (0, 2): 0x03f, (2, 1): 0x400}))))
+    return cases
+
+
+def random_patterns(rng, count):
+    """Random (hierarchical or plain) patterns of random shapes and blocks on tiny."""
+    cases = []
+    for _ in range(count):
+        br = int(rng.choice([4, 8]))
+        bc = int(rng.choice([1, 3, 4, 8, 12]))
+        n, k = int(rng.integers(1, 33)), int(rng.integers(1, 49))
+        nbr, nbc = -(-n // br), -(-k // bc)
+        blocks = rng.random((nbr, nbc)) < rng.uniform(0.1, 1.0)
+        columns = None
+        if rng.random() < 0.5:
+            valid = (np.arange(nbc)[:, None] * bc + np.arange(bc)[None, :]) < k
+            columns = (rng.random((nbr, nbc, bc)) < 0.5) & blocks[:, :, None] & valid
+            for r, c in zip(*np.nonzero(blocks)):
+                if not columns[r, c].any():
+                    columns[r, c, int(rng.integers(min(bc, k - c * bc)))] = True
+        cases.append(BlockPattern((n, k), (br, bc), blocks, columns))
+    return cases
+
+
+def test_pipeline_images_and_exact_cycles(tiny, rng):
+    cases = [p for _, p in pipeline_patterns()] + random_patterns(rng, 16)
+    ws = [rng.integers(-128, 128, p.shape) for p in cases]
+    results = run_decoder(tiny, [(encode(w, p), p.shape[1], p.shape[0])
+                                 for w, p in zip(ws, cases)])
+    for w, p, res in zip(ws, cases, results):
+        check_image(tiny, res, w, p)
+        assert res[1] == decode_cycles(tiny, p), p
+
+
+@pytest.mark.parametrize("stall", [0.2, 0.6])
+def test_pipeline_random_stalls(tiny, rng, stall):
+    """Idle cycles and ragged beats on the stream starve the parser at any point of the
+    pipeline (index list, column generator priming, block boundaries, tile counts)."""
+    cases = [p for _, p in pipeline_patterns()] + random_patterns(rng, 6)
+    ws = [rng.integers(-128, 128, p.shape) for p in cases]
+    results = run_decoder(tiny, [(encode(w, p), p.shape[1], p.shape[0])
+                                 for w, p in zip(ws, cases)], rng=rng, stall=stall)
+    for w, p, res in zip(ws, cases, results):
+        check_image(tiny, res, w, p)
+
+
+def test_back_to_back_blocks_stream_one_word_per_cycle(tiny, rng):
+    """Plain blocks of ``cols`` rows, at least four kept per block-row: after the count and
+    the index list (one cycle per field), every payload word takes one cycle, with no
+    bubble at block boundaries or between block-rows."""
+    for rows in ([range(8)] * 3, [[0, 1, 2, 3], [4, 5, 6, 7], [0, 2, 5, 7]],
+                 [[0, 3, 4, 7], [1, 2, 5, 6, 7], [0, 1, 2, 3, 4, 5]]):
+        p = BlockPattern((12, 32), (4, 4), _blocks(3, 8, rows))
+        w = rng.integers(-128, 128, p.shape)
+        res = run_decoder(tiny, [(encode(w, p), 32, 12)])[0]
+        check_image(tiny, res, w, p)
+        words = int(p.column_mask().sum())
+        header = 1 + 8 + 1 + 1 + 8       # start, first beat, header fields, q, block-columns
+        assert res[1] == header + sum(1 + len(r) for r in rows) + words + 2
+        assert res[1] == decode_cycles(tiny, p)
+
+
+def test_pipeline_corruptions_raise_error(tiny, rng):
+    """Malformed streams caught while the column generator runs: the error and the drain
+    work from any state of the pipeline, and the next stream decodes."""
+    b = _blocks(3, 4, [[0, 2], [], [1, 3]])
+    hp = BlockPattern((12, 30), (4, 8), b, _columns(b, 8, {(0, 0): 0x03, (0, 2): 0x80,
+                                                          (2, 1): 0x11, (2, 3): 0x3f}))
+    pp = BlockPattern((12, 30), (4, 8), b)
+    w = rng.integers(-128, 128, (12, 30))
+    hgood, pgood = encode(w, hp), encode(w, pp)
+    # Block-row 2 starts after row 0 (count, 2 entries, payload) and row 1 (count).
+    h2 = 24 + 2 + 2 * 3 + 4 * int(hp.column_mask()[0].sum()) + 2
+    p2 = 24 + 2 + 2 * 2 + 4 * int(pp.column_mask()[0].sum()) + 2
+    bad = [
+        bytearray(hgood[:h2 + 4]),                       # truncated in row 2's mask list
+        bytearray(hgood[:-3]),                           # truncated in the last payload word
+        bytearray(pgood[:p2 + 3]),                       # truncated in row 2's index list
+    ]
+    b1 = bytearray(hgood)
+    b1[h2 + 2 + 3 + 2] = 0x40                            # row 2, 2nd mask: bit past in_features
+    b2 = bytearray(pgood)
+    struct.pack_into("<H", b2, p2 + 2 + 2, 1)            # row 2: indices 1, 1
+    b3 = bytearray(hgood)
+    b3[h2 + 2 + 2] = 0                                   # row 2, 1st mask empty
+    b4 = bytearray(pgood)
+    struct.pack_into("<H", b4, p2 - 2, 5)                # row 1: count 5 > 4 block-columns
+    bad += [b1, b2, b3, b4]
+    streams = []
+    for data in bad:
+        with pytest.raises(ValueError, match="compressed weights"):
+            decode(bytes(data))
+        streams += [(bytes(data), 30, 12), (hgood, 30, 12)]
+    results = run_decoder(tiny, streams)
+    for i in range(len(bad)):
+        assert results[2 * i][0] == 1, i
+        check_image(tiny, results[2 * i + 1], w, hp)
+
+
+@pytest.mark.parametrize("block", [(4, 4), (8, 4), (16, 8)])
+def test_weight_buffer_bound_exact(tiny, rng, block):
+    """A stream whose words exactly fill the weight buffer decodes; one word more is an error
+    (the room is tracked per word, for every tile of a block-row: q = 1, 2, 4)."""
+    w = rng.integers(-128, 128, (16, 24))
+    p = block_prune(w, 0.5, block, balanced=False)
+    words = int(p.column_mask().sum()) * (block[0] // tiny.cols)
+    fits = tiny.replace(weight_buffer_depth=words)
+    short = tiny.replace(weight_buffer_depth=words - 1)
+    data = encode(w, p)
+    check_image(fits, run_decoder(fits, [(data, 24, 16)])[0], w, p)
+    assert run_decoder(short, [(data, 24, 16)])[0][0] == 1
