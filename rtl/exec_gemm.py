@@ -357,6 +357,7 @@ class GemmUnit(wiring.Component):
         in_error = Signal()       # the engine reported an error: drain the memory
         clear = Signal()
         out_last = Signal()       # the last output row is written in this cycle
+        outs_done = Signal()      # every output row has been written
 
         # ---- control --------------------------------------------------------------------------
         cmd = eng.cmd.payload
@@ -385,13 +386,19 @@ class GemmUnit(wiring.Component):
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += in_run.eq(1)
-                with m.If(out_last):
-                    # The last row is written at the end of this cycle.
+                # Done with the last row, unless the engine is still checking a compressed
+                # stream (then once it has finished) or has found it malformed.
+                fin = out_last | outs_done
+                with m.If(fin & ~eng.loading & ~eng.error):
+                    # The last row is written at the end of this cycle (or was).
                     m.d.comb += [self.done.eq(1), clear.eq(1)]
-                    m.d.sync += running.eq(0)
+                    m.d.sync += [running.eq(0), outs_done.eq(0)]
                     m.next = "IDLE"
                 with m.Elif(~eng.busy & eng.error):
+                    m.d.sync += outs_done.eq(0)
                     m.next = "ERROR"
+                with m.Elif(out_last):
+                    m.d.sync += outs_done.eq(1)
             with m.State("ERROR"):
                 m.d.comb += in_error.eq(1)
                 with m.If(issue_done & (bursts_left == 0)):
@@ -415,7 +422,9 @@ class GemmUnit(wiring.Component):
         m.d.comb += [btr.rd.data.eq(self.rd1.data), brd.rd.data.eq(self.rd1.data)]
         wiring.connect(m, ard.o, eng.a)
 
-        # ---- memory read commands: weights (unless B_BUF), then the epilogue records --------
+        # ---- memory read commands: the epilogue records, then the weights (unless B_BUF) ----
+        # The records come first: the engine takes them while the weights load, and starts
+        # column tile tj as soon as its weights and its record are in.
         rq = self.mem.rcmd
         with m.FSM(name="rq"):
             with m.State("IDLE"):
@@ -423,31 +432,28 @@ class GemmUnit(wiring.Component):
                 with m.If(self.start):
                     m.next = "FIRST"
             with m.State("FIRST"):
-                m.d.comb += rq.valid.eq(1)
-                with m.If(f_bbuf):
-                    m.d.comb += [rq.payload.addr.eq(ins.addr2), rq.payload.bytes.eq(ep_bytes)]
-                with m.Else():
-                    m.d.comb += [rq.payload.addr.eq(ins.addr), rq.payload.bytes.eq(w_bytes)]
+                m.d.comb += [rq.valid.eq(1), rq.payload.addr.eq(ins.addr2),
+                             rq.payload.bytes.eq(ep_bytes)]
                 with m.If(rq.ready & f_bbuf):
                     m.next = "IDLE"
                 with m.Elif(rq.ready):
                     m.next = "SECOND"
             with m.State("SECOND"):
-                m.d.comb += [rq.valid.eq(1), rq.payload.addr.eq(ins.addr2),
-                             rq.payload.bytes.eq(ep_bytes)]
+                m.d.comb += [rq.valid.eq(1), rq.payload.addr.eq(ins.addr),
+                             rq.payload.bytes.eq(w_bytes)]
                 with m.If(rq.ready):
                     m.next = "IDLE"
 
-        # ---- read data: the weight burst, then the epilogue records -------------------------
+        # ---- read data: the epilogue records, then the weight burst -------------------------
         rdata = self.mem.rdata
         beat = rdata.payload.data
-        in_w = Signal()           # the weight burst is being received
+        in_ep = Signal()          # the epilogue burst is being received
         ep_cnt = Signal(range(EP_BEATS))
         ep_hold = Signal(8 * B * (EP_BEATS - 1))
         with m.If(self.start):
-            m.d.sync += [in_w.eq(~f_bbuf), ep_cnt.eq(0)]
+            m.d.sync += [in_ep.eq(1), ep_cnt.eq(0)]
         with m.If(rdata.valid & rdata.ready & rdata.payload.last):
-            m.d.sync += [bursts_left.eq(bursts_left - 1), in_w.eq(0)]
+            m.d.sync += [bursts_left.eq(bursts_left - 1), in_ep.eq(0)]
 
         record = Cat(ep_hold, beat)
         ep = eng.ep.payload
@@ -464,12 +470,7 @@ class GemmUnit(wiring.Component):
 
         with m.If(in_error):
             m.d.comb += rdata.ready.eq(1)                  # drop what is left
-        with m.Elif(running & in_w):
-            with m.If(f_sparse):
-                m.d.comb += [eng.cw.valid.eq(rdata.valid), rdata.ready.eq(eng.cw.ready)]
-            with m.Else():
-                m.d.comb += [eng.w.valid.eq(rdata.valid), rdata.ready.eq(eng.w.ready)]
-        with m.Elif(running & (bursts_left != 0)):
+        with m.Elif(running & in_ep):
             with m.If(ep_cnt == EP_BEATS - 1):
                 m.d.comb += [eng.ep.valid.eq(rdata.valid), rdata.ready.eq(eng.ep.ready)]
             with m.Else():
@@ -477,6 +478,11 @@ class GemmUnit(wiring.Component):
             with m.If(rdata.valid & rdata.ready):
                 m.d.sync += [ep_cnt.eq(Mux(ep_cnt == EP_BEATS - 1, 0, ep_cnt + 1)),
                              ep_hold.eq(record[8 * B:])]
+        with m.Elif(running & (bursts_left != 0)):
+            with m.If(f_sparse):
+                m.d.comb += [eng.cw.valid.eq(rdata.valid), rdata.ready.eq(eng.cw.ready)]
+            with m.Else():
+                m.d.comb += [eng.w.valid.eq(rdata.valid), rdata.ready.eq(eng.w.ready)]
         with m.If(running & f_bbuf):
             with m.If(f_bt):
                 m.d.comb += [eng.w.valid.eq(btr.o.valid), btr.o.ready.eq(eng.w.ready)]
@@ -554,7 +560,7 @@ def cycles(cfg: AccelConfig, instr, mem_latency: int = 2, compressed=None) -> in
     """
     from golden.isa import Instr
     from golden.sparse_format import decode, tile_schedule
-    from sim.perf import _tiles, ceil_div, decode_timeline
+    from sim.perf import _tiles, ceil_div, decode_timeline, tile_ready_dense, tile_ready_sparse
 
     from .gemm import SPARSE_EXTRA_STAGES, engine_latency
 
@@ -569,7 +575,16 @@ def cycles(cfg: AccelConfig, instr, mem_latency: int = 2, compressed=None) -> in
     latency = engine_latency(cfg)
     macs = m * k * n
     lengths = [k] * nt
-    data_start = S
+    # The epilogue burst (command in cycle 1): a record's last beat waits for the engine,
+    # which takes records from cycle S + 1.
+    t = None
+    ep_taken = []
+    for b in range(EP_BEATS * nt):
+        t = 1 + L if t is None else t + 1
+        if b % EP_BEATS == EP_BEATS - 1:
+            t = max(t, S + 1)
+            ep_taken.append(t)
+    w_first = max(2 + L, t + 1)      # the weight burst (command in cycle 2) follows
     if f & Flag.SPARSE:
         if compressed is None:
             raise ValueError("a SPARSE instruction needs its compressed weight stream")
@@ -577,28 +592,20 @@ def cycles(cfg: AccelConfig, instr, mem_latency: int = 2, compressed=None) -> in
         lengths = [max(1, len(ks)) for ks in tile_schedule(pattern, cfg)]
         latency += SPARSE_EXTRA_STAGES
         macs = m * pattern.kept_weights
-        # Decoder from cycle S; the burst's first beat arrives in cycle 1 + L.
-        dec, last_beat = decode_timeline(cfg, pattern, first_beat=1 + L - S)
-        # The epilogue burst (command in cycle 2) follows the compressed one; its records are
-        # taken once the decoder is done.
-        first = max(S + last_beat + 1, 2 + L)
-        t_ep = max(first + EP_BEATS - 1, S + dec) + EP_BEATS * (nt - 1)
-        data_start = t_ep
+        rows_done = []               # the decoder starts in cycle S
+        decode_timeline(cfg, pattern, first_beat=w_first - S, rows_done=rows_done)
+        ready = tile_ready_sparse(cfg, pattern, S, rows_done, ep_taken)
     else:
         if f & Flag.B_BUF and f & Flag.B_T:
             bt = _TransposeTiming(C, C, k, first_read=1)
-            for _ in range(nt):
-                t_w = bt.tile(S + 1)
-        elif f & Flag.B_BUF:
-            t_w = S + k * nt
-        else:
-            t_w = max(S + 1, 1 + L) + k * nt - 1
-        if f & Flag.B_BUF:           # the epilogue burst is the only one, issued in cycle 1
-            t_ep = max(1 + L + EP_BEATS - 1, t_w + 1) + EP_BEATS * (nt - 1)
-        else:                        # command in cycle 2, beats right after the weights'
-            t_ep = max(t_w + 1, 2 + L) + EP_BEATS * nt - 1
+            w_last = [bt.tile(S + 1) for _ in range(nt)]
+        elif f & Flag.B_BUF:         # one beat per cycle from cycle S + 1
+            w_last = [S + (tj + 1) * k for tj in range(nt)]
+        else:                        # memory beats from w_first, taken from cycle S + 1
+            w_last = [max(w_first, S + 1) + (tj + 1) * k - 1 for tj in range(nt)]
+        ready = tile_ready_dense(w_last, ep_taken)
     at = _TransposeTiming(R, C, k, first_read=1)
-    g = _tiles(cfg, m, k, lengths, S, data_start, t_ep + 1, latency, macs, a_supply=at.tile)
+    g = _tiles(cfg, m, k, lengths, S, S, ready, latency, macs, a_supply=at.tile)
     last = g.setup + g.load + g.compute      # the last reduction step issued
     rows_last = m - (ceil_div(m, R) - 1) * R
     return last + latency + rows_last - 1    # the last row is written in the done cycle

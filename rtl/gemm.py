@@ -28,14 +28,16 @@ Data flow
    below).
 2. Weights (when ``load_weights``): ``k * ceil(n / cols)`` beats on ``w``, each one row segment
    ``B[kk, tj*cols : (tj+1)*cols]``, ordered ``for tj: for kk`` (column tile major). Lanes past
-   ``n`` are ignored. Then ``ceil(n / cols)`` beats on ``ep`` with the epilogue parameters of
-   each column tile. Both stay resident: a later command with ``load_weights = 0`` and the same
-   ``k`` and ``n`` reuses them (e.g. the next image).
+   ``n`` are ignored. Concurrently, ``ceil(n / cols)`` beats on ``ep`` with the epilogue
+   parameters of each column tile, in order (the two streams are independent: either may lead).
+   Both stay resident: a later command with ``load_weights = 0`` and the same ``k`` and ``n``
+   reuses them (e.g. the next image).
 3. Activations: ``ceil(m / rows) * k`` beats on ``a``, each one column segment
    ``A[ti*rows : (ti+1)*rows, kk]``, ordered ``for ti: for kk`` (raw ``act_width``-bit
    patterns; unsigned with ``a_unsigned``). Lanes past ``m`` are ignored.
    Tile row ``ti`` is held in one half of a double buffer and reused for every column tile, so
-   the next tile row loads while this one computes.
+   the next tile row loads while this one computes. Activations are taken from the start of
+   the command, while the weights load.
 4. Outputs: one beat on ``o`` per valid output row of each tile, ordered ``for ti: for tj: for r``
    (``r < min(rows, m - ti*rows)``), each the row segment ``O[ti*rows + r, tj*cols : ...]`` in
    ``OUT16_BITS``-bit lanes (saturated to ``act_width`` bits unless ``out16``); lanes past
@@ -48,8 +50,14 @@ epilogue while the next tile accumulates. A tile therefore occupies the array fo
 Output back-pressure is handled by credits: a tile starts only when the output FIFO has room
 for all its rows, so the array never needs to stall.
 
+The weight load overlaps the compute: column tile ``tj`` of the first tile row starts as soon
+as its ``k`` weight words and its epilogue record are in, while tile ``tj + 1``'s weights
+arrive, so only the first column tile's load is exposed (the first tile row runs at the pace of
+the weight stream when that is slower than the array). Later tile rows find every column tile
+loaded.
+
 Cycle count of one command (no stalls, weights loaded), approximately
-``(nt + 1) + (k*nt + nt + 1) + mt*nt*max(k, rows, cols, 2) + latency + rows_last - 1`` with
+``(nt + 1) + (k + 2) + mt*nt*max(k, rows, cols, 2) + latency + rows_last - 1`` with
 ``mt = ceil(m/rows)``, ``nt = ceil(n/cols)``; :func:`sim.perf.gemm_cycles` is the cycle-exact
 model (asserted against simulation) -- see ``docs/gemm.md``.
 
@@ -61,7 +69,7 @@ Sparse mode (``cmd.sparse = 1``, ``docs/sparse_gemm.md``)
 --------------------------------------------------------
 The weights ``W[n, k]`` (``B = W^T``) are block-pruned and arrive, when ``load_weights``, as the
 compressed byte stream of ``docs/sparse_format.md`` on ``cw`` (up to ``cols`` bytes per beat,
-``last`` on the final beat), followed by the ``ep`` beats as in dense mode. The
+``last`` on the final beat), with the ``ep`` beats concurrently as in dense mode. The
 :class:`~rtl.sparse_decoder.SparseDecoder` inside the engine validates the stream against the
 command's ``k`` and ``n`` and writes the weight buffer with only the kept words, a parallel
 k-index buffer (the ``k`` of every word) and a count per output tile: exactly
@@ -72,10 +80,17 @@ read, :attr:`GemmEngine.sparse_latency`); ``first``/``last`` mark ``p = 0`` and
 ``p = count_tj - 1``. A tile with count 0 issues one step with a zero weight word, so its
 outputs are the epilogue of the bias alone. Cycles therefore scale with the kept ``k`` steps of
 each tile (``sim.perf.sparse_gemm_cycles``); activations and outputs are as in dense mode.
-Activations start loading once the decoder has finished, so a malformed stream (``error``
-raised by the decoder, the rest of the stream drained to its ``last`` beat) rejects the command
-before any activation is taken. ``load_weights = 0`` reuses resident sparse weights of the same
-``k`` and ``n``; dense and sparse resident weights are not interchangeable (``error``).
+The decoder reports finished block-rows (``tiles_done``): column tile ``tj`` of the first tile
+row starts once its block-row's words and count are written and its epilogue record is in, so
+decoding overlaps the compute as in dense mode.
+
+A malformed stream is found by the decoder, which drains the rest of the stream to its ``last``
+beat; the command then ends with ``error``. The first tile row may already have been running:
+the engine stops taking activations (the producer drops the command's remaining ``a`` beats,
+as :mod:`rtl.exec_gemm` does) and rows of tiles issued before the error may already have left
+on ``o``; they belong to the failed command and are void. ``load_weights = 0`` reuses resident
+sparse weights of the same ``k`` and ``n``; dense and sparse resident weights are not
+interchangeable (``error``).
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -192,6 +207,9 @@ class GemmEngine(wiring.Component):
         The last command was rejected (bad parameters, or a malformed compressed stream).
     busy : Out(1)
         A command is in progress or results are still in the pipeline or output FIFO.
+    loading : Out(1)
+        The command still expects weight, compressed-weight or epilogue beats (a sparse stream
+        is being checked up to its end).
     cycles : Out(32)
         Number of cycles ``busy`` has been high since reset (wraps).
     """
@@ -210,6 +228,7 @@ class GemmEngine(wiring.Component):
             "cw": In(stream.Signature(compressed_beat_layout(cfg))),
             "error": Out(1),
             "busy": Out(1),
+            "loading": Out(1),
             "cycles": Out(32),
         })
 
@@ -294,9 +313,10 @@ class GemmEngine(wiring.Component):
         loaded_n = Signal.like(cn)
         weights_valid = Signal()
         start = Signal()           # pulses when a validated command starts
-        start_data = Signal()      # activations and feeder start (after a sparse load)
         abort = Signal()           # the sparse weight stream was malformed
         feed_done = Signal()
+        fed = Signal()             # the feeder has issued every tile of the command
+        loading = Signal()         # weights or epilogue parameters are still arriving
         pipeline_empty = Signal()
 
         with m.FSM(name="ctrl"):
@@ -325,7 +345,7 @@ class GemmEngine(wiring.Component):
                     m.d.sync += self.error.eq(1)
                     m.next = "IDLE"
                 with m.Else():
-                    m.d.sync += self.error.eq(0)
+                    m.d.sync += [self.error.eq(0), fed.eq(0)]
                     m.d.comb += start.eq(1)
                     with m.If(cload):
                         m.d.sync += [weights_valid.eq(0), loaded_k.eq(ck), loaded_n.eq(cn),
@@ -333,71 +353,84 @@ class GemmEngine(wiring.Component):
                     m.next = "RUN"
             with m.State("RUN"):
                 with m.If(feed_done):
-                    m.next = "IDLE"
+                    m.d.sync += fed.eq(1)
                 with m.If(abort):
                     m.d.sync += self.error.eq(1)
                     m.next = "IDLE"
-
-        # ---- weight and epilogue-parameter loader ------------------------------------------
-        w_addr = Signal(range(cfg.weight_buffer_depth + 1))
-        ep_addr = Signal(range(ntmax + 1))
-        weights_ready = Signal()
-        with m.FSM(name="wload"):
-            with m.State("IDLE"), m.If(start):
-                m.d.sync += [w_addr.eq(0), ep_addr.eq(0)]
-                with m.If(cload & csparse):
-                    m.d.comb += [dec.start.eq(1), dec.exp_k.eq(ck), dec.exp_n.eq(cn)]
-                    m.next = "SW"
-                with m.Elif(cload):
-                    m.d.comb += start_data.eq(1)
-                    m.next = "W"
-                with m.Else():
-                    m.d.comb += [weights_ready.eq(1), start_data.eq(1)]
-                    m.next = "READY"
-            with m.State("SW"):
-                # The decoder writes the weight, k-index and count buffers.
-                m.d.comb += [w_wr.addr.eq(dec.w_addr), w_wr.data.eq(dec.w_data),
-                             w_wr.en.eq(dec.w_en), k_wr.addr.eq(dec.w_addr),
-                             k_wr.data.eq(dec.w_k), k_wr.en.eq(dec.w_en),
-                             c_wr.addr.eq(dec.c_addr), c_wr.data.eq(dec.c_data),
-                             c_wr.en.eq(dec.c_en)]
-                with m.If(dec.done):
-                    with m.If(dec.error):
-                        m.d.comb += abort.eq(1)
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.next = "EP"
-            with m.State("W"):
-                m.d.comb += [self.w.ready.eq(1), w_wr.addr.eq(w_addr),
-                             w_wr.data.eq(self.w.payload), w_wr.en.eq(self.w.valid)]
-                with m.If(self.w.valid):
-                    m.d.sync += w_addr.eq(w_addr + 1)
-                    with m.If(w_addr == words_m1):
-                        m.next = "EP"
-            with m.State("EP"):
-                m.d.comb += [self.ep.ready.eq(1), ep_wr.addr.eq(ep_addr),
-                             ep_wr.data.eq(self.ep.payload), ep_wr.en.eq(self.ep.valid)]
-                with m.If(self.ep.valid):
-                    m.d.sync += ep_addr.eq(ep_addr + 1)
-                    with m.If(ep_addr == nt_m1):
+                with m.Elif((fed | feed_done) & ~loading):
+                    # Every tile issued and every weight taken (a sparse stream may still be
+                    # checked after its last word).
+                    with m.If(cload):
                         m.d.sync += weights_valid.eq(1)
-                        m.d.comb += start_data.eq(csparse)
-                        m.next = "READY"
-            with m.State("READY"):
-                m.d.comb += weights_ready.eq(1)
-                with m.If(feed_done):
                     m.next = "IDLE"
+
+        # ---- weight and epilogue-parameter loaders (concurrent) -----------------------------
+        # Column tile tj may be computed once its weights and its epilogue record are in:
+        # ``tj < w_rdy`` and ``tj < ep_addr`` (both registers). Dense: ``w_rdy`` counts the
+        # tiles whose ``k`` words are written. Sparse: it follows the decoder's ``tiles_done``
+        # one cycle later, so that the tile's count (written no later than its last word) can
+        # be read from the count buffer before the tile starts. Resident weights: both are set
+        # past every tile.
+        w_addr = Signal(range(cfg.weight_buffer_depth + 1))
+        w_kk_m1 = Signal(range(kmax + 1))       # words of the current tile left, minus one
+        ep_addr = Signal(range(ntmax + 1))
+        w_rdy = Signal(dec.tiles_done.shape())
+        w_active = Signal()        # dense weight beats expected on ``w``
+        ep_active = Signal()       # epilogue beats expected on ``ep``
+        sw_active = Signal()       # the decoder is loading sparse weights
+        m.d.comb += [loading.eq(w_active | ep_active | sw_active), self.loading.eq(loading)]
+        with m.If(start):
+            m.d.sync += [w_addr.eq(0), w_kk_m1.eq(ck_m1),
+                         ep_addr.eq(Mux(cload, 0, ntmax)), w_rdy.eq(Mux(cload, 0, ntmax)),
+                         w_active.eq(cload & ~csparse), ep_active.eq(cload),
+                         sw_active.eq(cload & csparse)]
+            with m.If(cload & csparse):
+                m.d.comb += [dec.start.eq(1), dec.exp_k.eq(ck), dec.exp_n.eq(cn)]
+        with m.If(sw_active):
+            # The decoder writes the weight, k-index and count buffers.
+            m.d.comb += [w_wr.addr.eq(dec.w_addr), w_wr.data.eq(dec.w_data),
+                         w_wr.en.eq(dec.w_en), k_wr.addr.eq(dec.w_addr),
+                         k_wr.data.eq(dec.w_k), k_wr.en.eq(dec.w_en),
+                         c_wr.addr.eq(dec.c_addr), c_wr.data.eq(dec.c_data),
+                         c_wr.en.eq(dec.c_en)]
+            m.d.sync += w_rdy.eq(dec.tiles_done)
+            with m.If(dec.done):
+                m.d.sync += sw_active.eq(0)
+                with m.If(dec.error):
+                    m.d.comb += abort.eq(1)
+                    m.d.sync += [ep_active.eq(0), w_rdy.eq(0)]
+        with m.If(w_active):
+            m.d.comb += [self.w.ready.eq(1), w_wr.addr.eq(w_addr),
+                         w_wr.data.eq(self.w.payload), w_wr.en.eq(self.w.valid)]
+            with m.If(self.w.valid):
+                m.d.sync += [w_addr.eq(w_addr + 1), w_kk_m1.eq(w_kk_m1 - 1)]
+                with m.If(w_kk_m1 == 0):
+                    m.d.sync += [w_kk_m1.eq(ck_m1), w_rdy.eq(w_rdy + 1)]
+                with m.If(w_addr == words_m1):
+                    m.d.sync += w_active.eq(0)
+        with m.If(ep_active):
+            m.d.comb += [self.ep.ready.eq(1), ep_wr.addr.eq(ep_addr),
+                         ep_wr.data.eq(self.ep.payload), ep_wr.en.eq(self.ep.valid)]
+            with m.If(self.ep.valid):
+                m.d.sync += ep_addr.eq(ep_addr + 1)
+                with m.If(ep_addr == nt_m1):
+                    m.d.sync += ep_active.eq(0)
+
+        def tile_ok(tj):
+            return (tj < w_rdy) & (tj < ep_addr)
 
         # ---- activation loader: tile rows into the two halves of the A buffer --------------
         a_full = Signal(2)
         a_set = Signal(2)
         a_clr = Signal(2)
         m.d.sync += a_full.eq((a_full | a_set) & ~a_clr)
+        with m.If(start):
+            m.d.sync += a_full.eq(0)
         ld_half = Signal()
         ld_k = Signal(range(kmax))
         ld_rows_left = Signal(range(cfg.max_tokens + 1))
         with m.FSM(name="aload"):
-            with m.State("IDLE"), m.If(start_data):
+            with m.State("IDLE"), m.If(start):
                 m.d.sync += [ld_half.eq(0), ld_k.eq(0), ld_rows_left.eq(cm)]
                 m.next = "LOAD"
             with m.State("LOAD"):
@@ -414,6 +447,8 @@ class GemmEngine(wiring.Component):
                                      ld_rows_left.eq(ld_rows_left - R)]
                         with m.If(ld_rows_left <= R):
                             m.next = "IDLE"
+                with m.If(abort):
+                    m.next = "IDLE"
 
         # ---- feeder: issues one reduction step per cycle to the array ----------------------
         credits = Signal(range(self.out_fifo_depth + 1), init=self.out_fifo_depth)
@@ -494,20 +529,30 @@ class GemmEngine(wiring.Component):
         m.d.comb += [tag_in.tj.eq(f_tj), tag_in.cv.eq(cv), tag_in.rv.eq(rv),
                      tags.w_data.eq(tag_in.as_value()), tags.w_en.eq(issue & is_last)]
 
+        # ``cnt_ok``: the current tile's weights and epilogue record are in and ``t_cnt`` holds
+        # its count. A tile that is not ready yet (only while the first tile row runs during the
+        # weight load) is waited for with ``t_cnt`` re-read every cycle.
+        cnt_ok = Signal()
         with m.FSM(name="feed"):
-            with m.State("IDLE"), m.If(start_data):
+            with m.State("IDLE"), m.If(start):
                 m.d.sync += [f_half.eq(0), f_k.eq(0), f_k1.eq(1), f_waddr.eq(0), f_tj.eq(0),
-                             f_tj_next.eq(Mux(nt_m1 == 0, 0, 1)),
+                             f_tj_next.eq(Mux(nt_m1 == 0, 0, 1)), cnt_ok.eq(0),
                              f_rows_left.eq(cm), f_cols_left.eq(cn)]
                 m.next = "WAIT"
             with m.State("WAIT"):
-                m.d.sync += [t_cnt.eq(c_rd.data), t_empty.eq(csparse & (c_rd.data == 0))]
-                with m.If(weights_ready & a_full.bit_select(f_half, 1)):
+                m.d.sync += [t_cnt.eq(c_rd.data), t_empty.eq(csparse & (c_rd.data == 0)),
+                             cnt_ok.eq(tile_ok(f_tj))]
+                with m.If(abort):
+                    m.next = "IDLE"
+                with m.Elif(a_full.bit_select(f_half, 1)):
                     m.next = "RUN"
             with m.State("RUN"):
                 # A tile's rows are reserved in the output FIFO when its last beat issues.
-                can = ~is_last | ((gap == self.tile_period) & (credits >= rv))
+                can = cnt_ok & (~is_last | ((gap == self.tile_period) & (credits >= rv)))
                 m.d.comb += issue.eq(can)
+                with m.If(~cnt_ok):
+                    m.d.sync += [t_cnt.eq(c_rd.data), t_empty.eq(csparse & (c_rd.data == 0)),
+                                 cnt_ok.eq(tile_ok(f_tj))]
                 with m.If(can):
                     m.d.sync += [f_k.eq(f_k + 1), f_k1.eq(f_k1 + 1),
                                  f_waddr.eq(f_waddr + ~t_empty)]
@@ -516,6 +561,7 @@ class GemmEngine(wiring.Component):
                         m.d.sync += [f_k.eq(0), f_k1.eq(1), f_tj.eq(f_tj_next),
                                      f_tj_next.eq(Mux(f_tj_next == nt_m1, 0, f_tj_next + 1)),
                                      t_cnt.eq(nxt_cnt), t_empty.eq(csparse & (nxt_cnt == 0)),
+                                     cnt_ok.eq(tile_ok(f_tj_next)),
                                      f_cols_left.eq(f_cols_left - C)]
                         with m.If(f_tj == nt_m1):        # tile row finished
                             m.d.comb += a_clr.eq(Mux(f_half, 0b10, 0b01))
@@ -526,6 +572,8 @@ class GemmEngine(wiring.Component):
                                 m.next = "IDLE"
                             with m.Elif(~a_full.bit_select(~f_half, 1)):
                                 m.next = "WAIT"      # next tile row not loaded yet
+                with m.If(abort):
+                    m.next = "IDLE"
 
         # ---- epilogue: bias, multiply, round, shift, saturate (to act_width or OUT16_BITS bits);
         # lanes past n are zeroed -------------------------------------------------------------

@@ -147,6 +147,12 @@ class SparseDecoder(wiring.Component):
         Write port of the weight buffer and of the k-index buffer (same address).
     c_en, c_addr, c_data : Out
         Write port of the per-tile count buffer.
+    tiles_done : Out(range(ntmax + 1025))
+        Output tiles (``cols`` output channels each) whose weight words and count have all been
+        written: it grows by ``b_r / cols`` in the cycle a block-row's last word (or, for an
+        empty block-row, its last count) is written, so a consumer may start tile ``tj`` once
+        ``tj < tiles_done`` (the value may exceed ``ceil(n / cols)`` after the last block-row).
+        Words written before an error is found are not retracted: ``error`` voids them.
     """
 
     def __init__(self, cfg: AccelConfig):
@@ -171,6 +177,7 @@ class SparseDecoder(wiring.Component):
             "c_en": Out(1),
             "c_addr": Out(range(ntmax)),
             "c_data": Out(range(kmax + 1)),
+            "tiles_done": Out(range(ntmax + _MAX_BLOCK + 1)),
         })
 
     @property
@@ -756,5 +763,5 @@ class SparseDecoder(wiring.Component):
         m.d.comb += pending.eq(Cat(*hits).any())
         with m.If(pending):
             m.d.sync += lerr.eq(1)
-        m.d.comb += self.busy.eq(active | self.done)
+        m.d.comb += [self.busy.eq(active | self.done), self.tiles_done.eq(tile_row)]
         return m

@@ -3,11 +3,11 @@
 The beat orders are those documented in :mod:`rtl.gemm` (and ``docs/gemm.md``):
 
 * weights ``B[k, n]``: ``for tj: for kk:`` one row segment of ``cols`` values;
-* epilogue parameters: one beat per column tile;
+* epilogue parameters: one beat per column tile (sent concurrently with the weights);
 * activations ``A[m, k]``: ``for ti: for kk:`` one column segment of ``rows`` values;
 * outputs: ``for ti: for tj: for r < valid rows:`` one row segment of ``cols`` values;
 * sparse weights: the compressed byte stream of ``docs/sparse_format.md`` on ``cw``, up to
-  ``cols`` bytes per beat (:func:`pack_compressed`), then the epilogue parameters.
+  ``cols`` bytes per beat (:func:`pack_compressed`); the epilogue parameters as in dense mode.
 
 Padding lanes (past ``m`` or ``n``) are sent as zeros.
 
@@ -202,7 +202,7 @@ def run_gemm_jobs(cfg: AccelConfig, jobs, *, rng=None, stall=0.0, vcd=None,
 
     accepted = [(plan, job.out_bits(cfg)) for plan, job in zip(plans, jobs)
                 if not job.expect_error]
-    state = {"cycle": 0, "first": None, "last": None}
+    state = {"cycle": 0, "first": None, "last": None, "sent": 0}
     cycles, errors = [], []
 
     async def clock(ctx):
@@ -224,29 +224,41 @@ def run_gemm_jobs(cfg: AccelConfig, jobs, *, rng=None, stall=0.0, vcd=None,
                                               "a_unsigned": int(job.a_unsigned),
                                               "out16": int(job.out16)}],
                               rng=rngs["cmd"], stall=stall)
+            state["sent"] += 1
             while ctx.get(dut.busy):
                 await ctx.tick()
             errors.append(ctx.get(dut.error))
             cycles.append(ctx.get(dut.cycles) - start)
 
+    async def after_command(ctx, i):
+        # Data of job i is offered once its command has been accepted, so that a rejected
+        # command (which is sent less or none of it) never takes the next job's beats.
+        while state["sent"] <= i:
+            await ctx.tick()
+
     async def weights(ctx):
-        for job in jobs:
+        for i, job in enumerate(jobs):
+            await after_command(ctx, i)
             if job.sparse and job.compressed is not None:
                 await stream_send(ctx, dut.cw,
                                   pack_compressed(cfg, job.compressed,
                                                   rngs["w"] if stall > 0 else None),
                                   rng=rngs["w"], stall=stall)
-                if not job.expect_error:
-                    await stream_send(ctx, dut.ep, pack_epilogue(cfg, job.ep), rng=rngs["ep"],
-                                      stall=stall)
             elif job.b is not None and not job.expect_error:
                 await stream_send(ctx, dut.w, pack_weights(cfg, job.b), rng=rngs["w"],
                                   stall=stall)
+
+    async def epilogue(ctx):
+        # Concurrent with the weights: the engine takes both from the command's start.
+        for i, job in enumerate(jobs):
+            await after_command(ctx, i)
+            if job.loads and not job.expect_error:
                 await stream_send(ctx, dut.ep, pack_epilogue(cfg, job.ep), rng=rngs["ep"],
                                   stall=stall)
 
     async def activations(ctx):
-        for job in jobs:
+        for i, job in enumerate(jobs):
+            await after_command(ctx, i)
             if job.expect_error:
                 continue
             await stream_send(ctx, dut.a, pack_activations(cfg, job.a), rng=rngs["a"],
@@ -262,7 +274,7 @@ def run_gemm_jobs(cfg: AccelConfig, jobs, *, rng=None, stall=0.0, vcd=None,
         state["last"] = state["cycle"]
         return results
 
-    res = run_simulation(dut, [clock, commands, weights, activations, outputs],
+    res = run_simulation(dut, [clock, commands, weights, activations, outputs, epilogue],
                          max_cycles=max_cycles, vcd=vcd)
     produced = iter(res[4])
     outputs_per_job = [None if job.expect_error else next(produced) for job in jobs]

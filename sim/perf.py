@@ -15,7 +15,7 @@ from rtl.gemm import FIFO_STAGES, SPARSE_EXTRA_STAGES, engine_latency, epilogue_
 from rtl.sparse_decoder import SparseDecoder
 
 __all__ = ["GemmCycles", "ceil_div", "decode_cycles", "decode_timeline", "gemm_cycles",
-           "sparse_gemm_cycles"]
+           "sparse_gemm_cycles", "tile_ready_dense", "tile_ready_sparse"]
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -42,9 +42,12 @@ def gemm_cycles(cfg: AccelConfig, m: int, k: int, n: int, load_weights: bool = T
 
     A recurrence over tiles, cycle-exact for the RTL (the command is accepted in cycle 0):
 
-    * validation ends in cycle ``S = nt + 1``; weight and parameter beats follow
-      (``k*nt + nt`` of them), activation tile rows load into the two buffer halves, tile row
-      ``i`` once the half it reuses has been released by tile row ``i - 2``;
+    * validation ends in cycle ``S = nt + 1``; from cycle ``S + 1`` the weight beats
+      (``k`` per column tile), the epilogue beats (one per column tile) and the activation beats
+      are taken concurrently, activation tile row ``i`` into the buffer half released by tile
+      row ``i - 2``;
+    * column tile ``tj`` of the first tile row starts once its weights and epilogue record are
+      in (:func:`tile_ready_dense`), so the weight load overlaps the first tile row's compute;
     * a tile issues ``k`` reduction steps on consecutive cycles, its last one at least
       ``max(rows, cols)`` cycles after the previous tile's; a tile row starts the cycle after
       the previous one if its activations are loaded, else one cycle after they are;
@@ -53,19 +56,40 @@ def gemm_cycles(cfg: AccelConfig, m: int, k: int, n: int, load_weights: bool = T
       left the array, ``latency - EPILOGUE - FIFO + rows - 1`` cycles after it (this bound
       matters when the last tile row is short and ``rows`` large, e.g. 197 tokens on 16 rows).
 
-    In steady state this is ``mt * nt * max(k, rows, cols)`` compute cycles.
+    In steady state this is ``mt * nt * max(k, rows, cols)`` compute cycles, plus the first
+    column tile's weight load (``k`` cycles).
     """
     nt = ceil_div(n, cfg.cols)
     S = nt + 1
-    w_ready = S + 1 + ((k * nt + nt) if load_weights else 0)
-    return _tiles(cfg, m, k, [k] * nt, S, S, w_ready, engine_latency(cfg), m * k * n)
+    ready = None
+    if load_weights:
+        ready = tile_ready_dense([S + (tj + 1) * k for tj in range(nt)],
+                                 [S + 1 + tj for tj in range(nt)])
+    return _tiles(cfg, m, k, [k] * nt, S, S, ready, engine_latency(cfg), m * k * n)
 
 
-def _tiles(cfg, m, k, lengths, S, data_start, w_ready, latency, macs,
+def tile_ready_dense(w_last, ep_taken) -> list[int]:
+    """First cycle in which the engine sees each column tile of a dense load as loaded (it
+    issues the tile's first step one cycle later at the earliest): the cycle after the tile's
+    last weight beat is taken (``w_last[tj]``) and after its epilogue beat (``ep_taken[tj]``),
+    whichever is later."""
+    return [max(w, e) + 1 for w, e in zip(w_last, ep_taken)]
+
+
+def tile_ready_sparse(cfg: AccelConfig, pattern, start: int, rows_done, ep_taken) -> list[int]:
+    """:func:`tile_ready_dense` for a sparse load: the decoder started in cycle ``start`` and
+    wrote the last word of block-row ``r`` in its relative cycle ``rows_done[r]``
+    (:func:`decode_timeline`); the engine sees the row's tiles two cycles later."""
+    q = pattern.block[0] // cfg.cols
+    nt = ceil_div(pattern.shape[0], cfg.cols)
+    return [max(start + rows_done[tj // q] + 1, ep_taken[tj]) + 1 for tj in range(nt)]
+
+
+def _tiles(cfg, m, k, lengths, S, data_start, tile_ready, latency, macs,
            a_supply=None) -> GemmCycles:
     """The tile recurrence shared by dense and sparse commands: ``lengths[tj]`` reduction
-    steps per tile, activations start loading the cycle after ``data_start``, weights are
-    ready in cycle ``w_ready``.
+    steps per tile, activations start loading the cycle after ``data_start``, column tile
+    ``tj`` may start from cycle ``tile_ready[tj]`` (``None``: resident weights, always ready).
 
     ``a_supply(begin)``, when given, returns the cycle in which the last activation beat of the
     next tile row is accepted, the engine accepting them from cycle ``begin`` on (a source
@@ -74,6 +98,7 @@ def _tiles(cfg, m, k, lengths, S, data_start, w_ready, latency, macs,
     R = cfg.rows
     mt = ceil_div(m, R)
     period = tile_period(cfg)
+    ready = [0] * len(lengths) if tile_ready is None else tile_ready
     avail, release = [], []
     last = None
     first_issue = None
@@ -83,14 +108,14 @@ def _tiles(cfg, m, k, lengths, S, data_start, w_ready, latency, macs,
             begin = max(begin, release[i - 2] + 1)
         avail.append(begin + k if a_supply is None else a_supply(begin) + 1)
         if i == 0:
-            start = max(w_ready, avail[0]) + 1
+            start = max(ready[0], avail[0]) + 1
             first_issue = start
         elif avail[i] <= last:
             start = last + 1
         else:
             start = max(last + 1, avail[i]) + 1
         for t, steps in enumerate(lengths):
-            first = start if t == 0 else last + 1
+            first = start if t == 0 else max(last, ready[t]) + 1
             last = first + steps - 1 if last is None else max(first + steps - 1, last + period)
         release.append(last)
     rows_last = m - (mt - 1) * R
@@ -107,14 +132,19 @@ def decode_cycles(cfg: AccelConfig, pattern) -> int:
     return decode_timeline(cfg, pattern)[0]
 
 
-def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0) -> tuple[int, int]:
+def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0, rows_done=None
+                    ) -> tuple[int, int]:
     """:func:`decode_cycles` when the stream's first beat can be taken no earlier than cycle
     ``first_beat`` (the ``start`` cycle is 0; later beats follow whenever the decoder takes
     them): returns ``(cycles, last)``, ``last`` the cycle the final beat is taken.
 
     A register-level replay of the decoder: the byte aligner, the parser's states, the column
     generator (entry register, block register, head), the hierarchical entry store and the
-    tile-count writer, each updated once per cycle from the values of the previous one."""
+    tile-count writer, each updated once per cycle from the values of the previous one.
+
+    ``rows_done``, a list, receives for every block-row the cycle in which its last weight word
+    (an empty block-row: its last tile count) is written, when the decoder's ``tiles_done``
+    grows."""
     C = W = cfg.cols
     BUF = SparseDecoder.buffer_bytes(cfg)
     n = pattern.shape[0]
@@ -197,6 +227,8 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0) -> tuple[int
             while g["cw"]:
                 cycle()                       # ECNT: its tile counts
             cycle()                           # ECNT: next block-row
+            if rows_done is not None:
+                rows_done.append(st["cycles"] - 1)
             continue
         for i in range(len(kept)):
             last = i == len(kept) - 1
@@ -211,6 +243,8 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0) -> tuple[int
                 while st["level"] < W or not g["head"]:
                     cycle()
                 cycle(W, pop=s == q - 1)      # COLUMN
+        if rows_done is not None:
+            rows_done.append(st["cycles"] - 1)
     while st["sent"] < length:
         cycle()                               # END waits for the last beat
     cycle()                                   # END -> DONE
@@ -225,16 +259,17 @@ def sparse_gemm_cycles(cfg: AccelConfig, m: int, pattern, load_weights: bool = T
 
     As :func:`gemm_cycles`, except: tile ``tj`` issues ``max(1, count_tj)`` steps
     (``count_tj = len(tile_schedule(pattern, cfg)[tj])``); with ``load_weights`` the decoder
-    runs first (:func:`decode_cycles`), then the ``nt`` epilogue beats, and only then do
-    activations start loading; results leave one cycle later (``sparse_latency``).
+    starts in cycle ``S`` and column tile ``tj`` of the first tile row waits for its block-row
+    (:func:`tile_ready_sparse`); results leave two cycles later (``sparse_latency``).
     """
     n, k = pattern.shape
     nt = ceil_div(n, cfg.cols)
     lengths = [max(1, len(ks)) for ks in tile_schedule(pattern, cfg)]
     S = nt + 1
+    ready = None
     if load_weights:
-        data_start = S + decode_cycles(cfg, pattern) - 1 + nt
-    else:
-        data_start = S
-    return _tiles(cfg, m, k, lengths, S, data_start, data_start + 1,
+        rows_done = []
+        decode_timeline(cfg, pattern, rows_done=rows_done)
+        ready = tile_ready_sparse(cfg, pattern, S, rows_done, [S + 1 + j for j in range(nt)])
+    return _tiles(cfg, m, k, lengths, S, S, ready,
                   engine_latency(cfg) + SPARSE_EXTRA_STAGES, m * pattern.kept_weights)

@@ -168,6 +168,8 @@ def _corrupt(rng, kind):
         n -= 4
     elif kind == "index":                   # a block-column index out of range
         stream[26] = 9
+    elif kind == "trailing":                # found only after the last block-row's words
+        stream += b"\0" * 5
     else:
         raise AssertionError(kind)
     return bytes(stream), n, k
@@ -314,12 +316,68 @@ def test_cycles_values(tiny):
     def ins(m, k, n, flags=0):
         return Instr(Op.GEMM, int(flags), m, k, n, Operand(ACT1), Operand(ACT0), Operand(ACT2))
     assert cycles(tiny, ins(1, 1, 1)) == 33
-    assert cycles(tiny, ins(17, 32, 96)) == 4823
-    assert cycles(tiny, ins(17, 16, 17, Flag.B_BUF | Flag.B_T)) == 537
+    # 17 x 32 x 96: 24 epilogue records (168 beats from cycle 3; the first is taken in cycle
+    # S + 1 = 26, so the last in 187), the weights from cycle 188; column tile 0 is in by
+    # cycle 219 and starts in 221; the first tile row follows the weight load (32 cycles a
+    # tile), then 4 x 24 x 32 more steps: last step in 220 + 5 * 24 * 32 = 4060, plus the
+    # engine's latency (21) for the single row of the last tile row.
+    assert cycles(tiny, ins(17, 32, 96)) == 4081
+    assert cycles(tiny, ins(17, 16, 17, Flag.B_BUF | Flag.B_T)) == 444
     with pytest.raises(ValueError, match="needs its compressed weight stream"):
         cycles(tiny, ins(4, 8, 8, Flag.SPARSE))
     with pytest.raises(TypeError, match="instr must be a golden.isa.Instr"):
         cycles(tiny, "GEMM")
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.3])
+def test_corrupt_stream_found_after_tiles_ran(stall, tiny, rng):
+    """Trailing bytes are found only after the last block-row has decoded, while the first
+    tile row already computes (the decode overlaps the compute): ``done`` with ``error``, every
+    beat taken, nothing outside the destination touched, and the next GEMM on the same unit
+    exact. Without stalls, rows of the tiles that ran before the error reach the destination
+    (its content is undefined after a failed instruction)."""
+    cfg = tiny
+    unit = GemmUnit(cfg)
+    bufs = _bufs(cfg, rng)
+    stream, n, k = _corrupt(rng, "trailing")
+    ins1, mem1 = _gemm(cfg, rng, 9, k, n, Flag.SPARSE, compressed=stream, dst=(ACT1, 0, 0))
+    ins2, mem2 = _gemm(cfg, rng, 7, 11, 9, a=(ACT0, 2, 4), dst=(ACT3, 3, 8), lead=len(mem1))
+    mem = bytearray(mem2)
+    mem[:len(mem1)] = mem1
+    with pytest.raises(ProgramError, match="addr"):
+        golden_instr(cfg, ins1, mem, bufs)
+    _, g_bufs, _ = golden_instr(cfg, ins2, mem, bufs)
+    h = UnitHarness(cfg, unit, bufs)
+    model = MemoryModel(unit.mem, mem_beat_bytes(cfg), mem, rng=rng, stall=stall)
+    result = {"errors": []}
+
+    async def bench(ctx):
+        for ins in (ins1, ins2):
+            ctx.set(unit.instr.as_value(), int.from_bytes(ins.encode(), "little"))
+            ctx.set(unit.start, 1)
+            await ctx.tick()
+            ctx.set(unit.start, 0)
+            while not ctx.get(unit.done):
+                await ctx.tick()
+            result["errors"].append(bool(ctx.get(unit.error)))
+            await ctx.tick()
+            assert not ctx.get(unit.mem.rdata.valid), "a beat was left behind"
+        result["buffers"] = read_buffers(ctx, cfg, h.buffers)
+
+    run_simulation(h, [bench], max_cycles=20_000, background=model.processes())
+    assert result["errors"] == [True, False]
+    assert model.reads == 4
+    dst_rows, dst_cols = slice(0, 9), slice(0, n)
+    for b in g_bufs:
+        got, want = result["buffers"][b], g_bufs[b]
+        if b == ACT1:
+            untouched = np.ones(got.shape[:2], bool)
+            untouched[dst_rows, dst_cols] = False
+            assert np.array_equal(got[untouched], want[untouched])
+            if stall == 0:
+                assert not np.array_equal(got[dst_rows, dst_cols], want[dst_rows, dst_cols])
+        else:
+            assert np.array_equal(got, want), Buf(b).name
 
 
 def test_bus_rule_and_back_to_back(tiny, rng):

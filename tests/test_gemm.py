@@ -132,6 +132,21 @@ def test_resident_weights_are_reused(tiny, rng):
     assert run.errors == [0, 0]
 
 
+def test_weight_load_overlaps_the_first_tile_row(tiny, rng):
+    """Column tile tj of the first tile row starts once its own weights are in, so a command
+    that loads its weights takes no longer than the same command on resident weights (the
+    first tile's weights arrive while the first activation tile row loads), less than the
+    weight load plus the compute alone."""
+    m, k, n = 12, 8, 24
+    a, b, ep = operands(tiny, rng, m, k, n)
+    run = run_gemm_jobs(tiny, [GemmJob(a, b, ep), GemmJob(a, k=k, n=n)])
+    for out in run.outputs:
+        assert np.array_equal(out, gemm(tiny, a, b, ep))
+    nt, mt = n // tiny.cols, m // tiny.rows
+    assert run.cycles[0] == run.cycles[1]
+    assert run.cycles[0] < k * nt + mt * nt * k
+
+
 @pytest.mark.parametrize("a_unsigned, out16", [(0, 0), (1, 1)])
 def test_latency_from_last_issue_to_first_output(tiny, rng, a_unsigned, out16):
     dut = GemmEngine(tiny)
