@@ -12,10 +12,18 @@ Controller
 ``start`` (one cycle, while idle) begins a program of at most ``prog_len`` instructions at byte
 address ``prog_addr``. For each instruction the controller
 
-1. fetches its 32 bytes with one read burst (``FETCH``/``RECV``),
+1. fetches its 32 bytes with one read burst (the fetch engine: ``RECV``, ``LATCH``),
 2. checks it in two cycles (``CHECK1`` computes the products, ``CHECK2`` compares) against every
    rule of ``golden.isa.validate_instr`` with ``mem_size`` as the external memory size,
-3. pulses ``start`` of the execution unit of its opcode and waits for its ``done``.
+3. pulses ``start`` of the execution unit of its opcode (a registered pulse, with the
+   instruction on ``instr``) and waits for its ``done``.
+
+Steps 1 and 2 of the next instruction overlap step 3: once the running unit lowers
+``mem_busy`` (it will not use the memory's read channels again for this instruction), the fetch
+engine reads and checks the next instruction, which is dispatched :data:`DISPATCH_CYCLES` after
+the unit's ``done``. Its check result only counts once the running instruction has finished
+without error, so errors are reported in program order; a fetch still in flight when the
+program ends is voided.
 
 The program ends at HALT (``done``), or with ``error``: ``error_index`` names the instruction
 and ``error_code`` (:class:`ErrorCode`) the class of defect -- the field ``golden.isa`` names in
@@ -24,8 +32,10 @@ while running (a corrupt compressed weight stream), or ``NO_HALT`` when ``prog_l
 instructions ran without a HALT. No program hangs: there are no branches, every instruction is
 validated before it runs, and the units finish every validated instruction.
 
-Per instruction the controller spends ``fetch_overhead(cfg, mem_latency)`` cycles on fetch and
-checks (:func:`fetch_cycles`) before the unit starts, and one cycle after its ``done``.
+Between one unit's ``done`` and the next unit's ``start`` the controller spends
+:data:`DISPATCH_CYCLES` cycles when the next instruction was prefetched, else
+:func:`fetch_cycles` (the first instruction, or one after a LOAD, which reads memory to its
+end).
 
 Members
 -------
@@ -68,7 +78,8 @@ from .buffers import OnChipBuffers
 from .checks import check_config, validating
 from .ports import instr_layout, mem_beat_bytes, mem_port_signature, or_connect
 
-__all__ = ["Accelerator", "ErrorCode", "InstrChecker", "error_code_of_field", "fetch_cycles"]
+__all__ = ["DISPATCH_CYCLES", "Accelerator", "ErrorCode", "InstrChecker", "error_code_of_field",
+           "fetch_cycles"]
 
 
 class ErrorCode(enum.IntEnum):
@@ -101,11 +112,17 @@ def error_code_of_field(field: str) -> ErrorCode:
     return ErrorCode.RUNTIME
 
 
+#: Cycles from the end of one instruction to the ``start`` of the next one's unit when the
+#: next one was prefetched (and checked) while the previous unit computed.
+DISPATCH_CYCLES = 2
+
+
 def fetch_cycles(cfg: AccelConfig, mem_latency: int) -> int:
-    """Cycles from the end of one instruction to the ``start`` of the next one's unit (no
-    stalls): the fetch command, the memory latency, the beats, two check cycles, dispatch."""
+    """Cycles from the end of one instruction to the ``start`` of the next one's unit when the
+    next one is fetched only then (no stalls): the fetch command, the memory latency, the
+    beats, the latch, two check cycles, the hand-over and the dispatch."""
     beats = -(-INSTR_BYTES // mem_beat_bytes(cfg))
-    return 1 + mem_latency + beats + 2
+    return 1 + mem_latency + beats + 4
 
 
 # Allowed flag bits per opcode (golden.isa._FLAGS).
@@ -170,7 +187,8 @@ class Accelerator(wiring.Component):
         for port in ("rd0", "rd1", "wr", "score_wr", "score_rd"):
             or_connect(m, getattr(bufs, port), [getattr(u, port) for u in self.units.values()])
 
-        ins = Signal(instr_layout())
+        ins = Signal(instr_layout())           # the instruction being executed
+        nxt = Signal(instr_layout())           # the fetched (or prefetched) instruction
         for unit in self.units.values():
             m.d.comb += unit.instr.eq(ins)
         beats = -(-INSTR_BYTES // B)
@@ -178,14 +196,74 @@ class Accelerator(wiring.Component):
         pc = Signal(32)
         left = Signal(32)
         code = Signal(4)
-        waiting = Signal()
+        unit_start = Signal()                  # registered: the units see ``ins`` with it
+        started = Signal()                     # EXEC after its first cycle
 
         with m.If(self.busy):
             m.d.sync += self.cycles.eq(self.cycles + 1)
 
         m.submodules.checker = checker = InstrChecker(cfg)
-        m.d.comb += [checker.instr.eq(ins), checker.mem_size.eq(self.mem_size)]
-        checks = checker.code
+        m.d.comb += [checker.instr.eq(nxt), checker.mem_size.eq(self.mem_size)]
+
+        # ---- fetch engine: one instruction into ``nxt`` and its check code into ``nxt_code`` ---
+        # ``fe_go`` (with ``fe_addr``) starts it while idle; ``fe_ready`` holds the result until
+        # ``fe_take``. ``fe_flush`` voids a fetch in progress (the program ended meanwhile).
+        fe_go = Signal()
+        fe_addr = Signal(32)
+        fe_addr_r = Signal(32)
+        fe_take = Signal()
+        fe_ready = Signal()
+        fe_idle = Signal()
+        fe_flush = Signal()
+        fe_void = Signal()
+        nxt_code = Signal(4)
+        with m.If(fe_flush):
+            m.d.sync += fe_void.eq(1)
+        with m.FSM(name="fetch"):
+            with m.State("IDLE"):
+                m.d.comb += fe_idle.eq(1)
+                m.d.sync += fe_void.eq(0)
+                with m.If(fe_go):
+                    m.d.comb += [fetch.rcmd.valid.eq(1), fetch.rcmd.payload.addr.eq(fe_addr),
+                                 fetch.rcmd.payload.bytes.eq(INSTR_BYTES)]
+                    m.d.sync += fe_addr_r.eq(fe_addr)
+                    with m.If(fetch.rcmd.ready):
+                        m.next = "RECV"
+                    with m.Else():
+                        m.next = "CMD"
+            with m.State("CMD"):
+                m.d.comb += [fetch.rcmd.valid.eq(1), fetch.rcmd.payload.addr.eq(fe_addr_r),
+                             fetch.rcmd.payload.bytes.eq(INSTR_BYTES)]
+                with m.If(fetch.rcmd.ready):
+                    m.next = "RECV"
+            with m.State("RECV"):
+                m.d.comb += fetch.rdata.ready.eq(1)
+                with m.If(fetch.rdata.valid):
+                    m.d.sync += shreg.eq(Cat(shreg[8 * B:], fetch.rdata.payload.data))
+                    with m.If(fetch.rdata.payload.last):
+                        m.next = "LATCH"
+            with m.State("LATCH"):
+                m.d.sync += nxt.eq(shreg[:8 * INSTR_BYTES])
+                m.next = "CHECK1"
+            with m.State("CHECK1"):
+                m.next = "CHECK2"
+            with m.State("CHECK2"):
+                m.d.sync += nxt_code.eq(checker.code)
+                m.next = "READY"
+            with m.State("READY"):
+                m.d.comb += fe_ready.eq(~fe_void)
+                with m.If(fe_take | fe_void | fe_flush):
+                    m.next = "IDLE"
+
+        unit_busy = 0
+        for unit in self.units.values():
+            unit_busy = unit_busy | unit.mem_busy
+        for name, unit in self.units.items():
+            sel = 0
+            for op in self._UNIT_OPS[name]:
+                sel = sel | (ins.op == op)
+            m.d.comb += unit.start.eq(unit_start & sel)
+        m.d.sync += unit_start.eq(0)
 
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
@@ -196,48 +274,39 @@ class Accelerator(wiring.Component):
                                  self.error_index.eq(0), self.cycles.eq(0)]
                     m.next = "FETCH"
             with m.State("FETCH"):
+                # Instruction ``index`` at ``pc``: prefetched during the previous one, or
+                # fetched now.
                 with m.If(left == 0):
                     m.d.sync += code.eq(ErrorCode.NO_HALT)
                     m.next = "FAIL"
+                with m.Elif(fe_ready):
+                    m.d.comb += fe_take.eq(1)
+                    with m.If(nxt_code != 0):
+                        m.d.sync += code.eq(nxt_code)
+                        m.next = "FAIL"
+                    with m.Elif(nxt.op == Op.HALT):
+                        m.d.sync += [self.done.eq(1), self.busy.eq(0)]
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.d.sync += [ins.eq(nxt), unit_start.eq(1), started.eq(0)]
+                        m.next = "EXEC"
                 with m.Else():
-                    m.d.comb += [fetch.rcmd.valid.eq(1), fetch.rcmd.payload.addr.eq(pc),
-                                 fetch.rcmd.payload.bytes.eq(INSTR_BYTES)]
-                    with m.If(fetch.rcmd.ready):
-                        m.next = "RECV"
-            with m.State("RECV"):
-                m.d.comb += fetch.rdata.ready.eq(1)
-                with m.If(fetch.rdata.valid):
-                    m.d.sync += shreg.eq(Cat(shreg[8 * B:], fetch.rdata.payload.data))
-                    with m.If(fetch.rdata.payload.last):
-                        m.next = "LATCH"
-            with m.State("LATCH"):
-                m.d.sync += ins.eq(shreg[:8 * INSTR_BYTES])
-                m.next = "CHECK1"
-            with m.State("CHECK1"):
-                m.next = "CHECK2"
-            with m.State("CHECK2"):
-                with m.If(checks != 0):
-                    m.d.sync += code.eq(checks)
-                    m.next = "FAIL"
-                with m.Elif(ins.op == Op.HALT):
-                    m.d.sync += [self.done.eq(1), self.busy.eq(0)]
-                    m.next = "IDLE"
-                with m.Else():
-                    for name, unit in self.units.items():
-                        sel = 0
-                        for op in self._UNIT_OPS[name]:
-                            sel = sel | (ins.op == op)
-                        m.d.comb += unit.start.eq(sel)
-                    m.d.sync += [self.op.eq(ins.op), waiting.eq(1)]
-                    m.next = "EXEC"
+                    m.d.comb += [fe_go.eq(fe_idle), fe_addr.eq(pc)]
             with m.State("EXEC"):
+                m.d.sync += started.eq(1)
+                with m.If(unit_start):
+                    m.d.sync += self.op.eq(ins.op)         # from the cycle after start
+                # Prefetch the next instruction once the unit is off the memory's read
+                # channels (not in its start cycle, when it has not yet raised mem_busy).
+                with m.If(started & ~unit_busy & (left > 1)):
+                    m.d.comb += [fe_go.eq(fe_idle), fe_addr.eq(pc + INSTR_BYTES)]
                 done = 0
                 err = 0
                 for unit in self.units.values():
                     done = done | unit.done
                     err = err | (unit.done & unit.error)
                 with m.If(done):
-                    m.d.sync += [self.op.eq(0), waiting.eq(0)]
+                    m.d.sync += self.op.eq(0)
                     with m.If(err):
                         m.d.sync += code.eq(ErrorCode.RUNTIME)
                         m.next = "FAIL"
@@ -246,6 +315,7 @@ class Accelerator(wiring.Component):
                                      self.index.eq(self.index + 1)]
                         m.next = "FETCH"
             with m.State("FAIL"):
+                m.d.comb += fe_flush.eq(1)
                 m.d.sync += [self.error.eq(1), self.done.eq(1), self.busy.eq(0),
                              self.error_code.eq(code), self.error_index.eq(self.index)]
                 m.next = "IDLE"

@@ -468,7 +468,8 @@ class GemmUnit(wiring.Component):
         m.d.comb += [eng.cw.payload.n.eq(Mux(rdata.payload.last, last_n, C)),
                      eng.cw.payload.last.eq(rdata.payload.last)]
 
-        with m.If(in_error):
+        m.d.comb += self.mem_busy.eq(running & (~issue_done | (bursts_left != 0)))
+        with m.If(in_error & (bursts_left != 0)):
             m.d.comb += rdata.ready.eq(1)                  # drop what is left
         with m.Elif(running & in_ep):
             with m.If(ep_cnt == EP_BEATS - 1):

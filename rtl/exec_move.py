@@ -188,7 +188,7 @@ class MoveUnit(wiring.Component):
             l_write.eq(~wide | l_half | l_last),
         ]
         with m.If(busy & ~store):
-            m.d.comb += mem.rdata.ready.eq(1)
+            m.d.comb += [mem.rdata.ready.eq(1), self.mem_busy.eq(1)]
         wide_word = Mux(l_half, Cat(l_lo, beat), Cat(beat, Const(0, 8 * C)))
         with m.If(l_fire & l_write):
             m.d.comb += [

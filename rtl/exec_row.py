@@ -194,6 +194,12 @@ class RowUnit(wiring.Component):
         m.d.comb += rec_bytes.eq(Mux(is_ge, GELU_RECORD_BYTES,
                                      Mux(is_ad, ADD_RECORD_BYTES, LN_HEADER_BYTES + 6 * n)))
         need_rec = ~is_sm
+        rec_in = Signal()               # the record's last beat has been taken
+        m.d.comb += self.mem_busy.eq(busy & need_rec & ~rec_in)
+        with m.If(self.start):
+            m.d.sync += rec_in.eq(0)
+        with m.If(self.mem.rdata.valid & self.mem.rdata.ready & self.mem.rdata.payload.last):
+            m.d.sync += rec_in.eq(1)
         with m.If(run & need_rec & ~sent):
             m.d.comb += [self.mem.rcmd.valid.eq(1), self.mem.rcmd.payload.addr.eq(ins.addr),
                          self.mem.rcmd.payload.bytes.eq(rec_bytes)]
@@ -227,7 +233,7 @@ class RowUnit(wiring.Component):
                     with m.Case(size):
                         m.d.comb += data1.eq(gb_data >> (8 * size))
         take = Signal()
-        m.d.comb += [take.eq(busy & need_rec & (cnt1 + B <= CAP)),
+        m.d.comb += [take.eq(busy & need_rec & ~rec_in & (cnt1 + B <= CAP)),
                      self.mem.rdata.ready.eq(take)]
         beat = self.mem.rdata.payload.data
         with m.If(take & self.mem.rdata.valid):

@@ -164,12 +164,18 @@ def exec_signature(cfg: AccelConfig) -> wiring.Signature:
     a STORE's write acknowledged), with ``error`` in the same cycle if the unit found a
     defect while running (e.g. a corrupt compressed weight stream). A unit never hangs on a
     well-formed instruction that the controller has validated.
+
+    ``mem_busy`` is high from the cycle after ``start`` for as long as the unit may still issue
+    a read command or take a read beat (``rdata.ready``) for the instruction; once it falls the
+    unit leaves the memory's read channels alone until its next ``start``, so the controller
+    may fetch the next instruction while the unit computes. It is 0 while idle.
     """
     return wiring.Signature({
         "start": In(1),
         "instr": In(instr_layout()),
         "done": Out(1),
         "error": Out(1),
+        "mem_busy": Out(1),
         "mem": Out(mem_port_signature(cfg)),
         "rd0": Out(buf_read_signature(cfg)),
         "rd1": Out(buf_read_signature(cfg)),

@@ -8,7 +8,13 @@ from golden.config import PRESETS
 from golden.executor import execute, first_mismatch
 from golden.isa import Buf, Flag, Instr, Op, Operand, ProgramError, validate_program
 from golden.vit import forward_int
-from rtl.accel import Accelerator, ErrorCode, error_code_of_field, fetch_cycles
+from rtl.accel import (
+    DISPATCH_CYCLES,
+    Accelerator,
+    ErrorCode,
+    error_code_of_field,
+    fetch_cycles,
+)
 from sim.accel import run_program
 from sim.run import _images
 
@@ -38,9 +44,16 @@ def test_tiny_vit_bit_exact_end_to_end(tiny_model):
     got = compiled.read_logits(run.memory)
     assert np.array_equal(got, forward_int(q, patches))
     assert bytes(run.memory[:len(compiled.image)]) == bytes(gold.memory)
-    # Fetch and checks cost the same for every instruction.
-    assert all(t.fetch == fetch_cycles(TINY, 3) for t in run.timings[1:])
-    assert run.cycles == sum(t.total for t in run.timings) + fetch_cycles(TINY, 3)   # + HALT
+    # The first instruction is fetched and checked before anything runs; every other one is
+    # prefetched while the previous unit computes (it leaves the memory's read channels early)
+    # and dispatched in DISPATCH_CYCLES, except after a LOAD, which reads memory until its last
+    # cycle (the fetch starts in that cycle).
+    assert run.timings[0].fetch == fetch_cycles(TINY, 3)
+    for prev, t in zip(run.timings, run.timings[1:]):
+        want = fetch_cycles(TINY, 3) - 1 if prev.instr.op == Op.LOAD else DISPATCH_CYCLES
+        assert t.fetch == want, (t.index, t.fetch, want)
+    halt = run.cycles - sum(t.total for t in run.timings)   # HALT, prefetched during STORE
+    assert DISPATCH_CYCLES <= halt < fetch_cycles(TINY, 3)
 
 
 def _bad(program, index, **change):
@@ -49,14 +62,14 @@ def _bad(program, index, **change):
     return program
 
 
-@pytest.mark.parametrize("name, change", [
-    ("unknown opcode", {"op": 0x7E}),
-    ("out-of-range address", {"addr": 0x7FFF_0000}),
-    ("buffer overflow", {"dst": Operand(Buf.ACT2, 30, 0)}),
+@pytest.mark.parametrize("index, name, change", [
+    (3, "unknown opcode", {"op": 0x7E}),        # embed.add, fetched after a LOAD
+    (3, "out-of-range address", {"addr": 0x7FFF_0000}),
+    (3, "buffer overflow", {"dst": Operand(Buf.ACT2, 30, 0)}),
+    (7, "unknown opcode", {"op": 0x7E}),        # b0.h0.qk, prefetched during b0.qkv
 ])
-def test_malformed_program_ends_with_error_status(tiny_model, name, change):
+def test_malformed_program_ends_with_error_status(tiny_model, index, name, change):
     q, compiled = tiny_model
-    index = 3                                              # embed.add: after three that run
     prog = _bad(compiled.program, index, **change)
     mem = compiled.memory_with_input(_images(q, 1, seed=3)[0])
     with pytest.raises(ProgramError) as exc:
@@ -66,7 +79,7 @@ def test_malformed_program_ends_with_error_status(tiny_model, name, change):
     assert run.error
     assert run.error_index == index
     assert run.error_code == error_code_of_field(exc.value.field)
-    assert len(run.timings) == index                       # the first three ran
+    assert len(run.timings) == index                       # the ones before it ran
 
 
 def test_program_without_halt_ends_with_error_status():
@@ -86,6 +99,50 @@ def test_corrupt_sparse_stream_is_a_runtime_error(tiny_model):
     assert exc.value.index == index
     run = run_program(TINY, compiled.program, mem, snapshot=False, max_cycles=100_000)
     assert run.error and run.error_index == index and run.error_code == ErrorCode.RUNTIME
+
+
+def test_program_after_a_runtime_error_starts_clean(tiny_model):
+    """A corrupt stream fails b0.qkv while the next instruction is being prefetched; that
+    fetch is voided, so a second program (a lone HALT) started on the same accelerator ends at
+    once, running nothing."""
+    from rtl.ports import mem_beat_bytes
+    from sim.accel import place_program
+    from sim.memory import MemoryModel
+    from sim.streams import run_simulation
+    q, compiled = tiny_model
+    index = next(i for i, ins in enumerate(compiled.program) if ins.flags & Flag.SPARSE)
+    image = compiled.memory_with_input(_images(q, 1, seed=3)[0])
+    addr = compiled.program[index].addr
+    image[addr:addr + 4] = b"XXXX"
+    prog1 = compiled.program[:index + 2] + [Instr(Op.HALT)]
+    mem, addr1, size = place_program(image, prog1)
+    addr2 = len(mem)
+    mem += Instr(Op.HALT).encode()
+    dut = Accelerator(TINY)
+    model = MemoryModel(dut.mem, mem_beat_bytes(TINY), mem, latency=3)
+    seen = {}
+
+    async def bench(ctx):
+        for name, pa, count in (("first", addr1, len(prog1)), ("second", addr2, 1)):
+            ctx.set(dut.prog_addr, pa)
+            ctx.set(dut.prog_len, count)
+            ctx.set(dut.mem_size, size)
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            ops = set()
+            while not ctx.get(dut.done):
+                ops.add(ctx.get(dut.op))
+                await ctx.tick()
+            seen[name] = (ctx.get(dut.error), ctx.get(dut.error_code), ctx.get(dut.error_index),
+                          ctx.get(dut.cycles), ops - {0})
+            await ctx.tick()
+
+    run_simulation(dut, [bench], max_cycles=100_000, background=model.processes())
+    assert seen["first"][:3] == (1, ErrorCode.RUNTIME, index)
+    err, code, _, cycles, ops = seen["second"]
+    assert (err, code, ops) == (0, 0, set())
+    assert cycles < 2 * fetch_cycles(TINY, 3)     # at most the voided fetch, then its own
 
 
 def test_memory_stalls_keep_results(tiny_model):
