@@ -40,32 +40,18 @@ from __future__ import annotations
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import exact_log2
 
 from golden.config import AccelConfig
 from golden.isa import Flag
 
 from .checks import check_config, check_width, validating
-from .gemm import GemmEngine, command_layout
+from .gemm import GemmEngine, command_layout, div_const, mod_const
 from .ports import buf_read_signature, exec_signature, mem_beat_bytes, word_bits
 
 __all__ = ["EP_BEATS", "GemmUnit", "TransposeReader", "WordReader", "cycles"]
 
 #: Memory beats of one column tile's epilogue record: bias (4), mult (2), shift (1).
 EP_BEATS = 7
-
-
-def _is_pow2(c: int) -> bool:
-    return c & (c - 1) == 0
-
-
-def _div_const(x, c: int):
-    """``x // c`` for a constant ``c`` (a shift when ``c`` is a power of two)."""
-    return x >> exact_log2(c) if _is_pow2(c) else x // c
-
-
-def _mod_const(x, c: int):
-    return x[:exact_log2(c)] if _is_pow2(c) else x % c
 
 
 class TransposeReader(wiring.Component):
@@ -343,14 +329,14 @@ class GemmUnit(wiring.Component):
         # m, k, n at the widths validation allows (the byte-count multiplier stays small).
         dims = command_layout(cfg).members
         i_m, i_k, i_n = (ins[f][:dims[f].width] for f in ("m", "k", "n"))
-        nt_now = _div_const(i_n + (C - 1), C)
+        nt_now = div_const(i_n + (C - 1), C)
         nt = Signal(range(ntmax + 1))
         w_bytes = Signal(32)
         ep_bytes = Signal(range(EP_BEATS * C * ntmax + 1))
         last_n = Signal(range(C + 1))       # bytes in the last beat of the sparse burst
-        word_a = _div_const(ins.a.col, C)
-        word_b = _div_const(ins.b.col, C)
-        word_d = _div_const(ins.dst.col, C)
+        word_a = div_const(ins.a.col, C)
+        word_b = div_const(ins.b.col, C)
+        word_d = div_const(ins.dst.col, C)
 
         running = Signal()        # between start and done
         in_run = Signal()         # the engine has the command
@@ -372,7 +358,7 @@ class GemmUnit(wiring.Component):
                 with m.If(self.start):
                     m.d.sync += [nt.eq(nt_now), ep_bytes.eq(nt_now * (EP_BEATS * C)),
                                  w_bytes.eq(Mux(f_sparse, ins.imm, i_k * nt_now * C)),
-                                 last_n.eq(_mod_const(ins.imm - 1, C) + 1),
+                                 last_n.eq(mod_const(ins.imm - 1, C) + 1),
                                  bursts_left.eq(Mux(f_bbuf, 1, 2)), running.eq(1)]
                     m.d.comb += [ard.start.eq(1), btr.start.eq(f_bbuf & f_bt),
                                  brd.start.eq(f_bbuf & ~f_bt)]
@@ -411,7 +397,7 @@ class GemmUnit(wiring.Component):
         for rdr in (ard, btr, brd):
             m.d.comb += [rdr.k.eq(ins.k)]
         m.d.comb += [ard.buf.eq(ins.a.buf), ard.row.eq(ins.a.row), ard.word.eq(word_a),
-                     ard.tiles.eq(_div_const(i_m + (R - 1), R))]
+                     ard.tiles.eq(div_const(i_m + (R - 1), R))]
         for rdr in (btr, brd):
             m.d.comb += [rdr.buf.eq(ins.b.buf), rdr.row.eq(ins.b.row), rdr.word.eq(word_b),
                          rdr.tiles.eq(nt_now)]
@@ -563,7 +549,7 @@ def cycles(cfg: AccelConfig, instr, mem_latency: int = 2, compressed=None) -> in
     from golden.sparse_format import decode, tile_schedule
     from sim.perf import _tiles, ceil_div, decode_timeline, tile_ready_dense, tile_ready_sparse
 
-    from .gemm import SPARSE_EXTRA_STAGES, engine_latency
+    from .gemm import SETUP_CYCLES, SPARSE_EXTRA_STAGES, engine_latency
 
     if not isinstance(instr, Instr):
         raise TypeError(f"instr must be a golden.isa.Instr, not {instr!r}")
@@ -572,7 +558,7 @@ def cycles(cfg: AccelConfig, instr, mem_latency: int = 2, compressed=None) -> in
     f = Flag(instr.flags)
     m, k, n = instr.m, instr.k, instr.n
     nt = ceil_div(n, C)
-    S = nt + 1                       # the engine validates the command in cycles 1 .. S
+    S = SETUP_CYCLES                 # the engine validates the command in cycles 1 .. S
     latency = engine_latency(cfg)
     macs = m * k * n
     lengths = [k] * nt

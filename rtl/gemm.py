@@ -57,9 +57,13 @@ the weight stream when that is slower than the array). Later tile rows find ever
 loaded.
 
 Cycle count of one command (no stalls, weights loaded), approximately
-``(nt + 1) + (k + 2) + mt*nt*max(k, rows, cols, 2) + latency + rows_last - 1`` with
+``3 + (k + 2) + mt*nt*max(k, rows, cols, 2) + latency + rows_last - 1`` with
 ``mt = ceil(m/rows)``, ``nt = ceil(n/cols)``; :func:`sim.perf.gemm_cycles` is the cycle-exact
 model (asserted against simulation) -- see ``docs/gemm.md``.
+
+Validation takes :data:`SETUP_CYCLES` (3): ``nt`` by a shift (``cols`` a power of two), then
+the capacity check ``k <= floor(weight_buffer_depth / nt)`` against a table indexed by ``nt`` (no
+multiplier), then the decision.
 
 Errors: ``m``, ``k`` or ``n`` outside ``[1, max]``, a weight matrix larger than the weight
 buffer, or ``load_weights = 0`` without matching resident weights. The command is consumed and
@@ -96,7 +100,7 @@ interchangeable (``error``).
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2
+from amaranth.utils import ceil_log2, exact_log2
 
 from golden.config import AccelConfig
 from golden.gemm import OUT16_BITS
@@ -110,11 +114,14 @@ from .systolic import SystolicArray
 
 __all__ = [
     "OUT16_BITS",
+    "SETUP_CYCLES",
     "GemmEngine",
     "command_layout",
     "default_fifo_depth",
+    "div_const",
     "engine_latency",
     "epilogue_layout",
+    "mod_const",
     "output_layout",
 ]
 
@@ -122,6 +129,19 @@ FEED_STAGES = 2       # command issue -> operands at the array (buffer read, rea
 EPILOGUE_FIXED_STAGES = 7   # row, parameter register, bias, round, 2 x shift, saturate
 FIFO_STAGES = 2       # SyncFIFOBuffered: write to readable
 SPARSE_EXTRA_STAGES = 2   # sparse commands: k-index buffer read and register before the A read
+
+
+SETUP_CYCLES = 3      # command accepted (cycle 0) -> start (cycle 3): nt, capacity, decision
+
+
+def div_const(x, c: int):
+    """``x // c`` for a constant ``c`` (a shift when ``c`` is a power of two)."""
+    return x >> exact_log2(c) if c & (c - 1) == 0 else x // c
+
+
+def mod_const(x, c: int):
+    """``x % c`` for a constant ``c`` (the low bits when ``c`` is a power of two)."""
+    return x[:exact_log2(c)] if c & (c - 1) == 0 else x % c
 
 
 def engine_latency(cfg: AccelConfig) -> int:
@@ -293,7 +313,8 @@ class GemmEngine(wiring.Component):
         m.submodules.ofifo = ofifo = fifo.SyncFIFOBuffered(
             width=OUT16_BITS * C, depth=self.out_fifo_depth)
 
-        # ---- command: latch, validate (computes nt = ceil(n/C) and words = k*nt) -------------
+        # ---- command: latch, validate (nt = ceil(n/C); dense: k*nt words fit the buffer) ----
+        # The capacity check compares k with floor(depth / nt) from a table (no multiplier).
         cm = Signal(command_layout(cfg).members["m"])
         ck = Signal(range(kmax + 1))
         cn = Signal(range(kmax + 1))
@@ -303,12 +324,11 @@ class GemmEngine(wiring.Component):
         cout16 = Signal()          # out16: saturate to OUT16_BITS
         loaded_sparse = Signal()
         nt = Signal(range(ntmax + 1))
-        words = Signal(range(kmax * ntmax + 1))
-        # nt - 1, words - 1 and k - 1 as registers: end-of-loop compares need no subtractor.
+        # nt - 1 and k - 1 as registers: end-of-loop compares need no subtractor.
         nt_m1 = Signal.like(nt)
-        words_m1 = Signal.like(words)
         ck_m1 = Signal.like(ck)
-        n_left = Signal(signed(cn.shape().width + 2))
+        k_fit = Signal(range(cfg.weight_buffer_depth + 1))    # floor(depth / nt)
+        too_big = Signal()
         loaded_k = Signal.like(ck)
         loaded_n = Signal.like(cn)
         weights_valid = Signal()
@@ -326,8 +346,7 @@ class GemmEngine(wiring.Component):
                     p = self.cmd.payload
                     m.d.sync += [cm.eq(p.m), ck.eq(p.k), cn.eq(p.n), cload.eq(p.load_weights),
                                  csparse.eq(p.sparse), cau.eq(p.a_unsigned), cout16.eq(p.out16),
-                                 nt.eq(0), words.eq(0), n_left.eq(p.n),
-                                 ck_m1.eq(p.k - 1), nt_m1.eq(0), words_m1.eq(-1)]
+                                 ck_m1.eq(p.k - 1)]
                     bad = ((p.m == 0) | (p.m > cfg.max_tokens) | (p.k == 0) | (p.k > kmax)
                            | (p.n == 0) | (p.n > kmax)
                            | (~p.load_weights & (~weights_valid | (p.k != loaded_k)
@@ -338,10 +357,18 @@ class GemmEngine(wiring.Component):
                     with m.Else():
                         m.next = "CHECK"
             with m.State("CHECK"):
-                with m.If(n_left > 0):
-                    m.d.sync += [n_left.eq(n_left - C), nt.eq(nt + 1), words.eq(words + ck),
-                                 nt_m1.eq(nt), words_m1.eq(words_m1 + ck)]
-                with m.Elif(~csparse & (words > cfg.weight_buffer_depth)):
+                nt_now = div_const(cn + (C - 1), C)
+                m.d.sync += [nt.eq(nt_now), nt_m1.eq(nt_now - 1)]
+                m.next = "CHECK2"
+            with m.State("CHECK2"):
+                with m.Switch(nt):
+                    for t in range(1, ntmax + 1):
+                        with m.Case(t):
+                            m.d.comb += k_fit.eq(min(cfg.weight_buffer_depth // t, kmax))
+                m.d.sync += too_big.eq(~csparse & (ck > k_fit))
+                m.next = "CHECK3"
+            with m.State("CHECK3"):
+                with m.If(too_big):
                     m.d.sync += self.error.eq(1)
                     m.next = "IDLE"
                 with m.Else():
@@ -406,8 +433,8 @@ class GemmEngine(wiring.Component):
                 m.d.sync += [w_addr.eq(w_addr + 1), w_kk_m1.eq(w_kk_m1 - 1)]
                 with m.If(w_kk_m1 == 0):
                     m.d.sync += [w_kk_m1.eq(ck_m1), w_rdy.eq(w_rdy + 1)]
-                with m.If(w_addr == words_m1):
-                    m.d.sync += w_active.eq(0)
+                    with m.If(w_rdy == nt_m1):
+                        m.d.sync += w_active.eq(0)
         with m.If(ep_active):
             m.d.comb += [self.ep.ready.eq(1), ep_wr.addr.eq(ep_addr),
                          ep_wr.data.eq(self.ep.payload), ep_wr.en.eq(self.ep.valid)]

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 
 from golden.config import AccelConfig
 from golden.sparse_format import HEADER_BYTES, mask_bytes, tile_schedule
-from rtl.gemm import FIFO_STAGES, SPARSE_EXTRA_STAGES, engine_latency, epilogue_stages, tile_period
+from rtl.gemm import (
+    FIFO_STAGES,
+    SETUP_CYCLES,
+    SPARSE_EXTRA_STAGES,
+    engine_latency,
+    epilogue_stages,
+    tile_period,
+)
 from rtl.sparse_decoder import SparseDecoder
 
 __all__ = ["GemmCycles", "ceil_div", "decode_cycles", "decode_timeline", "gemm_cycles",
@@ -42,7 +49,7 @@ def gemm_cycles(cfg: AccelConfig, m: int, k: int, n: int, load_weights: bool = T
 
     A recurrence over tiles, cycle-exact for the RTL (the command is accepted in cycle 0):
 
-    * validation ends in cycle ``S = nt + 1``; from cycle ``S + 1`` the weight beats
+    * validation ends in cycle ``S = SETUP_CYCLES`` (3); from cycle ``S + 1`` the weight beats
       (``k`` per column tile), the epilogue beats (one per column tile) and the activation beats
       are taken concurrently, activation tile row ``i`` into the buffer half released by tile
       row ``i - 2``;
@@ -60,7 +67,7 @@ def gemm_cycles(cfg: AccelConfig, m: int, k: int, n: int, load_weights: bool = T
     column tile's weight load (``k`` cycles).
     """
     nt = ceil_div(n, cfg.cols)
-    S = nt + 1
+    S = SETUP_CYCLES
     ready = None
     if load_weights:
         ready = tile_ready_dense([S + (tj + 1) * k for tj in range(nt)],
@@ -265,7 +272,7 @@ def sparse_gemm_cycles(cfg: AccelConfig, m: int, pattern, load_weights: bool = T
     n, k = pattern.shape
     nt = ceil_div(n, cfg.cols)
     lengths = [max(1, len(ks)) for ks in tile_schedule(pattern, cfg)]
-    S = nt + 1
+    S = SETUP_CYCLES
     ready = None
     if load_weights:
         rows_done = []
