@@ -327,26 +327,30 @@ class GemmEngine(wiring.Component):
         # nt - 1 and k - 1 as registers: end-of-loop compares need no subtractor.
         nt_m1 = Signal.like(nt)
         ck_m1 = Signal.like(ck)
+        ck_is1 = Signal()          # k == 1: every dense tile is one step
         k_fit = Signal(range(cfg.weight_buffer_depth + 1))    # floor(depth / nt)
         too_big = Signal()
         loaded_k = Signal.like(ck)
         loaded_n = Signal.like(cn)
         weights_valid = Signal()
-        start = Signal()           # pulses when a validated command starts
+        start = Signal()           # pulses when a validated command starts (a flip-flop)
+        go = Signal()              # registered in CHECK2: the command starts in CHECK3
         abort = Signal()           # the sparse weight stream was malformed
         feed_done = Signal()
         fed = Signal()             # the feeder has issued every tile of the command
         loading = Signal()         # weights or epilogue parameters are still arriving
         pipeline_empty = Signal()
 
-        with m.FSM(name="ctrl"):
+        m.d.sync += go.eq(0)
+        m.d.comb += start.eq(go)
+        with m.FSM(name="ctrl") as fsm_ctrl:
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(pipeline_empty)
                 with m.If(self.cmd.valid & pipeline_empty):
                     p = self.cmd.payload
                     m.d.sync += [cm.eq(p.m), ck.eq(p.k), cn.eq(p.n), cload.eq(p.load_weights),
                                  csparse.eq(p.sparse), cau.eq(p.a_unsigned), cout16.eq(p.out16),
-                                 ck_m1.eq(p.k - 1)]
+                                 ck_m1.eq(p.k - 1), ck_is1.eq(p.k == 1)]
                     bad = ((p.m == 0) | (p.m > cfg.max_tokens) | (p.k == 0) | (p.k > kmax)
                            | (p.n == 0) | (p.n > kmax)
                            | (~p.load_weights & (~weights_valid | (p.k != loaded_k)
@@ -365,7 +369,8 @@ class GemmEngine(wiring.Component):
                     for t in range(1, ntmax + 1):
                         with m.Case(t):
                             m.d.comb += k_fit.eq(min(cfg.weight_buffer_depth // t, kmax))
-                m.d.sync += too_big.eq(~csparse & (ck > k_fit))
+                fits = csparse | (ck <= k_fit)
+                m.d.sync += [too_big.eq(~fits), go.eq(fits)]
                 m.next = "CHECK3"
             with m.State("CHECK3"):
                 with m.If(too_big):
@@ -373,7 +378,6 @@ class GemmEngine(wiring.Component):
                     m.next = "IDLE"
                 with m.Else():
                     m.d.sync += [self.error.eq(0), fed.eq(0)]
-                    m.d.comb += start.eq(1)
                     with m.If(cload):
                         m.d.sync += [weights_valid.eq(0), loaded_k.eq(ck), loaded_n.eq(cn),
                                      loaded_sparse.eq(csparse)]
@@ -456,7 +460,7 @@ class GemmEngine(wiring.Component):
         ld_half = Signal()
         ld_k = Signal(range(kmax))
         ld_rows_left = Signal(range(cfg.max_tokens + 1))
-        with m.FSM(name="aload"):
+        with m.FSM(name="aload") as fsm_aload:
             with m.State("IDLE"), m.If(start):
                 m.d.sync += [ld_half.eq(0), ld_k.eq(0), ld_rows_left.eq(cm)]
                 m.next = "LOAD"
@@ -478,19 +482,30 @@ class GemmEngine(wiring.Component):
                     m.next = "IDLE"
 
         # ---- feeder: issues one reduction step per cycle to the array ----------------------
+        # Whether a step issues is decided from flip-flops only: ``cnt_ok`` (the tile is
+        # loaded), ``t_last`` (this step ends its tile, registered with the previous step),
+        # ``gap_ok`` (the tile period has passed) and ``credit_ok`` (the output FIFO has room for
+        # the tile's rows). The last two are registered a cycle ahead: they only matter at a
+        # tile's last step, which is at least ``tile_period >= 2`` cycles after the previous
+        # one, so the reserve of that tile is already counted; ``credit_ok`` may miss the
+        # current cycle's release (conservative by one row).
         credits = Signal(range(self.out_fifo_depth + 1), init=self.out_fifo_depth)
         reserve = Signal(range(R + 1))
         release = Signal()
+        credit_ok = Signal()
         m.d.sync += credits.eq(credits - reserve + release)
         m.d.comb += release.eq(self.o.valid & self.o.ready)
 
-        gap = Signal(range(self.tile_period + 1), init=self.tile_period)
+        period = self.tile_period
+        gap = Signal(range(period + 1), init=period)
+        gap_ok = Signal(init=1)                 # gap == period
         issue = Signal()
         issue_last = Signal()
         with m.If(issue_last):
             m.d.sync += gap.eq(1)
-        with m.Elif(gap != self.tile_period):
+        with m.Elif(gap != period):
             m.d.sync += gap.eq(gap + 1)
+        m.d.sync += gap_ok.eq(~issue_last & (gap >= period - 1))
 
         f_half = Signal()
         f_k = Signal(range(kmax))
@@ -503,7 +518,8 @@ class GemmEngine(wiring.Component):
         rv = Signal(range(R + 1))
         cv = Signal(range(C + 1))
         m.d.sync += [rv.eq(Mux(f_rows_left < R, f_rows_left, R)),
-                     cv.eq(Mux(f_cols_left < C, f_cols_left, C))]
+                     cv.eq(Mux(f_cols_left < C, f_cols_left, C)),
+                     credit_ok.eq(credits >= rv)]
         # Sparse: tile tj iterates positions p < count_tj of its k-index list (one beat with a
         # zero weight word if the count is 0); words are sequential in the weight buffer.
         # Step count of the current tile, from registers: while waiting, read for tile f_tj;
@@ -514,9 +530,16 @@ class GemmEngine(wiring.Component):
         t_empty = Signal()
         m.d.comb += [c_rd.addr.eq(f_tj), c_rd_next.addr.eq(f_tj_next)]
         m.d.sync += nxt_cnt.eq(c_rd_next.data)
-        f_k1 = Signal(range(kmax + 1))          # always f_k + 1: the last-step compare has no adder
+        f_k1 = Signal(range(kmax + 1))          # always f_k + 1
+        f_k2 = Signal(range(kmax + 2))          # always f_k + 2: the next step's last compare
+        t_last = Signal()                       # the next step to issue ends its tile
         is_first = f_k == 0
-        is_last = Mux(csparse, t_empty | (f_k1 == t_cnt), f_k1 == ck)
+        is_last = t_last
+
+        def last_of_first_step(count):
+            """``t_last`` for a tile's first step: one step (sparse: count <= 1; dense: k == 1)."""
+            return Mux(csparse, count <= 1, ck_is1)
+
         ctl = Signal(Control)
         m.d.sync += [ctl.valid.eq(issue), ctl.first.eq(is_first), ctl.last.eq(is_last)]
         # Every block-RAM read is registered before it is used (ECP5 block RAM has a slow
@@ -560,14 +583,16 @@ class GemmEngine(wiring.Component):
         # its count. A tile that is not ready yet (only while the first tile row runs during the
         # weight load) is waited for with ``t_cnt`` re-read every cycle.
         cnt_ok = Signal()
-        with m.FSM(name="feed"):
+        with m.FSM(name="feed") as fsm_feed:
             with m.State("IDLE"), m.If(start):
-                m.d.sync += [f_half.eq(0), f_k.eq(0), f_k1.eq(1), f_waddr.eq(0), f_tj.eq(0),
+                m.d.sync += [f_half.eq(0), f_k.eq(0), f_k1.eq(1), f_k2.eq(2), f_waddr.eq(0),
+                             f_tj.eq(0),
                              f_tj_next.eq(Mux(nt_m1 == 0, 0, 1)), cnt_ok.eq(0),
                              f_rows_left.eq(cm), f_cols_left.eq(cn)]
                 m.next = "WAIT"
             with m.State("WAIT"):
                 m.d.sync += [t_cnt.eq(c_rd.data), t_empty.eq(csparse & (c_rd.data == 0)),
+                             t_last.eq(last_of_first_step(c_rd.data)),
                              cnt_ok.eq(tile_ok(f_tj))]
                 with m.If(abort):
                     m.next = "IDLE"
@@ -575,19 +600,22 @@ class GemmEngine(wiring.Component):
                     m.next = "RUN"
             with m.State("RUN"):
                 # A tile's rows are reserved in the output FIFO when its last beat issues.
-                can = cnt_ok & (~is_last | ((gap == self.tile_period) & (credits >= rv)))
+                can = cnt_ok & (~t_last | (gap_ok & credit_ok))
                 m.d.comb += issue.eq(can)
                 with m.If(~cnt_ok):
                     m.d.sync += [t_cnt.eq(c_rd.data), t_empty.eq(csparse & (c_rd.data == 0)),
+                                 t_last.eq(last_of_first_step(c_rd.data)),
                                  cnt_ok.eq(tile_ok(f_tj))]
                 with m.If(can):
-                    m.d.sync += [f_k.eq(f_k + 1), f_k1.eq(f_k1 + 1),
-                                 f_waddr.eq(f_waddr + ~t_empty)]
-                    with m.If(is_last):
+                    m.d.sync += [f_k.eq(f_k + 1), f_k1.eq(f_k1 + 1), f_k2.eq(f_k2 + 1),
+                                 f_waddr.eq(f_waddr + ~t_empty),
+                                 t_last.eq(f_k2 == Mux(csparse, t_cnt, ck))]
+                    with m.If(t_last):
                         m.d.comb += [issue_last.eq(1), reserve.eq(rv)]
-                        m.d.sync += [f_k.eq(0), f_k1.eq(1), f_tj.eq(f_tj_next),
+                        m.d.sync += [f_k.eq(0), f_k1.eq(1), f_k2.eq(2), f_tj.eq(f_tj_next),
                                      f_tj_next.eq(Mux(f_tj_next == nt_m1, 0, f_tj_next + 1)),
                                      t_cnt.eq(nxt_cnt), t_empty.eq(csparse & (nxt_cnt == 0)),
+                                     t_last.eq(last_of_first_step(nxt_cnt)),
                                      cnt_ok.eq(tile_ok(f_tj_next)),
                                      f_cols_left.eq(f_cols_left - C)]
                         with m.If(f_tj == nt_m1):        # tile row finished
@@ -601,6 +629,10 @@ class GemmEngine(wiring.Component):
                                 m.next = "WAIT"      # next tile row not loaded yet
                 with m.If(abort):
                     m.next = "IDLE"
+
+        # One-hot state registers in synthesis: each state test is one flip-flop.
+        for fsm in (fsm_ctrl, fsm_feed, fsm_aload):
+            fsm.state.attrs["fsm_encoding"] = "one-hot"
 
         # ---- epilogue: bias, multiply, round, shift, saturate (to act_width or OUT16_BITS bits);
         # lanes past n are zeroed -------------------------------------------------------------
