@@ -21,8 +21,8 @@ from golden.isa import Buf, Instr, buffers
 from .memory import MemoryModel
 from .streams import run_simulation
 
-__all__ = ["UnitHarness", "check_instr", "empty_buffers", "golden_instr", "read_buffers",
-           "read_words", "run_instr"]
+__all__ = ["UnitHarness", "check_instr", "empty_buffers", "execute_on_unit", "golden_instr",
+           "read_buffers", "read_words", "run_instr"]
 
 
 def empty_buffers(cfg: AccelConfig) -> dict:
@@ -100,19 +100,9 @@ def run_instr(cfg: AccelConfig, unit, ins: Instr, memory, bufs=None, *, rng=None
     model = MemoryModel(unit.mem, mem_beat_bytes(cfg), mem, latency=latency, rng=rng,
                         stall=stall)
     res = {}
-    word = int.from_bytes(ins.encode(), "little")
 
     async def bench(ctx):
-        ctx.set(unit.instr.as_value(), word)
-        ctx.set(unit.start, 1)
-        await ctx.tick()
-        ctx.set(unit.start, 0)
-        cycles = 1
-        while not ctx.get(unit.done):
-            await ctx.tick()
-            cycles += 1
-        res["error"] = bool(ctx.get(unit.error))
-        res["cycles"] = cycles
+        res["error"], res["cycles"] = await execute_on_unit(ctx, unit, ins)
         await ctx.tick()
         res["buffers"] = read_buffers(ctx, cfg, h.buffers)
 
@@ -120,6 +110,20 @@ def run_instr(cfg: AccelConfig, unit, ins: Instr, memory, bufs=None, *, rng=None
     res["memory"] = mem
     res["model"] = model
     return res
+
+
+async def execute_on_unit(ctx, unit, ins) -> tuple[bool, int]:
+    """In a testbench: put ``ins`` on ``unit.instr``, pulse ``start`` and wait for ``done``;
+    returns ``(error, cycles)``, ``cycles`` counted from ``start`` to ``done`` inclusive."""
+    ctx.set(unit.instr.as_value(), int.from_bytes(ins.encode(), "little"))
+    ctx.set(unit.start, 1)
+    await ctx.tick()
+    ctx.set(unit.start, 0)
+    cycles = 1
+    while not ctx.get(unit.done):
+        await ctx.tick()
+        cycles += 1
+    return bool(ctx.get(unit.error)), cycles
 
 
 def first_difference(expected: dict, got: dict):

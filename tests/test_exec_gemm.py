@@ -23,7 +23,14 @@ from golden.pruning import BlockPattern, block_prune, hierarchical_prune
 from golden.sparse_format import encode
 from rtl.exec_gemm import GemmUnit, TransposeReader, WordReader, cycles
 from rtl.ports import mem_beat_bytes
-from sim.instr import UnitHarness, check_instr, golden_instr, read_buffers, run_instr
+from sim.instr import (
+    UnitHarness,
+    check_instr,
+    execute_on_unit,
+    golden_instr,
+    read_buffers,
+    run_instr,
+)
 from sim.memory import MemoryModel
 from sim.streams import run_simulation
 
@@ -353,13 +360,7 @@ def test_corrupt_stream_found_after_tiles_ran(stall, tiny, rng):
 
     async def bench(ctx):
         for ins in (ins1, ins2):
-            ctx.set(unit.instr.as_value(), int.from_bytes(ins.encode(), "little"))
-            ctx.set(unit.start, 1)
-            await ctx.tick()
-            ctx.set(unit.start, 0)
-            while not ctx.get(unit.done):
-                await ctx.tick()
-            result["errors"].append(bool(ctx.get(unit.error)))
+            result["errors"].append((await execute_on_unit(ctx, unit, ins))[0])
             await ctx.tick()
             assert not ctx.get(unit.mem.rdata.valid), "a beat was left behind"
         result["buffers"] = read_buffers(ctx, cfg, h.buffers)
@@ -415,13 +416,7 @@ def test_bus_rule_and_back_to_back(tiny, rng):
     async def bench(ctx):
         await idle(ctx, 3)
         for ins in (ins1, ins2, ins3):
-            ctx.set(unit.instr.as_value(), int.from_bytes(ins.encode(), "little"))
-            ctx.set(unit.start, 1)
-            await ctx.tick()
-            ctx.set(unit.start, 0)
-            while not ctx.get(unit.done):
-                await ctx.tick()
-            result["errors"].append(bool(ctx.get(unit.error)))
+            result["errors"].append((await execute_on_unit(ctx, unit, ins))[0])
             await ctx.tick()
             await idle(ctx, 4)
         result["buffers"] = read_buffers(ctx, cfg, h.buffers)

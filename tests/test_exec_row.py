@@ -29,7 +29,7 @@ from golden.isa import (
 from golden.layernorm import ln_params
 from rtl.exec_row import RowUnit, cycles, ln_reducer_cycles
 from rtl.ports import mem_beat_bytes
-from sim.instr import UnitHarness, check_instr, empty_buffers, read_buffers
+from sim.instr import UnitHarness, check_instr, empty_buffers, execute_on_unit, read_buffers
 from sim.memory import MemoryModel
 from sim.streams import run_simulation
 
@@ -422,13 +422,7 @@ def run_program(cfg, program, mem, bufs, *, rng=None, stall=0.0):
     async def bench(ctx):
         await idle_check(ctx, 2)
         for ins, _ in program:
-            ctx.set(unit.instr.as_value(), int.from_bytes(ins.encode(), "little"))
-            ctx.set(unit.start, 1)
-            await ctx.tick()
-            ctx.set(unit.start, 0)
-            while not ctx.get(unit.done):
-                await ctx.tick()
-            errors.append(bool(ctx.get(unit.error)))
+            errors.append((await execute_on_unit(ctx, unit, ins))[0])
             await ctx.tick()
             await idle_check(ctx, 3)
         out.update(read_buffers(ctx, cfg, h.buffers))
