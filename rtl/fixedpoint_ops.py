@@ -9,7 +9,7 @@ Amaranth widens ``+`` by one bit, so the rounding term can never wrap.
 
 from __future__ import annotations
 
-from amaranth.hdl import Mux, Value
+from amaranth.hdl import Const, Mux, Value
 
 __all__ = ["round_shift", "saturate"]
 
@@ -28,8 +28,27 @@ def round_shift(x, shift):
 
 
 def saturate(x, bits, signed_out=True):
-    """Clip ``x`` to the ``bits``-wide signed (or unsigned) range; returns that many bits."""
+    """Clip ``x`` to the ``bits``-wide signed (or unsigned) range; returns that many bits.
+
+    Built from the bits above the result, not from magnitude comparisons: ``x`` fits a signed
+    result when those bits and the result's sign bit are all equal (an unsigned result: all
+    zero, ``x`` not negative), so synthesis makes a LUT tree instead of two carry chains."""
     x = Value.cast(x)
+    width, is_signed = len(x), x.shape().signed
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed_out else (0, (1 << bits) - 1)
-    clipped = Mux(x > hi, hi, Mux(x < lo, lo, x))[:bits]
+    neg = x[-1] if is_signed else Const(0)
+    if signed_out:
+        top = x[bits - 1:]
+        if not top.shape().width or (not is_signed and width < bits):
+            clipped = x[:bits] if width >= bits else x
+        else:
+            fits = top == 0
+            if is_signed:
+                fits = fits | (top == (1 << len(top)) - 1)
+            clipped = Mux(fits, x[:bits], Mux(neg, lo, hi))
+    else:
+        top = x[bits:]
+        over = (top != 0) if len(top) else Const(0)
+        clipped = Mux(neg, lo, Mux(over, hi, x[:bits]))
+    clipped = Value.cast(clipped)[:bits] if len(Value.cast(clipped)) >= bits else clipped
     return clipped.as_signed() if signed_out else clipped
