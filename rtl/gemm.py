@@ -673,12 +673,16 @@ class GemmEngine(wiring.Component):
                          sh2.eq(par.shift[c])]
             # Stages 4..: multiply (DSP with operand and product registers).
             p3, _ = pipelined_multiply(m, platform, s2, mult2, name=f"requant_{c}")
-            sh3 = delayed(sh2, mul_stages, f"shift_{c}")
-            # Round: add 2^(S-1).
+            # Round: add 2^(S-1) (0 for S = 0). The term is decoded from the shift in the
+            # multiply's last stage, so the rounding stage is a bare adder.
             prod_w = len(p3)
+            sh_pre = delayed(sh2, mul_stages - 1, f"shift_{c}")
+            half = Signal(prod_w, name=f"round_term_{c}")
+            sh3 = Signal.like(sh2, name=f"shift3_{c}")
+            m.d.sync += [half.eq(((Const(1, prod_w + 1) << sh_pre) >> 1)[:prod_w]),
+                         sh3.eq(sh_pre)]
             r4 = Signal(signed(prod_w + 1), name=f"rounded_{c}")
             sh4 = Signal.like(sh2, name=f"shift4_{c}")
-            half = Mux(sh3 == 0, 0, (Const(1, prod_w) << (sh3 - 1)[:cfg.shift_width])[:prod_w])
             m.d.sync += [r4.eq(p3 + half), sh4.eq(sh3)]
             # Arithmetic shift in two steps: multiples of 8, then the rest.
             q5 = Signal(signed(prod_w + 1), name=f"coarse_{c}")
