@@ -191,70 +191,109 @@ class SparseDecoder(wiring.Component):
         kmax = cfg.max_gemm_dim
         depth = cfg.weight_buffer_depth
 
-        # ---- byte aligner ----------------------------------------------------------------
+        # ---- input register and byte aligner ---------------------------------------------
+        # A beat taken from ``cw`` waits one cycle in the input register (``s_*``), so that
+        # nothing but that register depends on the stream's valid and payload; it moves into
+        # the aligner in the next cycle if the aligner has room (while the next beat is taken),
+        # so the stream still runs at one beat per cycle.
+        # ``buf`` holds ``level`` bytes (byte 0 first); bytes past the level are don't-care
+        # (every read is guarded by the level), so nothing is cleared but the level. ``lv`` is
+        # the level as a thermometer (``lv[i] = level > i``), kept beside the binary level so
+        # that "byte i is buffered" and "n bytes are buffered" are flip-flops.
         buf = Signal(8 * BUF)
         level = Signal(range(BUF + 1))
-        ended = Signal()
+        lv = Signal(BUF)
+        ended = Signal()                        # the last beat has been taken from cw
+        active = Signal()                       # between start and done (registered)
+        drop = Signal()                         # discard the buffer (comb)
+        beat_err = Signal()                     # a beat with n > cols was seen (sticky)
+        beat = self.cw.payload
+        s_valid = Signal()
+        s_bad = Signal()                        # its n was larger than cols
+        s_n = Signal(range(W + 1))              # its bytes (0 if bad)
+        s_oh = Signal(W + 1)                    # the same, one-hot
+        s_data = Signal(8 * W)
+        # Room is counted before this cycle's consumption, so that ``move`` and ``ready``
+        # depend on registers only; the buffer is sized (``3 * cols - 1`` bytes) so that a
+        # misaligned payload still streams at one word per cycle.
+        room = ~lv[BUF - W]
+        move = Signal()
+        m.d.comb += [move.eq(s_valid & room),
+                     self.cw.ready.eq(active & ~ended & (~s_valid | room))]
+        fire = Signal()
+        m.d.comb += fire.eq(self.cw.valid & self.cw.ready)
+        with m.If(fire):
+            n_in = beat.n
+            m.d.sync += [s_valid.eq(1), s_data.eq(beat.data.as_value()), s_bad.eq(n_in > W),
+                         s_n.eq(Mux(n_in > W, 0, n_in)),
+                         s_oh.eq(Cat(*[(n_in == k) | ((k == 0) & (n_in > W))
+                                       for k in range(W + 1)]))]
+            with m.If(beat.last):
+                m.d.sync += ended.eq(1)
+        with m.Elif(move):
+            m.d.sync += s_valid.eq(0)
+        fin = Signal()                          # every byte of the stream is in the aligner
+        m.d.comb += fin.eq(ended & ~s_valid)
+        lanes = [s_data[8 * i:8 * i + 8] for i in range(W)]
         # Bytes consumed this cycle: the parse state's field size (``tsel``, registered with
-        # every state transition) when that many bytes are buffered (``have``, registered).
+        # every state transition) when that many bytes are buffered (``have``, registered):
+        # one AND of two flip-flops per size.
         sizes = sorted({1, 2, 4, W})
         have = {t: Signal(name=f"have{t}") for t in sizes}
         tsel = {t: Signal(name=f"tsel{t}") for t in sizes}
         tk = {t: Signal(name=f"take{t}") for t in sizes}
-        take = Signal(range(BUF + 1))
         for t in sizes:
             m.d.comb += tk[t].eq(tsel[t] & have[t])
-        for t in sizes:
-            with m.If(tk[t]):
-                m.d.comb += take.eq(t)
-        active = Signal()                       # between start and done (registered)
-        drop = Signal()                         # discard the buffer (comb)
-        # Room is counted before this cycle's consumption, so that ``ready`` depends on the
-        # level register and the state only; the buffer is sized (``3 * cols - 1`` bytes) so
-        # that a misaligned payload still streams at one word per cycle.
-        m.d.comb += self.cw.ready.eq(active & ~ended & (level <= BUF - W))
-        beat = self.cw.payload
-        n_in = Signal(range(2 ** beat.n.shape().width))
-        m.d.comb += n_in.eq(beat.n)
-        fire = Signal()
-        m.d.comb += fire.eq(self.cw.valid & self.cw.ready)
-        bad_beat = Signal()
-        m.d.comb += bad_beat.eq(fire & (n_in > W))
-        in_bytes = Signal(8 * W)
-        m.d.comb += in_bytes.eq(beat.data.as_value())
-        # The beat is appended behind the buffered bytes first (its position depends on the
-        # level register only), then the parser's bytes are taken from the front. Bytes past
-        # the level are don't-care (every read is guarded by the level), so the beat's unused
-        # lanes need no masking: the beat overwrites the buffer from the level on.
-        merged = Signal(8 * BUF)
-        mlevel = Signal(range(BUF + 1))
-        app = Signal(8 * BUF)
-        m.d.comb += app.eq((in_bytes << (level * 8))[:8 * BUF])
-        with m.If(fire):
-            for i in range(BUF):
-                m.d.comb += merged[8 * i:8 * i + 8].eq(
-                    Mux(level > i, buf[8 * i:8 * i + 8], app[8 * i:8 * i + 8]))
-            m.d.comb += mlevel.eq(level + Mux(n_in > W, 0, n_in))
-        with m.Else():
-            m.d.comb += [merged.eq(buf), mlevel.eq(level)]
-        rest = Signal(8 * BUF)
-        m.d.comb += rest.eq(merged)
-        for t in sizes:
-            with m.If(tk[t]):
-                m.d.comb += rest.eq(merged >> (8 * t))
+        tk_none = ~Cat(*tk.values()).any()
+        # The beat is appended behind the buffered bytes (byte j of the merged buffer is
+        # ``buf[j]`` below the level, else lane ``j - level`` of the beat: a mux on the low
+        # bits of the level only, since any other lane lands past the new level), then the
+        # taken bytes are shifted out: the buffer's next value is two levels of muxes whose
+        # selects are flip-flops or one AND of them.
+        lb = ceil_log2(W)
+
+        def merged(j):
+            if j >= BUF:
+                return Const(0, 8)
+            if lb == 0:
+                app = lanes[0]
+            else:
+                pos = (Const(j % (1 << lb), lb) - level[:lb])[:lb]
+                app = Array(lanes + [lanes[0]] * ((1 << lb) - W))[pos]
+            return Mux(lv[j], buf[8 * j:8 * j + 8], app)
+
         with m.If(drop):
-            m.d.sync += [buf.eq(0), level.eq(0)]
+            m.d.sync += [level.eq(0), lv.eq(0), s_valid.eq(0)]
+            m.d.sync += [have[t].eq(0) for t in sizes]
         with m.Else():
-            m.d.sync += [buf.eq(rest), level.eq(mlevel - take)]
-            with m.If(fire & beat.last):
-                m.d.sync += ended.eq(1)
-        # "n bytes are buffered and no bad beat was seen", registered from the next level.
-        beat_err = Signal()
-        clear = Signal()                        # a new stream starts (comb, by the parser)
-        level_nx = Signal(range(BUF + 1))
-        m.d.comb += level_nx.eq(Mux(drop | clear, 0, mlevel - take))
-        for t in sizes:
-            m.d.sync += have[t].eq((level_nx >= t) & ~clear & ~beat_err & ~bad_beat)
+            for i in range(BUF):
+                byte = merged(i) & tk_none.replicate(8)
+                for t in sizes:
+                    byte = byte | (merged(i + t) & tk[t].replicate(8))
+                m.d.sync += buf[8 * i:8 * i + 8].eq(byte)
+            # Next level: the level moves by the bytes moved in minus the bytes taken, both
+            # one-hot from flip-flops; the thermometer moves as two one-hot shifts of the old
+            # one, without arithmetic.
+            taken = 0                           # the selects are one-hot: OR their sizes
+            for t in sizes:
+                taken = taken | Mux(tk[t], t, 0)
+            added = Mux(move, s_n, 0)
+            ext = Cat(Const(-1, W), lv, Const(0, 2 * max(sizes)))  # ext[W + j] = (level > j)
+            lv_in = Signal(BUF + max(sizes))    # after the move: lv_in[c] = ext[W + c - n]
+            for c in range(BUF + max(sizes)):
+                m.d.comb += lv_in[c].eq(Mux(move, Cat(*[s_oh[k] & ext[W + c - k]
+                                                        for k in range(W + 1)]).any(),
+                                            ext[W + c]))
+            lv_nx = Signal(BUF)
+            for i in range(BUF):
+                m.d.comb += lv_nx[i].eq((tk_none & lv_in[i])
+                                        | Cat(*[tk[t] & lv_in[i + t] for t in sizes]).any())
+            m.d.sync += [level.eq(level + added - taken), lv.eq(lv_nx)]
+            # "t bytes are buffered and no bad beat was seen".
+            m.d.sync += [have[t].eq(lv_nx[t - 1] & ~beat_err & ~(move & s_bad))
+                         for t in sizes]
+        with m.If(move & s_bad):
+            m.d.sync += beat_err.eq(1)
 
         u8, u16, u32 = buf[:8], buf[:16], buf[:32]
 
@@ -424,9 +463,6 @@ class SparseDecoder(wiring.Component):
 
         mask_bytes = Signal(range(MAX_MASK_BITS // 8 + 1))
 
-        with m.If(bad_beat):
-            m.d.sync += beat_err.eq(1)
-
         # Field size consumed by each state (``tsel``), set with every transition (``goto``).
         sizes_of = {"MAGIC": 4, "VERSION": 2, "BR": 2, "BC": 2, "RESERVED": 2, "OUT": 4,
                     "IN": 4, "TOTAL": 4, "COUNT": 2, "INDEX": 2, "MASK": 1, "COLUMN": W}
@@ -438,7 +474,7 @@ class SparseDecoder(wiring.Component):
         def need(nbytes):
             """Condition 'nbytes are buffered' (and no bad beat); else the truncation error."""
             ok = have[nbytes]
-            with m.If((~ok & ended) | beat_err):
+            with m.If((~ok & fin) | beat_err):
                 goto("ERROR")
             return ok
 
@@ -535,8 +571,8 @@ class SparseDecoder(wiring.Component):
 
         with m.FSM(name="parse") as fsm:
             with m.State("IDLE"), m.If(self.start):
-                m.d.comb += clear.eq(1)
-                m.d.sync += [self.error.eq(0), ended.eq(0), buf.eq(0), level.eq(0),
+                m.d.sync += [self.error.eq(0), ended.eq(0), level.eq(0), lv.eq(0),
+                             s_valid.eq(0), *[have[t].eq(0) for t in sizes],
                              ck.eq(self.exp_k), cn.eq(self.exp_n), self.words.eq(0),
                              first_row.eq(1), uneven.eq(0), lerr.eq(0), active.eq(1),
                              tile_row.eq(0), q.eq(0), beat_err.eq(0),
@@ -730,9 +766,9 @@ class SparseDecoder(wiring.Component):
                         goto("ERROR")
                 late_error()
             with m.State("END"):
-                with m.If(~left_zero | (bal == uneven) | (level != 0) | beat_err):
+                with m.If(~left_zero | (bal == uneven) | lv[0] | beat_err):
                     goto("ERROR")
-                with m.Elif(ended & ~lerr & ~pending):
+                with m.Elif(fin & ~lerr & ~pending):
                     m.d.sync += active.eq(0)
                     goto("DONE")
                 late_error()
@@ -740,7 +776,7 @@ class SparseDecoder(wiring.Component):
                 # Drain the rest of the stream up to its last beat.
                 m.d.comb += [drop.eq(1)]
                 m.d.sync += [self.error.eq(1), cnt_done.eq(1)]
-                with m.If(ended | (self.cw.valid & beat.last & (level <= BUF - W))):
+                with m.If(ended | (fire & beat.last)):
                     m.d.sync += active.eq(0)
                     goto("DONE")
             with m.State("DONE"):

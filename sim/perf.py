@@ -126,7 +126,7 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0) -> tuple[int
     mb = mask_bytes(bc) if hier else 0
     length = (HEADER_BYTES + 2 * pattern.n_block_rows + (2 + mb) * pattern.kept_blocks
               + br * int(cols.sum()))
-    st = {"cycles": 0, "level": 0, "sent": 0, "last": None}
+    st = {"cycles": 0, "level": 0, "sent": 0, "last": None, "held": None}
     # Column generator and side units (see rtl/sparse_decoder.py): ENT (entry register),
     # S0 (block register, ``s0_left`` columns left), the head queue (its columns' "last of the
     # block-row" flags), the entries stored (``e_w``)
@@ -137,15 +137,21 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0) -> tuple[int
     row = []                                  # kept columns of each kept block of the row
 
     def cycle(take=0, idle=False, pop=False, store=False, st1=None, st2=None, count=None):
-        # One clock: the parser takes `take` bytes, the aligner accepts a beat if it has room.
+        # One clock: the parser takes `take` bytes; the beat in the input register moves into
+        # the aligner if it has room, and the input register takes a new beat if it is empty
+        # or moving.
         st["cycles"] += 1
-        accept = (not idle and st["sent"] < length and st["level"] <= BUF - W
+        move = st["held"] is not None and st["level"] <= BUF - W
+        accept = (not idle and st["sent"] < length and (st["held"] is None or move)
                   and st["cycles"] > first_beat)
         st["level"] -= take
+        if move:
+            st["level"] += st["held"]
+            st["held"] = None
         if accept:
             beat = min(W, length - st["sent"])
             st["sent"] += beat
-            st["level"] += beat
+            st["held"] = beat
             if st["sent"] == length:
                 st["last"] = st["cycles"] - 1
         gate = g["stored"] or (q == 1 and (not hier or g["st2"] is True))
@@ -211,7 +217,7 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0) -> tuple[int
                 while st["level"] < W or not g["head"]:
                     cycle()
                 cycle(W, pop=s == q - 1)      # COLUMN
-    while st["sent"] < length:
+    while st["sent"] < length or st["held"] is not None:
         cycle()                               # END waits for the last beat
     cycle()                                   # END -> DONE
     cycle()                                   # DONE

@@ -364,7 +364,8 @@ def test_back_to_back_blocks_stream_one_word_per_cycle(tiny, rng):
         res = run_decoder(tiny, [(encode(w, p), 32, 12)])[0]
         check_image(tiny, res, w, p)
         words = int(p.column_mask().sum())
-        header = 1 + 8 + 1 + 1 + 8       # start, first beat, header fields, q, block-columns
+        # start, first beat, input register, header fields, q, block-columns
+        header = 1 + 1 + 1 + 8 + 1 + 8
         assert res[1] == header + sum(1 + len(r) for r in rows) + words + 2
         assert res[1] == decode_cycles(tiny, p)
 
