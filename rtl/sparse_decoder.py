@@ -395,7 +395,6 @@ class SparseDecoder(wiring.Component):
         head_v = Signal()                       # the queue is not empty (comb)
         m.d.comb += [kcol.eq(Mux(hrp, head_k[1], head_k[0])),
                      head_rlast.eq(Mux(hrp, head_l[1], head_l[0])), head_v.eq(hcnt != 0)]
-        stored_all = Signal()                   # every entry of the block-row is stored
         pop = Signal()                          # the parser takes the head (comb)
         # Entry stages: a hierarchical entry is stored the cycle after its last mask byte
         # (stage 1, with the mask check and its kept columns); a plain one with its index.
@@ -505,6 +504,7 @@ class SparseDecoder(wiring.Component):
         pr2 = Signal(wsgn)                      # depth - (pos_addr + cols_r)
         rinit = Signal()                        # cols_r is final: set wr2, pr2
         csl = Signal(range(_MAX_BLOCK + 1))     # q - (tiles counted)
+        cval = Signal.like(cols_r)              # the count of the block-row's tiles
         sl = Signal(range(_MAX_BLOCK + 1))      # q - 1 - s
 
         m.d.sync += left_zero.eq(left == 0)
@@ -534,6 +534,11 @@ class SparseDecoder(wiring.Component):
             with m.Else():
                 goto("CWAIT")
 
+        def start_counts(value):
+            """The tile counts of the block-row start (one per cycle, from the next cycle)."""
+            m.d.sync += [ctile.eq(tile_row), crem.eq(rem_row), csl.eq(q), cval.eq(value),
+                         cnt_done.eq(0)]
+
         def next_row():
             """The block-row is finished (its last word taken, or its counts written)."""
             m.d.sync += [tile_row.eq(tile_row + q), rem_row.eq(rem_row - br)]
@@ -544,8 +549,8 @@ class SparseDecoder(wiring.Component):
 
         # Per-tile counts of the block-row, one per cycle once its list is stored (during
         # the payload: a non-empty block-row has at least ``q`` payload words).
-        with m.If(stored_all & ~cnt_done):
-            m.d.comb += [self.c_en.eq(1), self.c_addr.eq(ctile), self.c_data.eq(cols_r)]
+        with m.If(~cnt_done):
+            m.d.comb += [self.c_en.eq(1), self.c_addr.eq(ctile), self.c_data.eq(cval)]
             m.d.sync += [ctile.eq(ctile + 1), csl.eq(csl - 1), crem.eq(crem - C),
                          cnt_done.eq((csl == 1) | (crem <= C))]
 
@@ -558,13 +563,11 @@ class SparseDecoder(wiring.Component):
                          ent_wr.data.elast.eq(st1_last)]
             m.d.sync += [e_w.eq(e_w + 1), ncols_r.eq(hcols)]
             check((mask == 0) | ((mask & ~vbits) != 0))
-            with m.If(st1_last):
-                m.d.sync += gate.eq(q1)
         m.d.sync += rinit.eq(0)
         with m.If(st2_v):
             m.d.sync += cols_r.eq(cols_r + ncols_r)
             with m.If(st2_last):
-                m.d.sync += [stored_all.eq(1), gate.eq(1), rinit.eq(1)]
+                m.d.sync += [gate.eq(1), rinit.eq(1)]
         # With the row's column count final, the rooms after a step of cols_r (q > 1).
         with m.If(rinit):
             m.d.sync += [wr2.eq(proom - cols_r), pr2.eq(proom - cols_r)]
@@ -578,7 +581,7 @@ class SparseDecoder(wiring.Component):
                              tile_row.eq(0), q.eq(0), beat_err.eq(0),
                              hcnt.eq(0), hwp.eq(0), hrp.eq(0), s0_v.eq(0), ent_v.eq(0),
                              ptr.eq(0), e_w.eq(0),
-                             stored_all.eq(0), cnt_done.eq(1), st1_v.eq(0), st2_v.eq(0)]
+                             cnt_done.eq(1), st1_v.eq(0), st2_v.eq(0)]
                 goto("MAGIC")
             with m.State("MAGIC"):
                 with m.If(need(4)):
@@ -658,8 +661,6 @@ class SparseDecoder(wiring.Component):
                                  e_fin.eq(u16 == 1), el.eq(u16 - 1), first_row.eq(0),
                                  row_last.eq(rem_row <= br),
                                  # tile counts
-                                 ctile.eq(tile_row), crem.eq(rem_row), csl.eq(q),
-                                 cnt_done.eq(0),
                                  # payload addressing
                                  pos_addr.eq(self.words), waddr.eq(self.words),
                                  w_ok.eq(self.words < depth),
@@ -670,8 +671,7 @@ class SparseDecoder(wiring.Component):
                                  # column generator
                                  ptr.eq(0), e_w.eq(0), ent_v.eq(0),
                                  s0_v.eq(0), hcnt.eq(0), hwp.eq(0), hrp.eq(0),
-                                 stored_all.eq(u16 == 0),
-                                 gate.eq(q1 & ~hier)]
+                                 gate.eq(q1)]
                     with m.If(first_row):
                         m.d.sync += first_cnt.eq(u16)
                     with m.Elif(u16 != first_cnt):
@@ -718,7 +718,13 @@ class SparseDecoder(wiring.Component):
                             goto("INDEX")
                 late_error()
             with m.State("ECNT"):
-                # An empty block-row: its tiles' counts (0) are being written.
+                # An empty block-row: once the previous block-row's counts are written, its
+                # tiles' counts (0) are.
+                with m.If(cnt_done):
+                    start_counts(0)
+                    goto("EROW")
+                late_error()
+            with m.State("EROW"):
                 with m.If(cnt_done):
                     next_row()
                 late_error()
@@ -758,6 +764,8 @@ class SparseDecoder(wiring.Component):
                                      pr2.eq(pr2 - 1), wr2.eq(pr2 - 1), w_ok.eq(proom > 1),
                                      s_last.eq(q1)]
                         with m.If(head_rlast):
+                            # The block-row's last word: its tile counts follow.
+                            start_counts(cols_r)
                             next_row()
                         with m.Elif((hcnt == 1) & ~s0_emit):
                             goto("CWAIT")
@@ -768,7 +776,7 @@ class SparseDecoder(wiring.Component):
             with m.State("END"):
                 with m.If(~left_zero | (bal == uneven) | lv[0] | beat_err):
                     goto("ERROR")
-                with m.Elif(fin & ~lerr & ~pending):
+                with m.Elif(fin & cnt_done & ~lerr & ~pending):
                     m.d.sync += active.eq(0)
                     goto("DONE")
                 late_error()

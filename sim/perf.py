@@ -136,7 +136,8 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0) -> tuple[int
          "cw": 0, "cnt": 0}
     row = []                                  # kept columns of each kept block of the row
 
-    def cycle(take=0, idle=False, pop=False, store=False, st1=None, st2=None, count=None):
+    def cycle(take=0, idle=False, pop=False, store=False, st1=None, st2=None, count=None,
+              counts=None):
         # One clock: the parser takes `take` bytes; the beat in the input register moves into
         # the aligner if it has room, and the input register takes a new beat if it is empty
         # or moving.
@@ -154,7 +155,7 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0) -> tuple[int
             st["held"] = beat
             if st["sent"] == length:
                 st["last"] = st["cycles"] - 1
-        gate = g["stored"] or (q == 1 and (not hier or g["st2"] is True))
+        gate = g["stored"] or q == 1
         s0_emit = g["s0_v"] and gate and len(g["head"]) < 2
         s0_done = s0_emit and g["s0_left"] == 1
         s0_load = (not g["s0_v"] or s0_done) and g["ent_v"]
@@ -176,11 +177,13 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0) -> tuple[int
         nx["st1"], nx["st2"] = st1, g["st1"] if g["st1"] is not None else st2
         if g["st2"] is True:
             nx["stored"] = True
-        if g["stored"] and g["cw"]:
+        if g["cw"]:
             nx["cw"] -= 1                     # one tile count written
+        if counts is not None:                # the block-row's tile counts start
+            nx["cw"] = counts
         if count is not None:                 # COUNT: a new block-row
-            nx.update(ptr=0, e_w=0, ent_v=False, s0_v=False, head=[], stored=count == 0,
-                      cnt=count, cw=min(q, nt - r * q))
+            nx.update(ptr=0, e_w=0, ent_v=False, s0_v=False, head=[], stored=False,
+                      cnt=count)
         g.update(nx)
 
     def need(nbytes, **kw):
@@ -199,10 +202,14 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0) -> tuple[int
         kept = [c for c in range(pattern.n_block_cols) if pattern.blocks[r, c]]
         row[:] = [int(cols[r, c].sum()) for c in kept]
         need(2, count=len(kept))              # COUNT
+        tiles = min(q, nt - r * q)
         if not kept:
             while g["cw"]:
-                cycle()                       # ECNT: its tile counts
-            cycle()                           # ECNT: next block-row
+                cycle()                       # ECNT: the previous block-row's tile counts
+            cycle(counts=tiles)               # ECNT
+            while g["cw"]:
+                cycle()                       # EROW: its tile counts
+            cycle()                           # EROW: next block-row
             continue
         for i in range(len(kept)):
             last = i == len(kept) - 1
@@ -212,13 +219,14 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0) -> tuple[int
                     need(1, st1=last if b == mb - 1 else None)   # MASK bytes
             else:
                 need(2, store=True, st2=last)  # INDEX (stores the entry)
-        for _ in range(sum(row)):
+        for c in range(sum(row)):
             for s in range(q):
                 while st["level"] < W or not g["head"]:
                     cycle()
-                cycle(W, pop=s == q - 1)      # COLUMN
-    while st["sent"] < length or st["held"] is not None:
-        cycle()                               # END waits for the last beat
+                row_end = c == sum(row) - 1 and s == q - 1
+                cycle(W, pop=s == q - 1, counts=tiles if row_end else None)   # COLUMN
+    while st["sent"] < length or st["held"] is not None or g["cw"]:
+        cycle()                               # END waits for the last beat and tile count
     cycle()                                   # END -> DONE
     cycle()                                   # DONE
     return st["cycles"], st["last"]
