@@ -330,8 +330,7 @@ class SparseDecoder(wiring.Component):
         mask = Signal(MAX_MASK_BITS)
         mbyte = Signal(range(MAX_MASK_BITS // 8 + 1))
         pcnt = Signal(range(MAX_MASK_BITS + 1))  # kept columns of the mask bytes before mlast
-        # Kept columns of the last mask byte read, per nibble (one table lookup each).
-        mlast = [Signal(range(5), name=f"mlast{i}") for i in range(2)]
+        mlast = Signal(range(9))                # kept columns of the last mask byte read
         m_fin = Signal()                        # the next mask byte is the entry's last
         idx = Signal(16)
         vbits = Signal(MAX_MASK_BITS)
@@ -352,7 +351,7 @@ class SparseDecoder(wiring.Component):
         # block-row's last, and (hierarchical) its kept columns and column mask. Written by
         # the parser, read by the column generator; distributed RAM read asynchronously into a
         # register.
-        entry_layout = data.StructLayout({"idx": unsigned(iw), "elast": 1,
+        entry_layout = data.StructLayout({"idx": unsigned(iw), "elast": 1, "lastc": 1,
                                           "n": unsigned(ceil_log2(MAX_MASK_BITS + 1)),
                                           "mask": unsigned(MAX_MASK_BITS)})
         m.submodules.entries = entries = memory.Memory(
@@ -400,7 +399,8 @@ class SparseDecoder(wiring.Component):
         # (stage 1, with the mask check and its kept columns); a plain one with its index.
         # Stage 2 (the next cycle, both kinds) adds the entry's columns to the block-row's.
         st1_v, st1_last, st2_v, st2_last = Signal(), Signal(), Signal(), Signal()
-        ncols_r = Signal(range(_MAX_BLOCK + 1))
+        ncols_r = Signal(range(_MAX_BLOCK + 1))  # kept columns of a hierarchical entry
+        pl_last = Signal()                      # the plain entry is the last block-column
 
         glow_enc = Signal(range(MAX_MASK_BITS))
         for b in range(glow_enc.shape().width):
@@ -439,7 +439,7 @@ class SparseDecoder(wiring.Component):
             with m.If(s0_emit & (hwp == i)):
                 m.d.sync += [head_k[i].eq(kb0 + Mux(hier, glow_enc, j0)),
                              head_l[i].eq(last0 & elast0)]
-        ent_lastcol = ent.idx == nbcm1
+        ent_lastcol = ent.lastc
         with m.If(s0_load):
             m.d.sync += [kb0.eq(ks_rd.data), glow0.eq(low_bit(ent.mask)),
                          rest0.eq(drop_low(ent.mask)), j0.eq(0),
@@ -452,9 +452,9 @@ class SparseDecoder(wiring.Component):
         with m.If(ent_ld):
             m.d.sync += [ent.eq(ent_rd.data), ptr.eq(ptr + 1)]
 
-        def popcount4(v):
-            """Set bits of a nibble: a 16-entry table, one LUT4 per result bit."""
-            return Array([Const(bin(i).count("1"), 3) for i in range(16)])[v]
+        def popcount8(v):
+            """Set bits of a byte: a 256-entry table (an 8-input function per result bit)."""
+            return Array([Const(bin(i).count("1"), 4) for i in range(256)])[v]
 
         def thermometer(v):
             """The ``v`` low bits set (all of them from ``MAX_MASK_BITS`` on)."""
@@ -466,16 +466,24 @@ class SparseDecoder(wiring.Component):
         sizes_of = {"MAGIC": 4, "VERSION": 2, "BR": 2, "BC": 2, "RESERVED": 2, "OUT": 4,
                     "IN": 4, "TOTAL": 4, "COUNT": 2, "INDEX": 2, "MASK": 1, "COLUMN": W}
 
+        # Field size each state waits for (``nsel``): the same, and the payload's in CWAIT.
+        needs_of = {**sizes_of, "CWAIT": W}
+        nsel = {t: Signal(name=f"nsel{t}") for t in sizes}
+
         def goto(state):
             m.next = state
             m.d.sync += [tsel[t].eq(sizes_of.get(state) == t) for t in sizes]
+            m.d.sync += [nsel[t].eq(needs_of.get(state) == t) for t in sizes]
 
         def need(nbytes):
-            """Condition 'nbytes are buffered' (and no bad beat); else the truncation error."""
-            ok = have[nbytes]
-            with m.If((~ok & fin) | beat_err):
-                goto("ERROR")
-            return ok
+            """Condition 'nbytes are buffered' (and no bad beat). A state that waits for bytes
+            after the stream's end (or after a bad beat) is truncated: ``trunc``, registered,
+            sets ``lerr`` as a failed check does."""
+            return have[nbytes]
+
+        trunc = Signal()
+        waits = Cat(*[nsel[t] & ~have[t] for t in sizes]).any()
+        m.d.sync += trunc.eq((fin & waits) | (beat_err & Cat(*nsel.values()).any()))
 
         # Registered conditions: every state decides from flip-flops (or a compare of the
         # aligner level with a constant), never from a wide compare of this cycle's bytes.
@@ -499,9 +507,11 @@ class SparseDecoder(wiring.Component):
         rem_row1 = Signal(sgn)                  # rem_row - cols
         crem = Signal(sgn)                      # n - first channel of tile ctile
         wsgn = signed(len(waddr) + 1)
-        proom = Signal(wsgn)                    # depth - pos_addr
-        wr2 = Signal(wsgn)                      # depth - (waddr + cols_r)
-        pr2 = Signal(wsgn)                      # depth - (pos_addr + cols_r)
+        # Rooms, offset so that "room left after the step" is a sign bit.
+        proom = Signal(wsgn)                    # depth - pos_addr - 2
+        proom1 = Signal(wsgn)                   # depth - pos_addr - 1
+        wr2 = Signal(wsgn)                      # depth - (waddr + cols_r) - 1
+        pr2 = Signal(wsgn)                      # depth - (pos_addr + cols_r) - 1
         rinit = Signal()                        # cols_r is final: set wr2, pr2
         csl = Signal(range(_MAX_BLOCK + 1))     # q - (tiles counted)
         cval = Signal.like(cols_r)              # the count of the block-row's tiles
@@ -517,7 +527,7 @@ class SparseDecoder(wiring.Component):
         pending = Signal()                      # a check failed in the previous cycle
 
         def check(cond):
-            """A value check of this state: its result and whether the state applied it are
+            """A value check of this state: whether the state applied it and it failed is
             registered, then combined into ``lerr`` (two cycles after the check)."""
             now = Signal()
             m.d.comb += now.eq(1)
@@ -557,7 +567,7 @@ class SparseDecoder(wiring.Component):
         # Hierarchical entry store (see above).
         m.d.sync += [st1_v.eq(0), st2_v.eq(st1_v), st2_last.eq(st1_last)]
         with m.If(st1_v):
-            hcols = pcnt + mlast[0] + mlast[1]
+            hcols = pcnt + mlast
             m.d.comb += [ent_wr.en.eq(1), ent_wr.addr.eq(e_w), ent_wr.data.idx.eq(idx),
                          ent_wr.data.n.eq(hcols), ent_wr.data.mask.eq(mask),
                          ent_wr.data.elast.eq(st1_last)]
@@ -565,12 +575,12 @@ class SparseDecoder(wiring.Component):
             check((mask == 0) | ((mask & ~vbits) != 0))
         m.d.sync += rinit.eq(0)
         with m.If(st2_v):
-            m.d.sync += cols_r.eq(cols_r + ncols_r)
+            m.d.sync += cols_r.eq(cols_r + Mux(hier, ncols_r, Mux(pl_last, lastw, bc)))
             with m.If(st2_last):
                 m.d.sync += [gate.eq(1), rinit.eq(1)]
         # With the row's column count final, the rooms after a step of cols_r (q > 1).
         with m.If(rinit):
-            m.d.sync += [wr2.eq(proom - cols_r), pr2.eq(proom - cols_r)]
+            m.d.sync += [wr2.eq(proom1 - cols_r), pr2.eq(proom1 - cols_r)]
 
         with m.FSM(name="parse") as fsm:
             with m.State("IDLE"), m.If(self.start):
@@ -664,7 +674,8 @@ class SparseDecoder(wiring.Component):
                                  # payload addressing
                                  pos_addr.eq(self.words), waddr.eq(self.words),
                                  w_ok.eq(self.words < depth),
-                                 proom.eq(depth - self.words), rem_nx.eq(rem_row - C),
+                                 proom.eq(depth - 2 - self.words),
+                                 proom1.eq(depth - 1 - self.words), rem_nx.eq(rem_row - C),
                                  rem_row1.eq(rem_row - C),
                                  pad.eq(past_n(rem_row)), pad_row.eq(past_n(rem_row)),
                                  sl.eq(q - 1), s_last.eq(q1),
@@ -689,15 +700,15 @@ class SparseDecoder(wiring.Component):
                                  cur_last.eq(e_fin)]
                     check((u16 >= nbc) | ((e != 0) & (u16 <= idx)))
                     with m.If(hier):
-                        m.d.sync += [mask.eq(0), mbyte.eq(0), pcnt.eq(0),
-                                     mlast[0].eq(0), mlast[1].eq(0),
+                        m.d.sync += [mask.eq(0), mbyte.eq(0), pcnt.eq(0), mlast.eq(0),
                                      m_fin.eq(mask_bytes == 1),
                                      vbits.eq(Mux(is_last, vb_last, vb_full))]
                         goto("MASK")
                     with m.Else():
                         m.d.comb += [ent_wr.en.eq(1), ent_wr.addr.eq(e_w),
                                      ent_wr.data.idx.eq(u16), ent_wr.data.elast.eq(e_fin)]
-                        m.d.sync += [e_w.eq(e_w + 1), ncols_r.eq(Mux(is_last, lastw, bc)),
+                        m.d.comb += ent_wr.data.lastc.eq(is_last)
+                        m.d.sync += [e_w.eq(e_w + 1), pl_last.eq(is_last),
                                      st2_v.eq(1), st2_last.eq(e_fin)]
                         with m.If(e_fin):
                             m.d.sync += gate.eq(q1)
@@ -706,8 +717,7 @@ class SparseDecoder(wiring.Component):
             with m.State("MASK"):
                 with m.If(need(1)):
                     m.d.sync += [mbyte.eq(mbyte + 1), m_fin.eq(mbyte + 2 == mask_bytes),
-                                 pcnt.eq(pcnt + mlast[0] + mlast[1]),
-                                 mlast[0].eq(popcount4(u8[:4])), mlast[1].eq(popcount4(u8[4:])),
+                                 pcnt.eq(pcnt + mlast), mlast.eq(popcount8(u8)),
                                  mask.eq(mask | (u8 << (mbyte * 8))[:MAX_MASK_BITS])]
                     # Bits past MAX_MASK_BITS cannot occur: b_c <= MAX_MASK_BITS here.
                     with m.If(m_fin):
@@ -729,7 +739,6 @@ class SparseDecoder(wiring.Component):
                     next_row()
                 late_error()
             with m.State("CWAIT"):
-                need(W)
                 to_column(s0_emit)
                 late_error()
             with m.State("COLUMN"):
@@ -754,14 +763,15 @@ class SparseDecoder(wiring.Component):
                         m.d.sync += self.words.eq(self.words + 1)
                     m.d.sync += [sl.eq(sl - 1), s_last.eq(sl == 1), rem_nx.eq(rem_nx - C),
                                  pad.eq(past_n(rem_nx)), waddr.eq(waddr + cols_r),
-                                 wr2.eq(wr2 - cols_r), w_ok.eq(wr2 > 0)]
+                                 wr2.eq(wr2 - cols_r), w_ok.eq(~wr2[-1])]
                     with m.If(s_last):
                         # Next kept column.
                         m.d.comb += pop.eq(1)
                         m.d.sync += [sl.eq(q - 1), rem_nx.eq(rem_row1),
                                      pad.eq(pad_row), pos_addr.eq(pos_addr + 1),
                                      waddr.eq(pos_addr + 1), proom.eq(proom - 1),
-                                     pr2.eq(pr2 - 1), wr2.eq(pr2 - 1), w_ok.eq(proom > 1),
+                                     proom1.eq(proom1 - 1),
+                                     pr2.eq(pr2 - 1), wr2.eq(pr2 - 1), w_ok.eq(~proom[-1]),
                                      s_last.eq(q1)]
                         with m.If(head_rlast):
                             # The block-row's last word: its tile counts follow.
@@ -792,11 +802,11 @@ class SparseDecoder(wiring.Component):
                 goto("IDLE")
         # One-hot state register in synthesis: short next-state logic for this many states.
         fsm.state.attrs["fsm_encoding"] = "one-hot"
-        hits = []
+        hits = [trunc]
         for now, cond in checks:
-            applied, failed = Signal(), Signal()
-            m.d.sync += [applied.eq(now), failed.eq(cond)]
-            hits.append(applied & failed)
+            failed = Signal()
+            m.d.sync += failed.eq(now & cond)
+            hits.append(failed)
         m.d.comb += pending.eq(Cat(*hits).any())
         with m.If(pending):
             m.d.sync += lerr.eq(1)
