@@ -197,20 +197,21 @@ class SparseDecoder(wiring.Component):
         # the aligner in the next cycle if the aligner has room (while the next beat is taken),
         # so the stream still runs at one beat per cycle.
         # ``buf`` holds ``level`` bytes (byte 0 first); bytes past the level are don't-care
-        # (every read is guarded by the level), so nothing is cleared but the level. ``lv`` is
-        # the level as a thermometer (``lv[i] = level > i``), kept beside the binary level so
-        # that "byte i is buffered" and "n bytes are buffered" are flip-flops.
+        # (every read is guarded by the level), so nothing is cleared but the level. The level
+        # is kept as a thermometer (``lv[i] = level > i``), so that "byte i is buffered" and
+        # "n bytes are buffered" are flip-flops, and as its low bits (``lm``, the level modulo
+        # a power of two at least ``cols``), which place an incoming beat's lanes.
         buf = Signal(8 * BUF)
-        level = Signal(range(BUF + 1))
         lv = Signal(BUF)
+        lb = ceil_log2(W)
+        lm = Signal(max(1, lb))
         ended = Signal()                        # the last beat has been taken from cw
         active = Signal()                       # between start and done (registered)
         drop = Signal()                         # discard the buffer (comb)
         beat_err = Signal()                     # a beat with n > cols was seen (sticky)
         beat = self.cw.payload
         s_valid = Signal()
-        s_bad = Signal()                        # its n was larger than cols
-        s_n = Signal(range(W + 1))              # its bytes (0 if bad)
+        s_n = Signal(range(W + 1))              # its bytes (0 if n > cols)
         s_oh = Signal(W + 1)                    # the same, one-hot
         s_data = Signal(8 * W)
         # Room is counted before this cycle's consumption, so that ``move`` and ``ready``
@@ -224,10 +225,12 @@ class SparseDecoder(wiring.Component):
         m.d.comb += fire.eq(self.cw.valid & self.cw.ready)
         with m.If(fire):
             n_in = beat.n
-            m.d.sync += [s_valid.eq(1), s_data.eq(beat.data.as_value()), s_bad.eq(n_in > W),
+            m.d.sync += [s_valid.eq(1), s_data.eq(beat.data.as_value()),
                          s_n.eq(Mux(n_in > W, 0, n_in)),
                          s_oh.eq(Cat(*[(n_in == k) | ((k == 0) & (n_in > W))
                                        for k in range(W + 1)]))]
+            with m.If(n_in > W):
+                m.d.sync += beat_err.eq(1)
             with m.If(beat.last):
                 m.d.sync += ended.eq(1)
         with m.Elif(move):
@@ -236,64 +239,61 @@ class SparseDecoder(wiring.Component):
         m.d.comb += fin.eq(ended & ~s_valid)
         lanes = [s_data[8 * i:8 * i + 8] for i in range(W)]
         # Bytes consumed this cycle: the parse state's field size (``tsel``, registered with
-        # every state transition) when that many bytes are buffered (``have``, registered):
-        # one AND of two flip-flops per size.
+        # every state transition) when that many bytes are buffered: one AND of two
+        # flip-flops per size, encoded (``tcode``: 0 for none, else the size's rank) as the
+        # select of the muxes below.
         sizes = sorted({1, 2, 4, W})
-        have = {t: Signal(name=f"have{t}") for t in sizes}
+        have = {t: lv[t - 1] for t in sizes}
         tsel = {t: Signal(name=f"tsel{t}") for t in sizes}
         tk = {t: Signal(name=f"take{t}") for t in sizes}
         for t in sizes:
             m.d.comb += tk[t].eq(tsel[t] & have[t])
-        tk_none = ~Cat(*tk.values()).any()
+        tcode = Signal(range(len(sizes) + 1), attrs={"keep": 1})
+        for b in range(len(tcode)):
+            m.d.comb += tcode[b].eq(
+                Cat(*[tk[t] for r, t in enumerate(sizes) if ((r + 1) >> b) & 1]).any())
+        offs = [0, *sizes]                      # bytes taken, by tcode
+
+        def by_take(values):
+            """``values[tcode]``: a binary mux tree (one LUT level on ECP5 for four values)."""
+            values = values + [values[-1]] * ((1 << len(tcode)) - len(values))
+            for b in range(len(tcode)):
+                values = [Mux(tcode[b], values[i + 1], values[i])
+                          for i in range(0, len(values), 2)]
+            return values[0]
+
         # The beat is appended behind the buffered bytes (byte j of the merged buffer is
         # ``buf[j]`` below the level, else lane ``j - level`` of the beat: a mux on the low
         # bits of the level only, since any other lane lands past the new level), then the
-        # taken bytes are shifted out: the buffer's next value is two levels of muxes whose
-        # selects are flip-flops or one AND of them.
-        lb = ceil_log2(W)
-
-        def merged(j):
-            if j >= BUF:
-                return Const(0, 8)
+        # taken bytes are shifted out: the buffer's next value is a mux of flip-flops
+        # (``merged``) followed by the take mux.
+        top = BUF + max(sizes)
+        merged = [Signal(8, name=f"merged{j}", attrs={"keep": 1}) for j in range(top)]
+        for j in range(BUF):
             if lb == 0:
                 app = lanes[0]
             else:
-                pos = (Const(j % (1 << lb), lb) - level[:lb])[:lb]
+                pos = (Const(j % (1 << lb), lb) - lm)[:lb]
                 app = Array(lanes + [lanes[0]] * ((1 << lb) - W))[pos]
-            return Mux(lv[j], buf[8 * j:8 * j + 8], app)
-
+            m.d.comb += merged[j].eq(Mux(lv[j], buf[8 * j:8 * j + 8], app))
+        # Next level: the thermometer after the move (a one-hot shift by the beat's bytes),
+        # then the take mux.
+        ext = Cat(Const(-1, W), lv, Const(0, 2 * max(sizes)))  # ext[W + j] = (level > j)
+        lv_in = Signal(top, attrs={"keep": 1})  # after the move: lv_in[c] = ext[W + c - n]
+        for c in range(top):
+            m.d.comb += lv_in[c].eq(Mux(move, Cat(*[s_oh[k] & ext[W + c - k]
+                                                    for k in range(W + 1)]).any(),
+                                        ext[W + c]))
+        lm_in = Signal.like(lm)
+        m.d.comb += lm_in.eq(lm + Mux(move, s_n, 0))
         with m.If(drop):
-            m.d.sync += [level.eq(0), lv.eq(0), s_valid.eq(0)]
-            m.d.sync += [have[t].eq(0) for t in sizes]
+            m.d.sync += [lv.eq(0), lm.eq(0), s_valid.eq(0)]
         with m.Else():
             for i in range(BUF):
-                byte = merged(i) & tk_none.replicate(8)
-                for t in sizes:
-                    byte = byte | (merged(i + t) & tk[t].replicate(8))
-                m.d.sync += buf[8 * i:8 * i + 8].eq(byte)
-            # Next level: the level moves by the bytes moved in minus the bytes taken, both
-            # one-hot from flip-flops; the thermometer moves as two one-hot shifts of the old
-            # one, without arithmetic.
-            taken = 0                           # the selects are one-hot: OR their sizes
-            for t in sizes:
-                taken = taken | Mux(tk[t], t, 0)
-            added = Mux(move, s_n, 0)
-            ext = Cat(Const(-1, W), lv, Const(0, 2 * max(sizes)))  # ext[W + j] = (level > j)
-            lv_in = Signal(BUF + max(sizes))    # after the move: lv_in[c] = ext[W + c - n]
-            for c in range(BUF + max(sizes)):
-                m.d.comb += lv_in[c].eq(Mux(move, Cat(*[s_oh[k] & ext[W + c - k]
-                                                        for k in range(W + 1)]).any(),
-                                            ext[W + c]))
-            lv_nx = Signal(BUF)
-            for i in range(BUF):
-                m.d.comb += lv_nx[i].eq((tk_none & lv_in[i])
-                                        | Cat(*[tk[t] & lv_in[i + t] for t in sizes]).any())
-            m.d.sync += [level.eq(level + added - taken), lv.eq(lv_nx)]
-            # "t bytes are buffered and no bad beat was seen".
-            m.d.sync += [have[t].eq(lv_nx[t - 1] & ~beat_err & ~(move & s_bad))
-                         for t in sizes]
-        with m.If(move & s_bad):
-            m.d.sync += beat_err.eq(1)
+                m.d.sync += [buf[8 * i:8 * i + 8].eq(by_take([merged[i + o] for o in offs])),
+                             lv[i].eq(by_take([lv_in[i + o] for o in offs]))]
+            if lb:
+                m.d.sync += lm.eq(by_take([(lm_in - o)[:lb] for o in offs]))
 
         u8, u16, u32 = buf[:8], buf[:16], buf[:32]
 
@@ -333,7 +333,7 @@ class SparseDecoder(wiring.Component):
         mlast = Signal(range(9))                # kept columns of the last mask byte read
         m_fin = Signal()                        # the next mask byte is the entry's last
         idx = Signal(16)
-        vbits = Signal(MAX_MASK_BITS)
+        idx_last = Signal()                     # the index parsed is the last block-column
         s_last = Signal()                       # last word of the payload column: s + 1 == q
         q1 = Signal()                           # q == 1
         pos_addr = Signal(range(depth + kmax + 1))
@@ -464,7 +464,8 @@ class SparseDecoder(wiring.Component):
 
         # Field size consumed by each state (``tsel``), set with every transition (``goto``).
         sizes_of = {"MAGIC": 4, "VERSION": 2, "BR": 2, "BC": 2, "RESERVED": 2, "OUT": 4,
-                    "IN": 4, "TOTAL": 4, "COUNT": 2, "INDEX": 2, "MASK": 1, "COLUMN": W}
+                    "IN": 4, "TOTAL": 4, "COUNT": 2, "INDEX": 2, "HINDEX": 2, "MASK": 1,
+                    "COLUMN": W}
 
         # Field size each state waits for (``nsel``): the same, and the payload's in CWAIT.
         needs_of = {**sizes_of, "CWAIT": W}
@@ -483,7 +484,7 @@ class SparseDecoder(wiring.Component):
 
         trunc = Signal()
         waits = Cat(*[nsel[t] & ~have[t] for t in sizes]).any()
-        m.d.sync += trunc.eq((fin & waits) | (beat_err & Cat(*nsel.values()).any()))
+        m.d.sync += trunc.eq((fin & waits) | beat_err)
 
         # Registered conditions: every state decides from flip-flops (or a compare of the
         # aligner level with a constant), never from a wide compare of this cycle's bytes.
@@ -564,14 +565,19 @@ class SparseDecoder(wiring.Component):
             m.d.sync += [ctile.eq(ctile + 1), csl.eq(csl - 1), crem.eq(crem - C),
                          cnt_done.eq((csl == 1) | (crem <= C))]
 
+        # Entry writes: a plain entry's fields come from the index being parsed (INDEX), a
+        # hierarchical one's from registers (stage 1); the data does not depend on the state.
+        m.d.comb += [ent_wr.addr.eq(e_w), ent_wr.data.idx.eq(Mux(hier, idx, u16)),
+                     ent_wr.data.elast.eq(Mux(hier, st1_last, e_fin)),
+                     ent_wr.data.lastc.eq(u16[:iw] == nbcm1),
+                     ent_wr.data.n.eq(pcnt + mlast), ent_wr.data.mask.eq(mask)]
         # Hierarchical entry store (see above).
         m.d.sync += [st1_v.eq(0), st2_v.eq(st1_v), st2_last.eq(st1_last)]
         with m.If(st1_v):
             hcols = pcnt + mlast
-            m.d.comb += [ent_wr.en.eq(1), ent_wr.addr.eq(e_w), ent_wr.data.idx.eq(idx),
-                         ent_wr.data.n.eq(hcols), ent_wr.data.mask.eq(mask),
-                         ent_wr.data.elast.eq(st1_last)]
+            m.d.comb += ent_wr.en.eq(1)
             m.d.sync += [e_w.eq(e_w + 1), ncols_r.eq(hcols)]
+            vbits = Mux(idx_last, vb_last, vb_full)
             check((mask == 0) | ((mask & ~vbits) != 0))
         m.d.sync += rinit.eq(0)
         with m.If(st2_v):
@@ -582,13 +588,16 @@ class SparseDecoder(wiring.Component):
         with m.If(rinit):
             m.d.sync += [wr2.eq(proom1 - cols_r), pr2.eq(proom1 - cols_r)]
 
+        with m.If(pending):
+            m.d.sync += lerr.eq(1)              # (a new stream's start clears it)
+
         with m.FSM(name="parse") as fsm:
             with m.State("IDLE"), m.If(self.start):
-                m.d.sync += [self.error.eq(0), ended.eq(0), level.eq(0), lv.eq(0),
-                             s_valid.eq(0), *[have[t].eq(0) for t in sizes],
+                # The aligner is empty here (after DONE or after the drain of ERROR).
+                m.d.sync += [self.error.eq(0), ended.eq(0),
                              ck.eq(self.exp_k), cn.eq(self.exp_n), self.words.eq(0),
                              first_row.eq(1), uneven.eq(0), lerr.eq(0), active.eq(1),
-                             tile_row.eq(0), q.eq(0), beat_err.eq(0),
+                             tile_row.eq(0), q.eq(0), beat_err.eq(0), trunc.eq(0),
                              hcnt.eq(0), hwp.eq(0), hrp.eq(0), s0_v.eq(0), ent_v.eq(0),
                              ptr.eq(0), e_w.eq(0),
                              cnt_done.eq(1), st1_v.eq(0), st2_v.eq(0)]
@@ -689,30 +698,37 @@ class SparseDecoder(wiring.Component):
                         m.d.sync += uneven.eq(1)
                     with m.If(u16 == 0):
                         goto("ECNT")
+                    with m.Elif(hier):
+                        goto("HINDEX")
                     with m.Else():
                         goto("INDEX")
                     check((u16 > nbc) | (u16 > left))
                 late_error()
+            def index_fields():
+                m.d.sync += [idx.eq(u16), e.eq(e + 1), el.eq(el - 1), e_fin.eq(el == 1),
+                             cur_last.eq(e_fin)]
+                check((u16 >= nbc) | ((e != 0) & (u16 <= idx)))
+                return u16[:iw] == nbcm1
+
+            # The index list: plain (INDEX, the entry is stored with its index) and
+            # hierarchical (HINDEX, then the mask bytes) are two states, so that the entry
+            # memory's write enable is one state bit and one flag.
             with m.State("INDEX"):
                 with m.If(need(2)):
-                    is_last = u16[:iw] == nbcm1
-                    m.d.sync += [idx.eq(u16), e.eq(e + 1), el.eq(el - 1), e_fin.eq(el == 1),
-                                 cur_last.eq(e_fin)]
-                    check((u16 >= nbc) | ((e != 0) & (u16 <= idx)))
-                    with m.If(hier):
-                        m.d.sync += [mask.eq(0), mbyte.eq(0), pcnt.eq(0), mlast.eq(0),
-                                     m_fin.eq(mask_bytes == 1),
-                                     vbits.eq(Mux(is_last, vb_last, vb_full))]
-                        goto("MASK")
-                    with m.Else():
-                        m.d.comb += [ent_wr.en.eq(1), ent_wr.addr.eq(e_w),
-                                     ent_wr.data.idx.eq(u16), ent_wr.data.elast.eq(e_fin)]
-                        m.d.comb += ent_wr.data.lastc.eq(is_last)
-                        m.d.sync += [e_w.eq(e_w + 1), pl_last.eq(is_last),
-                                     st2_v.eq(1), st2_last.eq(e_fin)]
-                        with m.If(e_fin):
-                            m.d.sync += gate.eq(q1)
-                            to_column(head_v | s0_emit)
+                    is_last = index_fields()
+                    m.d.comb += ent_wr.en.eq(1)
+                    m.d.sync += [e_w.eq(e_w + 1), pl_last.eq(is_last),
+                                 st2_v.eq(1), st2_last.eq(e_fin)]
+                    with m.If(e_fin):
+                        m.d.sync += gate.eq(q1)
+                        to_column(head_v | s0_emit)
+                late_error()
+            with m.State("HINDEX"):
+                with m.If(need(2)):
+                    is_last = index_fields()
+                    m.d.sync += [mask.eq(0), mbyte.eq(0), pcnt.eq(0), mlast.eq(0),
+                                 m_fin.eq(mask_bytes == 1), idx_last.eq(is_last)]
+                    goto("MASK")
                 late_error()
             with m.State("MASK"):
                 with m.If(need(1)):
@@ -725,7 +741,7 @@ class SparseDecoder(wiring.Component):
                         with m.If(cur_last):
                             to_column(head_v | s0_emit)
                         with m.Else():
-                            goto("INDEX")
+                            goto("HINDEX")
                 late_error()
             with m.State("ECNT"):
                 # An empty block-row: once the previous block-row's counts are written, its
@@ -786,7 +802,9 @@ class SparseDecoder(wiring.Component):
             with m.State("END"):
                 with m.If(~left_zero | (bal == uneven) | lv[0] | beat_err):
                     goto("ERROR")
-                with m.Elif(fin & cnt_done & ~lerr & ~pending):
+                # A check of the last word fails at the latest in the cycle its tile count
+                # is written, so ``lerr`` is final once the counts are.
+                with m.Elif(fin & cnt_done & ~lerr):
                     m.d.sync += active.eq(0)
                     goto("DONE")
                 late_error()
@@ -808,7 +826,5 @@ class SparseDecoder(wiring.Component):
             m.d.sync += failed.eq(now & cond)
             hits.append(failed)
         m.d.comb += pending.eq(Cat(*hits).any())
-        with m.If(pending):
-            m.d.sync += lerr.eq(1)
         m.d.comb += self.busy.eq(active | self.done)
         return m

@@ -203,7 +203,9 @@ def test_overlong_beat_and_weight_buffer_overflow(tiny, rng):
     beats = pack_compressed(tiny, good)
     beats[3] = dict(beats[3], n=tiny.cols + 1)
     small = AccelConfig.from_dict({**tiny.to_dict(), "weight_buffer_depth": 16})
-    assert run_decoder(tiny, [(beats, 30, 20), (good, 30, 20)])[0][0] == 1
+    results = run_decoder(tiny, [(beats, 30, 20), (good, 30, 20)])
+    assert results[0][0] == 1
+    check_image(tiny, results[1], w, p)                 # the error does not outlive its stream
     results = run_decoder(small, [(good, 30, 20)])
     assert results[0][0] == 1
 
