@@ -305,7 +305,9 @@ class SparseDecoder(wiring.Component):
         bal = Signal()
         br = Signal(range(_MAX_BLOCK + 1))
         bc = Signal(range(_MAX_BLOCK + 1))
-        left = Signal(32)                       # kept blocks announced and not seen yet
+        left = Signal(signed(33))               # kept blocks announced and not seen yet
+        cnt_r = Signal(16)                      # the block-row's count, checked the next cycle
+        cnt_chk = Signal()
         rem = Signal(range(_MAX_BLOCK + 1))
         q = Signal(range(_MAX_BLOCK + 1))
         ck = Signal(range(kmax + 1))
@@ -590,6 +592,11 @@ class SparseDecoder(wiring.Component):
 
         with m.If(pending):
             m.d.sync += lerr.eq(1)              # (a new stream's start clears it)
+        # The count's checks, from registers the cycle after COUNT: at most the block-columns,
+        # and at most the kept blocks left (``left`` went negative otherwise).
+        m.d.sync += cnt_chk.eq(0)
+        with m.If(cnt_chk):
+            check((cnt_r > nbc) | left[-1])
 
         with m.FSM(name="parse") as fsm:
             with m.State("IDLE"), m.If(self.start):
@@ -702,7 +709,7 @@ class SparseDecoder(wiring.Component):
                         goto("HINDEX")
                     with m.Else():
                         goto("INDEX")
-                    check((u16 > nbc) | (u16 > left))
+                    m.d.sync += [cnt_r.eq(u16), cnt_chk.eq(1)]
                 late_error()
             def index_fields():
                 m.d.sync += [idx.eq(u16), e.eq(e + 1), el.eq(el - 1), e_fin.eq(el == 1),
