@@ -308,6 +308,7 @@ class SparseDecoder(wiring.Component):
         left = Signal(signed(33))               # kept blocks announced and not seen yet
         cnt_r = Signal(16)                      # the block-row's count, checked the next cycle
         cnt_chk = Signal()
+        first_chk = Signal()                    # ... and it was the first block-row's
         rem = Signal(range(_MAX_BLOCK + 1))
         q = Signal(range(_MAX_BLOCK + 1))
         ck = Signal(range(kmax + 1))
@@ -326,7 +327,7 @@ class SparseDecoder(wiring.Component):
         first_cnt = Signal(16)
         uneven = Signal()
         e = Signal(16)                          # entries parsed in this block-row
-        el = Signal(16)                         # cnt - 1 - e
+        el = Signal(iw + 1)                     # cnt - 1 - e (a count past kmax is an error)
         cur_last = Signal()                     # the entry being parsed is the last one
         cols_r = Signal(range(kmax + 1))        # kept columns of the block-row
         mask = Signal(MAX_MASK_BITS)
@@ -501,13 +502,17 @@ class SparseDecoder(wiring.Component):
         e_fin = Signal()                        # the next entry parsed is the last one
         cnt_done = Signal()                     # the block-row's tile counts are written
         pad = Signal(C)                         # lane of the current word past n
+        pad_nx = Signal(C)                      # lane of the next word (same k) past n
         pad_row = Signal(C)                     # lane of the block-row's first word past n
+        pad_row1 = Signal(C)                    # ... and of its second word
         w_ok = Signal()                         # waddr < depth
 
         sgn = signed(ceil_log2(kmax + 2 * _MAX_BLOCK + 1) + 1)
         rem_row = Signal(sgn)                   # n - first channel of the block-row
-        rem_nx = Signal(sgn)                    # n - first channel of the next word (same k)
         rem_row1 = Signal(sgn)                  # rem_row - cols
+        rem_row2 = Signal(sgn)                  # rem_row - 2 * cols
+        rem_rowb = Signal(sgn)                  # rem_row - b_r
+        rem_nx2 = Signal(sgn)                   # n - first channel of the word after next
         crem = Signal(sgn)                      # n - first channel of tile ctile
         wsgn = signed(len(waddr) + 1)
         # Rooms, offset so that "room left after the step" is a sign bit.
@@ -554,7 +559,9 @@ class SparseDecoder(wiring.Component):
 
         def next_row():
             """The block-row is finished (its last word taken, or its counts written)."""
-            m.d.sync += [tile_row.eq(tile_row + q), rem_row.eq(rem_row - br)]
+            m.d.sync += [tile_row.eq(tile_row + q), rem_row.eq(rem_row - br),
+                         rem_row1.eq(rem_row1 - br), rem_row2.eq(rem_row2 - br),
+                         rem_rowb.eq(rem_rowb - br)]
             with m.If(row_last):
                 goto("END")
             with m.Else():
@@ -597,6 +604,11 @@ class SparseDecoder(wiring.Component):
         m.d.sync += cnt_chk.eq(0)
         with m.If(cnt_chk):
             check((cnt_r > nbc) | left[-1])
+            # Balanced: every block-row keeps as many blocks as the first.
+            with m.If(first_chk):
+                m.d.sync += first_cnt.eq(cnt_r)
+            with m.Elif(cnt_r != first_cnt):
+                m.d.sync += uneven.eq(1)
 
         with m.FSM(name="parse") as fsm:
             with m.State("IDLE"), m.If(self.start):
@@ -650,7 +662,8 @@ class SparseDecoder(wiring.Component):
                 late_error()
             with m.State("TOTAL"):
                 m.d.sync += [rem_k.eq(ck), nbc.eq(0), rk_gt.eq(ck > bc), wk.eq(0),
-                             row_end.eq(cn == 0), rem_row.eq(cn)]
+                             row_end.eq(cn == 0), rem_row.eq(cn), rem_row1.eq(cn - C),
+                             rem_row2.eq(cn - 2 * C), rem_rowb.eq(cn - br)]
                 with m.If(need(4)):
                     m.d.sync += left.eq(u32)
                     goto("QDIV")
@@ -685,24 +698,22 @@ class SparseDecoder(wiring.Component):
                 with m.If(need(2)):
                     m.d.sync += [e.eq(0), cols_r.eq(0), left.eq(left - u16),
                                  e_fin.eq(u16 == 1), el.eq(u16 - 1), first_row.eq(0),
-                                 row_last.eq(rem_row <= br),
+                                 row_last.eq(rem_rowb <= 0),
                                  # tile counts
                                  # payload addressing
                                  pos_addr.eq(self.words), waddr.eq(self.words),
                                  w_ok.eq(self.words < depth),
                                  proom.eq(depth - 2 - self.words),
-                                 proom1.eq(depth - 1 - self.words), rem_nx.eq(rem_row - C),
-                                 rem_row1.eq(rem_row - C),
+                                 proom1.eq(depth - 1 - self.words),
                                  pad.eq(past_n(rem_row)), pad_row.eq(past_n(rem_row)),
+                                 pad_nx.eq(past_n(rem_row1)), pad_row1.eq(past_n(rem_row1)),
+                                 rem_nx2.eq(rem_row2),
                                  sl.eq(q - 1), s_last.eq(q1),
                                  # column generator
                                  ptr.eq(0), e_w.eq(0), ent_v.eq(0),
                                  s0_v.eq(0), hcnt.eq(0), hwp.eq(0), hrp.eq(0),
                                  gate.eq(q1)]
-                    with m.If(first_row):
-                        m.d.sync += first_cnt.eq(u16)
-                    with m.Elif(u16 != first_cnt):
-                        m.d.sync += uneven.eq(1)
+                    m.d.sync += first_chk.eq(first_row)
                     with m.If(u16 == 0):
                         goto("ECNT")
                     with m.Elif(hier):
@@ -784,14 +795,16 @@ class SparseDecoder(wiring.Component):
                     with m.If(exists):
                         m.d.comb += self.w_en.eq(w_ok)
                         m.d.sync += self.words.eq(self.words + 1)
-                    m.d.sync += [sl.eq(sl - 1), s_last.eq(sl == 1), rem_nx.eq(rem_nx - C),
-                                 pad.eq(past_n(rem_nx)), waddr.eq(waddr + cols_r),
+                    m.d.sync += [sl.eq(sl - 1), s_last.eq(sl == 1), rem_nx2.eq(rem_nx2 - C),
+                                 pad.eq(pad_nx), pad_nx.eq(past_n(rem_nx2)),
+                                 waddr.eq(waddr + cols_r),
                                  wr2.eq(wr2 - cols_r), w_ok.eq(~wr2[-1])]
                     with m.If(s_last):
                         # Next kept column.
                         m.d.comb += pop.eq(1)
-                        m.d.sync += [sl.eq(q - 1), rem_nx.eq(rem_row1),
-                                     pad.eq(pad_row), pos_addr.eq(pos_addr + 1),
+                        m.d.sync += [sl.eq(q - 1), rem_nx2.eq(rem_row2),
+                                     pad.eq(pad_row), pad_nx.eq(pad_row1),
+                                     pos_addr.eq(pos_addr + 1),
                                      waddr.eq(pos_addr + 1), proom.eq(proom - 1),
                                      proom1.eq(proom1 - 1),
                                      pr2.eq(pr2 - 1), wr2.eq(pr2 - 1), w_ok.eq(~proom[-1]),
@@ -803,8 +816,7 @@ class SparseDecoder(wiring.Component):
                         with m.Elif((hcnt == 1) & ~s0_emit):
                             goto("CWAIT")
                     check(pad_bad)
-                    with m.If(exists & ~w_ok):
-                        goto("ERROR")
+                    check(exists & ~w_ok)
                 late_error()
             with m.State("END"):
                 with m.If(~left_zero | (bal == uneven) | lv[0] | beat_err):
