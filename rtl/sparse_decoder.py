@@ -334,6 +334,9 @@ class SparseDecoder(wiring.Component):
         mbyte = Signal(range(MAX_MASK_BITS // 8 + 1))
         pcnt = Signal(range(MAX_MASK_BITS + 1))  # kept columns of the mask bytes before mlast
         mlast = Signal(range(9))                # kept columns of the last mask byte read
+        mfound = Signal()                       # the mask's first kept column is found
+        mfirst = Signal(ceil_log2(MAX_MASK_BITS))  # ... its offset
+        mrest = Signal(MAX_MASK_BITS)           # the mask without it
         m_fin = Signal()                        # the next mask byte is the entry's last
         idx = Signal(16)
         idx_last = Signal()                     # the index parsed is the last block-column
@@ -351,12 +354,15 @@ class SparseDecoder(wiring.Component):
         ks_wr = kstart.write_port()
         ks_rd = kstart.read_port(domain="comb")
         # Entry memory: per kept block of the block-row, its block-column, whether it is the
-        # block-row's last, and (hierarchical) its kept columns and column mask. Written by
-        # the parser, read by the column generator; distributed RAM read asynchronously into a
-        # register.
+        # block-row's last and (plain) the last block-column, and (hierarchical) its kept
+        # columns, the offset of its first kept column and the mask without that column.
+        # Written by the parser, read by the column generator; distributed RAM read
+        # asynchronously into a register.
+        mbits = ceil_log2(MAX_MASK_BITS)
         entry_layout = data.StructLayout({"idx": unsigned(iw), "elast": 1, "lastc": 1,
                                           "n": unsigned(ceil_log2(MAX_MASK_BITS + 1)),
-                                          "mask": unsigned(MAX_MASK_BITS)})
+                                          "first": unsigned(mbits),
+                                          "rest": unsigned(MAX_MASK_BITS)})
         m.submodules.entries = entries = memory.Memory(
             shape=entry_layout, depth=kmax, init=[], attrs={"ram_style": "distributed"})
         ent_wr = entries.write_port()
@@ -367,9 +373,9 @@ class SparseDecoder(wiring.Component):
         # boundaries without a bubble:
         #   ENT:  the next entry, read from the entry memory (``ptr``) once it is stored;
         #   S0:   the block being expanded: its first k (``kstart`` read), the next column's
-        #         offset (``j0``, plain) or mask bit (``glow0``, hierarchical, isolated), the
-        #         bits left (``rest0``) or columns left (``nl0``), ``last0``: the next column
-        #         is the block's last;
+        #         offset (``j0``, plain; ``off0``, hierarchical, encoded), the mask bit of the
+        #         column after it (``glow1``, isolated) and the bits after that (``rest0``),
+        #         the columns left (``nl0``), ``last0``: the next column is the block's last;
         #   head: a two-entry queue of columns (k, last column of the block-row); its front
         #         (``kcol``, ``head_rlast``) is the payload column the parser takes next.
         # S0 emits a column while the queue holds fewer than two, ENT moves into S0 when S0
@@ -381,7 +387,8 @@ class SparseDecoder(wiring.Component):
         ent = Signal(entry_layout)
         ent_v = Signal()
         kb0 = Signal(iw)
-        glow0 = Signal(MAX_MASK_BITS)
+        off0 = Signal(mbits)
+        glow1 = Signal(MAX_MASK_BITS)
         rest0 = Signal(MAX_MASK_BITS)
         j0 = Signal(range(nmax + 1))
         nl0 = Signal(range(nmax + 1))
@@ -405,10 +412,10 @@ class SparseDecoder(wiring.Component):
         ncols_r = Signal(range(_MAX_BLOCK + 1))  # kept columns of a hierarchical entry
         pl_last = Signal()                      # the plain entry is the last block-column
 
-        glow_enc = Signal(range(MAX_MASK_BITS))
-        for b in range(glow_enc.shape().width):
-            m.d.comb += glow_enc[b].eq(
-                Cat(*[glow0[i] for i in range(MAX_MASK_BITS) if (i >> b) & 1]).any())
+        def encode(onehot):
+            """The position of the single bit set: an OR tree per result bit."""
+            return Cat(*[Cat(*[onehot[i] for i in range(MAX_MASK_BITS) if (i >> b) & 1]).any()
+                         for b in range(mbits)])
 
         def low_bit(v):
             return (v & (~v + 1))[:MAX_MASK_BITS]
@@ -440,20 +447,31 @@ class SparseDecoder(wiring.Component):
         ]
         for i in range(2):
             with m.If(s0_emit & (hwp == i)):
-                m.d.sync += [head_k[i].eq(kb0 + Mux(hier, glow_enc, j0)),
+                m.d.sync += [head_k[i].eq(kb0 + Mux(hier, off0, j0)),
                              head_l[i].eq(last0 & elast0)]
         ent_lastcol = ent.lastc
         with m.If(s0_load):
-            m.d.sync += [kb0.eq(ks_rd.data), glow0.eq(low_bit(ent.mask)),
-                         rest0.eq(drop_low(ent.mask)), j0.eq(0),
+            m.d.sync += [kb0.eq(ks_rd.data), off0.eq(ent.first), glow1.eq(low_bit(ent.rest)),
+                         rest0.eq(drop_low(ent.rest)), j0.eq(0),
                          nl0.eq(Mux(hier, ent.n, Mux(ent_lastcol, lastw, bc))),
                          last0.eq(Mux(hier, ent.n == 1, Mux(ent_lastcol, lastw1, bc1))),
                          elast0.eq(ent.elast)]
         with m.Elif(s0_emit):
-            m.d.sync += [glow0.eq(low_bit(rest0)), rest0.eq(drop_low(rest0)), j0.eq(j0 + 1),
+            m.d.sync += [off0.eq(encode(glow1)), glow1.eq(low_bit(rest0)),
+                         rest0.eq(drop_low(rest0)), j0.eq(j0 + 1),
                          nl0.eq(nl0 - 1), last0.eq(nl0 == 2)]
         with m.If(ent_ld):
             m.d.sync += [ent.eq(ent_rd.data), ptr.eq(ptr + 1)]
+
+        def drop_low8(v):
+            """A byte without its lowest set bit (no carry chain: bit i survives if a lower
+            bit is set)."""
+            return Cat(*[v[i] & v[:i].any() if i else Const(0, 1) for i in range(8)])
+
+        def ctz8(v):
+            """Trailing zeros of a nonzero byte: a 256-entry table."""
+            return Array([Const((i & -i).bit_length() - 1 if i else 0, 3)
+                          for i in range(256)])[v]
 
         def popcount8(v):
             """Set bits of a byte: a 256-entry table (an 8-input function per result bit)."""
@@ -513,7 +531,7 @@ class SparseDecoder(wiring.Component):
         rem_row2 = Signal(sgn)                  # rem_row - 2 * cols
         rem_rowb = Signal(sgn)                  # rem_row - b_r
         rem_nx2 = Signal(sgn)                   # n - first channel of the word after next
-        crem = Signal(sgn)                      # n - first channel of tile ctile
+        crem = Signal(sgn)                      # n - first channel of tile ctile - cols - 1
         wsgn = signed(len(waddr) + 1)
         # Rooms, offset so that "room left after the step" is a sign bit.
         proom = Signal(wsgn)                    # depth - pos_addr - 2
@@ -554,7 +572,7 @@ class SparseDecoder(wiring.Component):
 
         def start_counts(value):
             """The tile counts of the block-row start (one per cycle, from the next cycle)."""
-            m.d.sync += [ctile.eq(tile_row), crem.eq(rem_row), csl.eq(q), cval.eq(value),
+            m.d.sync += [ctile.eq(tile_row), crem.eq(rem_row1 - 1), csl.eq(q), cval.eq(value),
                          cnt_done.eq(0)]
 
         def next_row():
@@ -572,14 +590,15 @@ class SparseDecoder(wiring.Component):
         with m.If(~cnt_done):
             m.d.comb += [self.c_en.eq(1), self.c_addr.eq(ctile), self.c_data.eq(cval)]
             m.d.sync += [ctile.eq(ctile + 1), csl.eq(csl - 1), crem.eq(crem - C),
-                         cnt_done.eq((csl == 1) | (crem <= C))]
+                         cnt_done.eq((csl == 1) | crem[-1])]     # the tile holding n
 
         # Entry writes: a plain entry's fields come from the index being parsed (INDEX), a
         # hierarchical one's from registers (stage 1); the data does not depend on the state.
         m.d.comb += [ent_wr.addr.eq(e_w), ent_wr.data.idx.eq(Mux(hier, idx, u16)),
                      ent_wr.data.elast.eq(Mux(hier, st1_last, e_fin)),
                      ent_wr.data.lastc.eq(u16[:iw] == nbcm1),
-                     ent_wr.data.n.eq(pcnt + mlast), ent_wr.data.mask.eq(mask)]
+                     ent_wr.data.n.eq(pcnt + mlast), ent_wr.data.first.eq(mfirst),
+                     ent_wr.data.rest.eq(mrest)]
         # Hierarchical entry store (see above).
         m.d.sync += [st1_v.eq(0), st2_v.eq(st1_v), st2_last.eq(st1_last)]
         with m.If(st1_v):
@@ -745,6 +764,7 @@ class SparseDecoder(wiring.Component):
                 with m.If(need(2)):
                     is_last = index_fields()
                     m.d.sync += [mask.eq(0), mbyte.eq(0), pcnt.eq(0), mlast.eq(0),
+                                 mfound.eq(0), mfirst.eq(0), mrest.eq(0),
                                  m_fin.eq(mask_bytes == 1), idx_last.eq(is_last)]
                     goto("MASK")
                 late_error()
@@ -752,7 +772,13 @@ class SparseDecoder(wiring.Component):
                 with m.If(need(1)):
                     m.d.sync += [mbyte.eq(mbyte + 1), m_fin.eq(mbyte + 2 == mask_bytes),
                                  pcnt.eq(pcnt + mlast), mlast.eq(popcount8(u8)),
+                                 mrest.eq(mrest | (Mux(mfound, u8, drop_low8(u8))
+                                                   << (mbyte * 8))[:MAX_MASK_BITS]),
                                  mask.eq(mask | (u8 << (mbyte * 8))[:MAX_MASK_BITS])]
+                    with m.If(~mfound & (u8 != 0)):
+                        # The first kept column: its offset, and the mask without it.
+                        m.d.sync += [mfound.eq(1),
+                                     mfirst.eq(Cat(ctz8(u8), mbyte)[:mbits])]
                     # Bits past MAX_MASK_BITS cannot occur: b_c <= MAX_MASK_BITS here.
                     with m.If(m_fin):
                         m.d.sync += [st1_v.eq(1), st1_last.eq(cur_last)]
