@@ -570,9 +570,14 @@ class SparseDecoder(wiring.Component):
             with m.Else():
                 goto("CWAIT")
 
-        def start_counts(value):
+        # The count writer's start values for the block-row, set at its count.
+        crow_tile = Signal.like(ctile)
+        crow_rem = Signal.like(crem)
+        cstart = Signal()                       # the block-row's last word was taken
+
+        def start_counts():
             """The tile counts of the block-row start (one per cycle, from the next cycle)."""
-            m.d.sync += [ctile.eq(tile_row), crem.eq(rem_row1 - 1), csl.eq(q), cval.eq(value),
+            m.d.sync += [ctile.eq(crow_tile), crem.eq(crow_rem), csl.eq(q), cval.eq(cols_r),
                          cnt_done.eq(0)]
 
         def next_row():
@@ -585,8 +590,13 @@ class SparseDecoder(wiring.Component):
             with m.Else():
                 goto("COUNT")
 
-        # Per-tile counts of the block-row, one per cycle once its list is stored (during
-        # the payload: a non-empty block-row has at least ``q`` payload words).
+        # Per-tile counts of the block-row, one per cycle, from the cycle after its last word
+        # (``cstart``, registered) or, for an empty block-row, once the previous block-row's
+        # are written. ``cols_r`` still holds the block-row's columns in the ``cstart`` cycle
+        # (the next count resets it at the earliest in that cycle).
+        m.d.sync += cstart.eq(0)
+        with m.If(cstart):
+            start_counts()
         with m.If(~cnt_done):
             m.d.comb += [self.c_en.eq(1), self.c_addr.eq(ctile), self.c_data.eq(cval)]
             m.d.sync += [ctile.eq(ctile + 1), csl.eq(csl - 1), crem.eq(crem - C),
@@ -718,6 +728,7 @@ class SparseDecoder(wiring.Component):
                     m.d.sync += [e.eq(0), cols_r.eq(0), left.eq(left - u16),
                                  e_fin.eq(u16 == 1), el.eq(u16 - 1), first_row.eq(0),
                                  row_last.eq(rem_rowb <= 0),
+                                 crow_tile.eq(tile_row), crow_rem.eq(rem_row1 - 1),
                                  # tile counts
                                  # payload addressing
                                  pos_addr.eq(self.words), waddr.eq(self.words),
@@ -791,7 +802,7 @@ class SparseDecoder(wiring.Component):
                 # An empty block-row: once the previous block-row's counts are written, its
                 # tiles' counts (0) are.
                 with m.If(cnt_done):
-                    start_counts(0)
+                    start_counts()
                     goto("EROW")
                 late_error()
             with m.State("EROW"):
@@ -837,7 +848,7 @@ class SparseDecoder(wiring.Component):
                                      s_last.eq(q1)]
                         with m.If(head_rlast):
                             # The block-row's last word: its tile counts follow.
-                            start_counts(cols_r)
+                            m.d.sync += cstart.eq(1)
                             next_row()
                         with m.Elif((hcnt == 1) & ~s0_emit):
                             goto("CWAIT")
@@ -849,7 +860,7 @@ class SparseDecoder(wiring.Component):
                     goto("ERROR")
                 # A check of the last word fails at the latest in the cycle its tile count
                 # is written, so ``lerr`` is final once the counts are.
-                with m.Elif(fin & cnt_done & ~lerr):
+                with m.Elif(fin & cnt_done & ~cstart & ~lerr):
                     m.d.sync += active.eq(0)
                     goto("DONE")
                 late_error()

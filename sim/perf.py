@@ -133,11 +133,11 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0) -> tuple[int
     # and read (``ptr``), the hierarchical store stages, the tile-count writer (``cw`` left).
     g = {"ent_v": False, "ent_b": 0, "s0_v": False, "s0_b": 0, "s0_left": 0, "head": [],
          "ptr": 0, "e_w": 0, "stored": False, "st1": None, "st2": None,
-         "cw": 0, "cnt": 0}
+         "cw": 0, "cpend": 0, "cnt": 0}
     row = []                                  # kept columns of each kept block of the row
 
     def cycle(take=0, idle=False, pop=False, store=False, st1=None, st2=None, count=None,
-              counts=None):
+              counts=None, row_done=None):
         # One clock: the parser takes `take` bytes; the beat in the input register moves into
         # the aligner if it has room, and the input register takes a new beat if it is empty
         # or moving.
@@ -181,6 +181,11 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0) -> tuple[int
             nx["cw"] -= 1                     # one tile count written
         if counts is not None:                # the block-row's tile counts start
             nx["cw"] = counts
+        nx["cpend"] = 0
+        if g["cpend"]:                        # ... the cycle after its last word
+            nx["cw"] = g["cpend"]
+        if row_done is not None:
+            nx["cpend"] = row_done
         if count is not None:                 # COUNT: a new block-row
             nx.update(ptr=0, e_w=0, ent_v=False, s0_v=False, head=[], stored=False,
                       cnt=count)
@@ -204,7 +209,7 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0) -> tuple[int
         need(2, count=len(kept))              # COUNT
         tiles = min(q, nt - r * q)
         if not kept:
-            while g["cw"]:
+            while g["cw"] or g["cpend"]:
                 cycle()                       # ECNT: the previous block-row's tile counts
             cycle(counts=tiles)               # ECNT
             while g["cw"]:
@@ -224,8 +229,8 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0) -> tuple[int
                 while st["level"] < W or not g["head"]:
                     cycle()
                 row_end = c == sum(row) - 1 and s == q - 1
-                cycle(W, pop=s == q - 1, counts=tiles if row_end else None)   # COLUMN
-    while st["sent"] < length or st["held"] is not None or g["cw"]:
+                cycle(W, pop=s == q - 1, row_done=tiles if row_end else None)   # COLUMN
+    while st["sent"] < length or st["held"] is not None or g["cw"] or g["cpend"]:
         cycle()                               # END waits for the last beat and tile count
     cycle()                                   # END -> DONE
     cycle()                                   # DONE

@@ -374,8 +374,9 @@ def test_back_to_back_blocks_stream_one_word_per_cycle(tiny, rng):
         words = int(p.column_mask().sum())
         # start, first beat, input register, header fields, q, block-columns
         header = 1 + 1 + 1 + 8 + 1 + 8
-        # ... one cycle per count and index and per word, the last tile count, END, DONE
-        assert res[1] == header + sum(1 + len(r) for r in rows) + words + 1 + 2
+        # ... one cycle per count and index and per word; the last block-row's tile count
+        # starts the cycle after its last word and is written in the next; END, DONE
+        assert res[1] == header + sum(1 + len(r) for r in rows) + words + 2 + 2
         assert res[1] == decode_cycles(tiny, p)
 
 
