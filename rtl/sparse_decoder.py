@@ -724,9 +724,12 @@ class SparseDecoder(wiring.Component):
                         goto("COUNT")
                 late_error()
             with m.State("COUNT"):
+                # A count past kmax is an error (checked from cnt_r the next cycle): its low
+                # bits are enough to choose the next state.
+                cnt_lo = u16[:iw + 1]
                 with m.If(need(2)):
                     m.d.sync += [e.eq(0), cols_r.eq(0), left.eq(left - u16),
-                                 e_fin.eq(u16 == 1), el.eq(u16 - 1), first_row.eq(0),
+                                 e_fin.eq(cnt_lo == 1), el.eq(u16 - 1), first_row.eq(0),
                                  row_last.eq(rem_rowb <= 0),
                                  crow_tile.eq(tile_row), crow_rem.eq(rem_row1 - 1),
                                  # tile counts
@@ -744,7 +747,7 @@ class SparseDecoder(wiring.Component):
                                  s0_v.eq(0), hcnt.eq(0), hwp.eq(0), hrp.eq(0),
                                  gate.eq(q1)]
                     m.d.sync += first_chk.eq(first_row)
-                    with m.If(u16 == 0):
+                    with m.If(cnt_lo == 0):
                         goto("ECNT")
                     with m.Elif(hier):
                         goto("HINDEX")
