@@ -361,6 +361,7 @@ class SparseDecoder(wiring.Component):
         mbits = ceil_log2(MAX_MASK_BITS)
         entry_layout = data.StructLayout({"idx": unsigned(iw), "elast": 1, "lastc": 1,
                                           "n": unsigned(ceil_log2(MAX_MASK_BITS + 1)),
+                                          "n1": 1,
                                           "first": unsigned(mbits),
                                           "rest": unsigned(MAX_MASK_BITS)})
         m.submodules.entries = entries = memory.Memory(
@@ -399,6 +400,7 @@ class SparseDecoder(wiring.Component):
         head_l = [Signal(name=f"head{i}_last") for i in range(2)]
         hwp, hrp = Signal(), Signal()           # queue write / read pointers
         hcnt = Signal(range(3))                 # columns queued
+        hfull = Signal()                        # hcnt == 2
         kcol = Signal(range(kmax))              # front of the queue (comb)
         head_rlast = Signal()
         head_v = Signal()                       # the queue is not empty (comb)
@@ -433,7 +435,7 @@ class SparseDecoder(wiring.Component):
         # A register: set at the count, raised at the last index or the last entry's stages.
         gate = Signal()
         m.d.comb += [
-            s0_emit.eq(s0_v & gate & (hcnt != 2)),
+            s0_emit.eq(s0_v & gate & ~hfull),
             s0_done.eq(s0_emit & last0),
             s0_load.eq((~s0_v | s0_done) & ent_v),
             ent_ld.eq((~ent_v | s0_load) & avail),
@@ -442,6 +444,7 @@ class SparseDecoder(wiring.Component):
         ]
         m.d.sync += [
             hcnt.eq(hcnt + s0_emit - pop), hwp.eq(hwp ^ s0_emit), hrp.eq(hrp ^ pop),
+            hfull.eq(Mux(s0_emit == pop, hfull, (hcnt == 1) & s0_emit)),
             s0_v.eq(s0_load | (s0_v & ~s0_done)),
             ent_v.eq(ent_ld | (ent_v & ~s0_load)),
         ]
@@ -454,7 +457,7 @@ class SparseDecoder(wiring.Component):
             m.d.sync += [kb0.eq(ks_rd.data), off0.eq(ent.first), glow1.eq(low_bit(ent.rest)),
                          rest0.eq(drop_low(ent.rest)), j0.eq(0),
                          nl0.eq(Mux(hier, ent.n, Mux(ent_lastcol, lastw, bc))),
-                         last0.eq(Mux(hier, ent.n == 1, Mux(ent_lastcol, lastw1, bc1))),
+                         last0.eq(Mux(hier, ent.n1, Mux(ent_lastcol, lastw1, bc1))),
                          elast0.eq(ent.elast)]
         with m.Elif(s0_emit):
             m.d.sync += [off0.eq(encode(glow1)), glow1.eq(low_bit(rest0)),
@@ -608,7 +611,7 @@ class SparseDecoder(wiring.Component):
                      ent_wr.data.elast.eq(Mux(hier, st1_last, e_fin)),
                      ent_wr.data.lastc.eq(u16[:iw] == nbcm1),
                      ent_wr.data.n.eq(pcnt + mlast), ent_wr.data.first.eq(mfirst),
-                     ent_wr.data.rest.eq(mrest)]
+                     ent_wr.data.rest.eq(mrest), ent_wr.data.n1.eq(mrest == 0)]
         # Hierarchical entry store (see above).
         m.d.sync += [st1_v.eq(0), st2_v.eq(st1_v), st2_last.eq(st1_last)]
         with m.If(st1_v):
@@ -646,7 +649,7 @@ class SparseDecoder(wiring.Component):
                              ck.eq(self.exp_k), cn.eq(self.exp_n), self.words.eq(0),
                              first_row.eq(1), uneven.eq(0), lerr.eq(0), active.eq(1),
                              tile_row.eq(0), q.eq(0), beat_err.eq(0), trunc.eq(0),
-                             hcnt.eq(0), hwp.eq(0), hrp.eq(0), s0_v.eq(0), ent_v.eq(0),
+                             hcnt.eq(0), hfull.eq(0), hwp.eq(0), hrp.eq(0), s0_v.eq(0), ent_v.eq(0),
                              ptr.eq(0), e_w.eq(0),
                              cnt_done.eq(1), st1_v.eq(0), st2_v.eq(0)]
                 goto("MAGIC")
@@ -744,7 +747,7 @@ class SparseDecoder(wiring.Component):
                                  sl.eq(q - 1), s_last.eq(q1),
                                  # column generator
                                  ptr.eq(0), e_w.eq(0), ent_v.eq(0),
-                                 s0_v.eq(0), hcnt.eq(0), hwp.eq(0), hrp.eq(0),
+                                 s0_v.eq(0), hcnt.eq(0), hfull.eq(0), hwp.eq(0), hrp.eq(0),
                                  gate.eq(q1)]
                     m.d.sync += first_chk.eq(first_row)
                     with m.If(cnt_lo == 0):
