@@ -40,42 +40,66 @@ streams without a bubble:
   takes the next entry when it emits its block's last column, so the generator primes itself
   while the rest of the index list is parsed and then delivers one column per cycle across
   block boundaries;
-* the per-tile counts are written by a small side unit once the block-row's list is stored,
-  during the payload.
+* the per-tile counts of a block-row are written by a small side unit, one per cycle, from the
+  second cycle after the block-row's last payload word (an empty block-row's once the previous
+  block-row's are written), while the next block-row's count and index list are parsed.
 
-Timing per block-row (plain, ``q = 1``): count 1 cycle, one cycle per kept block, one cycle per
-payload word; the queue's front is ready four cycles after the first index, so a block-row of
-fewer than four kept blocks waits ``4 - cnt`` cycles before its payload. With ``q > 1`` the
-payload also waits for the block-row's column count (``max(2, 4 - cnt)`` cycles). Hierarchical:
-the payload starts three cycles after the last mask byte (four with ``q > 1``; five with a
-single kept block). An empty block-row costs its count, one cycle per tile count and one cycle.
+Write order (:mod:`rtl.gemm` relies on it): the count of output tile ``tj`` is written
+(``c_en``) only after every weight word of tile ``tj`` has been written, and counts are written
+in increasing ``tj`` order. (A block-row's tiles receive their last words in its last payload
+column; its counts follow that column, and a block-row's counts are written before the next
+block-row's last column, since that block-row has at least ``q + 2`` cycles of count, index and
+payload and the counts take at most ``q``.)
+
+Timing per block-row, from its count (1 cycle) and index list (one cycle per index,
+hierarchical: plus one per mask byte) to its payload (one cycle per word): the payload waits
+``max(0, 4 - cnt)`` cycles after the last index for ``cnt`` kept blocks (``max(2, 4 - cnt)``
+with ``q > 1``, whose addressing waits for the block-row's column count); hierarchical:
+``max(0, 5 - cnt)`` cycles after the last mask byte (``max(3, 5 - cnt)`` with ``q > 1``). An
+empty block-row costs its count, the wait for the previous block-row's counts, one cycle, one
+per tile count and one cycle. A beat is parsed two cycles after it is taken (the input
+register), and ``done`` follows the last block-row's tile counts.
 :func:`sim.perf.decode_timeline` replays these registers cycle by cycle and is exact.
 
-Timing (built to close 150 MHz on ECP5-class fabric): there is no multiplier, and no carry
-chain behind a compare of this cycle's bytes. The entry memory and ``kstart`` are distributed
-RAM read asynchronously from a register into a register (a block RAM's clock-to-output alone
-would fill the cycle). Every state transition depends on registered flags (down-counters
-reaching 1, remaining-room registers compared with a constant, "n bytes buffered" flags
-registered from the aligner's next level, the generator's valid bits); value checks of the
-header, counts, indices, masks, padding rows and weight range are registered (with whether
-their state applied them) and then set a registered error that diverts the state machine to
-``ERROR``, two cycles after the check (nothing is written in between but weight words and tile
-counts inside the buffers). The aligner's ``ready`` depends on registers only (an ``active``
-flag and the level), and its consumption on two flip-flops per field size: ``tsel`` (the
-state's field size, set with every state transition) and the "bytes buffered" flag. The payload
-state exists twice, ``COLUMN`` (the queue holds a column: take a word when ``cols`` bytes are
-buffered) and ``CWAIT`` (it does not), so the generator is not on the aligner's path; the
-generator's own moves are decided from its registers (the queue's count, not the parser's
-``pop``). A kept column's ``k`` is the block's first ``k`` plus the offset of the column (plain)
-or of its mask bit (hierarchical: the lowest bit left is isolated, a carry chain, one cycle
-before it is encoded, an OR tree, and added). A block's last column is found by a down-counter
-of its columns (hierarchical: the mask's population count, stored with the entry and summed
-from per-nibble table lookups registered when the mask byte is taken). The weight buffer's room
-after the next step of a payload column (``wr2``) and the channels left at the next word
-(``rem_nx``, for its padding lanes) are registers, so the overflow check is a sign test and the
-padding flags are compares of a register, not of a difference computed in the same cycle. The
-state register is one-hot in synthesis (``fsm_encoding``); its power-up value then comes from
-the reset, which the platforms assert at start.
+Timing (built for ECP5-class fabric, see ``docs/fpga_flow.md``): there is no multiplier, and
+no carry chain behind a compare of this cycle's bytes. The entry memory and ``kstart`` are
+distributed RAM read asynchronously from a register into a register (a block RAM's
+clock-to-output alone would fill the cycle); the entry memory's write data does not depend on
+the state (a plain entry is written from the index bytes, a hierarchical one from registers)
+and its write enable is one state bit (plain and hierarchical index lists are two states,
+``INDEX`` and ``HINDEX``) and one flag.
+
+* Aligner: a beat taken from ``cw`` waits a cycle in an input register, so no path starts at
+  the stream's ``valid`` or payload but that register's load. ``ready`` depends on registers
+  only. The level is a thermometer register (``lv``) and its low bits (``lm``, which place a
+  beat's lanes); the bytes taken this cycle are the state's field size (``tsel``, one-hot,
+  registered with every state transition) when that many bytes are buffered (a bit of
+  ``lv``), encoded as the select of one mux per buffer bit and level bit (``tcode``). Nothing
+  resets the aligner but the drain of ``ERROR`` (it is empty at ``IDLE``).
+* State transitions depend on registered flags: down-counters reaching 1, rooms kept with an
+  offset so that "room after this step" is a sign bit (``proom``, ``wr2``), padding lanes of
+  the next word registered a word ahead (``pad_nx``), "last block-row" from a register, the
+  aligner's flags, the generator's valid bits and queue-full flag, and the low bits of a count
+  (a count past ``max_gemm_dim`` is an error anyway).
+* Value checks (header, indices, masks, padding rows, weight range, buffer overflow) register
+  whether their state applied them and failed, one flip-flop each; the count's checks (against
+  the block-columns, the kept blocks left, the first block-row's count) are made from registers
+  the cycle after the count, and truncation (a state waiting for bytes after the stream's
+  ``last``) or a bad beat is a registered flag as well. Any of them sets ``lerr``, which
+  diverts the state machine to ``ERROR`` (two or three cycles after the check; nothing is
+  written in between but weight words and tile counts inside the buffers).
+* The payload state exists twice, ``COLUMN`` (the queue holds a column: take a word when
+  ``cols`` bytes are buffered) and ``CWAIT`` (it does not), so the generator is not on the
+  aligner's path; the generator's own moves are decided from its registers (the queue's count,
+  not the parser's ``pop``). A kept column's ``k`` is the block's first ``k`` plus a registered
+  offset: plain, a counter; hierarchical, the offset of the block's first kept column (found
+  while its mask bytes are parsed, a table per byte, and stored with the entry) or of the mask
+  bit isolated in the previous cycle (a carry chain), encoded by an OR tree. A block's last
+  column is found by a down-counter of its columns (hierarchical: the mask's population count,
+  a table per mask byte, summed while the bytes are parsed).
+
+The state register is one-hot in synthesis (``fsm_encoding``); its power-up value then comes
+from the reset, which the platforms assert at start.
 
 Checks (``error`` is raised, sticky until the next ``start``, and the rest of the stream is
 drained up to its ``last`` beat so that nothing hangs): magic, version, unknown flags, reserved
@@ -120,12 +144,17 @@ def compressed_beat_layout(cfg: AccelConfig) -> data.StructLayout:
 class SparseDecoder(wiring.Component):
     """Validating decoder of the compressed block-sparse weight format.
 
-    Latency / throughput: one metadata field per cycle (a hierarchical mask one byte per cycle),
-    one payload word (``cols`` bytes) per cycle while the input keeps up, with no bubble between
-    kept blocks and a short wait before the first word of a block-row (at most four cycles, see
-    the module docstring; :func:`sim.perf.decode_cycles` is cycle-exact); ``done`` pulses one
-    cycle after the last byte is parsed (or, on an error, after the stream's ``last`` beat).
-    Stalls: an idle ``cw`` stalls the parse; the write ports never stall.
+    Latency / throughput: a beat is parsed two cycles after it is taken; one metadata field per
+    cycle (a hierarchical mask one byte per cycle), one payload word (``cols`` bytes) per cycle
+    while the input keeps up, with no bubble between kept blocks and a short wait before the
+    first word of a block-row (at most five cycles, see the module docstring;
+    :func:`sim.perf.decode_cycles` is cycle-exact); ``done`` pulses two cycles after the last
+    tile count is written (or, on an error, after the stream's ``last`` beat). Stalls: an idle
+    ``cw`` stalls the parse; the write ports never stall.
+
+    Write order: the count of output tile ``tj`` is written (``c_en``) only after every weight
+    word of tile ``tj`` has been written, and counts are written in increasing ``tj`` order,
+    once per stream for every tile ``tj < ceil(n / cols)`` (0 for an empty block-row).
 
     Members
     -------
