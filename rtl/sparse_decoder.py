@@ -456,8 +456,8 @@ class SparseDecoder(wiring.Component):
 
         avail = Signal()
         m.d.comb += avail.eq(ptr != e_w)
-        s0_emit, s0_done, s0_load, ent_ld = (
-            Signal(name=n) for n in ("s0_emit", "s0_done", "s0_load", "ent_ld"))
+        s0_emit, s0_done, s0_load, s0_slot, ent_slot = (
+            Signal(name=n) for n in ("s0_emit", "s0_done", "s0_load", "s0_slot", "ent_slot"))
         # S0 may emit (``gate``): plain blocks with q = 1 at once; hierarchical ones with q = 1
         # from the cycle the last entry's column count is added (for the tile counts); with
         # q > 1 one cycle later, once ``wr2`` / ``pr2`` are set from the final column count.
@@ -466,23 +466,26 @@ class SparseDecoder(wiring.Component):
         m.d.comb += [
             s0_emit.eq(s0_v & gate & ~hfull),
             s0_done.eq(s0_emit & last0),
-            s0_load.eq((~s0_v | s0_done) & ent_v),
-            ent_ld.eq((~ent_v | s0_load) & avail),
+            s0_slot.eq(~s0_v | s0_done),
+            s0_load.eq(s0_slot & ent_v),
+            ent_slot.eq(~ent_v | s0_load),
             ent_rd.addr.eq(ptr),
             ks_rd.addr.eq(ent.idx),
         ]
         m.d.sync += [
             hcnt.eq(hcnt + s0_emit - pop), hwp.eq(hwp ^ s0_emit), hrp.eq(hrp ^ pop),
             hfull.eq(Mux(s0_emit == pop, hfull, (hcnt == 1) & s0_emit)),
-            s0_v.eq(s0_load | (s0_v & ~s0_done)),
-            ent_v.eq(ent_ld | (ent_v & ~s0_load)),
+            s0_v.eq(Mux(s0_slot, ent_v, s0_v)),
+            ent_v.eq(Mux(ent_slot, avail, ent_v)),
         ]
         for i in range(2):
             with m.If(s0_emit & (hwp == i)):
                 m.d.sync += [head_k[i].eq(kb0 + Mux(hier, off0, j0)),
                              head_l[i].eq(last0 & elast0)]
         ent_lastcol = ent.lastc
-        with m.If(s0_load):
+        # A free register loads whatever its source holds (its valid bit says whether that
+        # was valid), so that the wide data enables do not wait for the source's valid bit.
+        with m.If(s0_slot):
             m.d.sync += [kb0.eq(ks_rd.data), off0.eq(ent.first), glow1.eq(low_bit(ent.rest)),
                          rest0.eq(drop_low(ent.rest)), j0.eq(0),
                          nl0.eq(Mux(hier, ent.n, Mux(ent_lastcol, lastw, bc))),
@@ -492,8 +495,10 @@ class SparseDecoder(wiring.Component):
             m.d.sync += [off0.eq(encode(glow1)), glow1.eq(low_bit(rest0)),
                          rest0.eq(drop_low(rest0)), j0.eq(j0 + 1),
                          nl0.eq(nl0 - 1), last0.eq(nl0 == 2)]
-        with m.If(ent_ld):
-            m.d.sync += [ent.eq(ent_rd.data), ptr.eq(ptr + 1)]
+        with m.If(ent_slot):
+            m.d.sync += ent.eq(ent_rd.data)
+            with m.If(avail):
+                m.d.sync += ptr.eq(ptr + 1)
 
         def drop_low8(v):
             """A byte without its lowest set bit (no carry chain: bit i survives if a lower
@@ -585,8 +590,8 @@ class SparseDecoder(wiring.Component):
         pending = Signal()                      # a check failed in the previous cycle
 
         def check(cond):
-            """A value check of this state: whether the state applied it and it failed is
-            registered, then combined into ``lerr`` (two cycles after the check)."""
+            """A value check of this state: whether the state applied it and whether it failed
+            are registered, then combined into ``lerr`` (two cycles after the check)."""
             now = Signal()
             m.d.comb += now.eq(1)
             checks.append((now, cond))
@@ -913,9 +918,9 @@ class SparseDecoder(wiring.Component):
         fsm.state.attrs["fsm_encoding"] = "one-hot"
         hits = [trunc]
         for now, cond in checks:
-            failed = Signal()
-            m.d.sync += failed.eq(now & cond)
-            hits.append(failed)
+            applied, failed = Signal(), Signal()
+            m.d.sync += [applied.eq(now), failed.eq(cond)]
+            hits.append(applied & failed)
         m.d.comb += pending.eq(Cat(*hits).any())
         m.d.comb += self.busy.eq(active | self.done)
         return m
