@@ -82,7 +82,7 @@ and its write enable is one state bit (plain and hierarchical index lists are tw
   aligner's flags, the generator's valid bits and queue-full flag, and the low bits of a count
   (a count past ``max_gemm_dim`` is an error anyway).
 * Value checks (header, indices, masks, padding rows, weight range, buffer overflow) register
-  whether their state applied them and failed, one flip-flop each; the count's checks (against
+  whether their state applied them and whether they failed; the count's checks (against
   the block-columns, the kept blocks left, the first block-row's count) are made from registers
   the cycle after the count, and truncation (a state waiting for bytes after the stream's
   ``last``) or a bad beat is a registered flag as well. Any of them sets ``lerr``, which
@@ -90,13 +90,16 @@ and its write enable is one state bit (plain and hierarchical index lists are tw
   written in between but weight words and tile counts inside the buffers).
 * The payload state exists twice, ``COLUMN`` (the queue holds a column: take a word when
   ``cols`` bytes are buffered) and ``CWAIT`` (it does not), so the generator is not on the
-  aligner's path; the generator's own moves are decided from its registers (the queue's count,
-  not the parser's ``pop``). A kept column's ``k`` is the block's first ``k`` plus a registered
-  offset: plain, a counter; hierarchical, the offset of the block's first kept column (found
-  while its mask bytes are parsed, a table per byte, and stored with the entry) or of the mask
-  bit isolated in the previous cycle (a carry chain), encoded by an OR tree. A block's last
-  column is found by a down-counter of its columns (hierarchical: the mask's population count,
-  a table per mask byte, summed while the bytes are parsed).
+  aligner's path; the generator's own moves are decided from its registers (a queue-full flag,
+  not the parser's ``pop``), and its entry and block registers load whenever they are free
+  (their valid bits say whether the load was valid), so that their wide data enables wait for
+  neither the source's valid bit nor the entry memory's fill level. A kept column's ``k`` is
+  the block's first ``k`` plus a registered offset: plain, a counter; hierarchical, the offset
+  of the block's first kept column (found while its mask bytes are parsed, a table per byte,
+  and stored with the entry) or of the mask bit isolated in the previous cycle (a carry
+  chain), encoded by an OR tree. A block's last column is found by a down-counter of its
+  columns (hierarchical: the mask's population count, a table per mask byte, summed while the
+  bytes are parsed).
 
 The state register is one-hot in synthesis (``fsm_encoding``); its power-up value then comes
 from the reset, which the platforms assert at start.
