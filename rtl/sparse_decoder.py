@@ -40,42 +40,69 @@ streams without a bubble:
   takes the next entry when it emits its block's last column, so the generator primes itself
   while the rest of the index list is parsed and then delivers one column per cycle across
   block boundaries;
-* the per-tile counts are written by a small side unit once the block-row's list is stored,
-  during the payload.
+* the per-tile counts of a block-row are written by a small side unit, one per cycle, from the
+  second cycle after the block-row's last payload word (an empty block-row's once the previous
+  block-row's are written), while the next block-row's count and index list are parsed.
 
-Timing per block-row (plain, ``q = 1``): count 1 cycle, one cycle per kept block, one cycle per
-payload word; the queue's front is ready four cycles after the first index, so a block-row of
-fewer than four kept blocks waits ``4 - cnt`` cycles before its payload. With ``q > 1`` the
-payload also waits for the block-row's column count (``max(2, 4 - cnt)`` cycles). Hierarchical:
-the payload starts three cycles after the last mask byte (four with ``q > 1``; five with a
-single kept block). An empty block-row costs its count, one cycle per tile count and one cycle.
+Write order (:mod:`rtl.gemm` relies on it): the count of output tile ``tj`` is written
+(``c_en``) only after every weight word of tile ``tj`` has been written, and counts are written
+in increasing ``tj`` order. (A block-row's tiles receive their last words in its last payload
+column; its counts follow that column, and a block-row's counts are written before the next
+block-row's last column, since that block-row has at least ``q + 2`` cycles of count, index and
+payload and the counts take at most ``q``.)
+
+Timing per block-row, from its count (1 cycle) and index list (one cycle per index,
+hierarchical: plus one per mask byte) to its payload (one cycle per word): the payload waits
+``max(0, 4 - cnt)`` cycles after the last index for ``cnt`` kept blocks (``max(2, 4 - cnt)``
+with ``q > 1``, whose addressing waits for the block-row's column count); hierarchical:
+``max(0, 5 - cnt)`` cycles after the last mask byte (``max(3, 5 - cnt)`` with ``q > 1``). An
+empty block-row costs its count, the wait for the previous block-row's counts, one cycle, one
+per tile count and one cycle. A beat is parsed two cycles after it is taken (the input
+register), and ``done`` follows the last block-row's tile counts.
 :func:`sim.perf.decode_timeline` replays these registers cycle by cycle and is exact.
 
-Timing (built to close 150 MHz on ECP5-class fabric): there is no multiplier, and no carry
-chain behind a compare of this cycle's bytes. The entry memory and ``kstart`` are distributed
-RAM read asynchronously from a register into a register (a block RAM's clock-to-output alone
-would fill the cycle). Every state transition depends on registered flags (down-counters
-reaching 1, remaining-room registers compared with a constant, "n bytes buffered" flags
-registered from the aligner's next level, the generator's valid bits); value checks of the
-header, counts, indices, masks, padding rows and weight range are registered (with whether
-their state applied them) and then set a registered error that diverts the state machine to
-``ERROR``, two cycles after the check (nothing is written in between but weight words and tile
-counts inside the buffers). The aligner's ``ready`` depends on registers only (an ``active``
-flag and the level), and its consumption on two flip-flops per field size: ``tsel`` (the
-state's field size, set with every state transition) and the "bytes buffered" flag. The payload
-state exists twice, ``COLUMN`` (the queue holds a column: take a word when ``cols`` bytes are
-buffered) and ``CWAIT`` (it does not), so the generator is not on the aligner's path; the
-generator's own moves are decided from its registers (the queue's count, not the parser's
-``pop``). A kept column's ``k`` is the block's first ``k`` plus the offset of the column (plain)
-or of its mask bit (hierarchical: the lowest bit left is isolated, a carry chain, one cycle
-before it is encoded, an OR tree, and added). A block's last column is found by a down-counter
-of its columns (hierarchical: the mask's population count, stored with the entry and summed
-from per-nibble table lookups registered when the mask byte is taken). The weight buffer's room
-after the next step of a payload column (``wr2``) and the channels left at the next word
-(``rem_nx``, for its padding lanes) are registers, so the overflow check is a sign test and the
-padding flags are compares of a register, not of a difference computed in the same cycle. The
-state register is one-hot in synthesis (``fsm_encoding``); its power-up value then comes from
-the reset, which the platforms assert at start.
+Timing (built for ECP5-class fabric, see ``docs/fpga_flow.md``): there is no multiplier, and
+no carry chain behind a compare of this cycle's bytes. The entry memory and ``kstart`` are
+distributed RAM read asynchronously from a register into a register (a block RAM's
+clock-to-output alone would fill the cycle); the entry memory's write data does not depend on
+the state (a plain entry is written from the index bytes, a hierarchical one from registers)
+and its write enable is one state bit (plain and hierarchical index lists are two states,
+``INDEX`` and ``HINDEX``) and one flag.
+
+* Aligner: a beat taken from ``cw`` waits a cycle in an input register, so no path starts at
+  the stream's ``valid`` or payload but that register's load. ``ready`` depends on registers
+  only. The level is a thermometer register (``lv``) and its low bits (``lm``, which place a
+  beat's lanes); the bytes taken this cycle are the state's field size (``tsel``, one-hot,
+  registered with every state transition) when that many bytes are buffered (a bit of
+  ``lv``), encoded as the select of one mux per buffer bit and level bit (``tcode``). Nothing
+  resets the aligner but the drain of ``ERROR`` (it is empty at ``IDLE``).
+* State transitions depend on registered flags: down-counters reaching 1, rooms kept with an
+  offset so that "room after this step" is a sign bit (``proom``, ``wr2``), padding lanes of
+  the next word registered a word ahead (``pad_nx``), "last block-row" from a register, the
+  aligner's flags, the generator's valid bits and queue-full flag, and the low bits of a count
+  (a count past ``max_gemm_dim`` is an error anyway).
+* Value checks (header, indices, masks, padding rows, weight range, buffer overflow) register
+  whether their state applied them and whether they failed; the count's checks (against
+  the block-columns, the kept blocks left, the first block-row's count) are made from registers
+  the cycle after the count, and truncation (a state waiting for bytes after the stream's
+  ``last``) or a bad beat is a registered flag as well. Any of them sets ``lerr``, which
+  diverts the state machine to ``ERROR`` (two or three cycles after the check; nothing is
+  written in between but weight words and tile counts inside the buffers).
+* The payload state exists twice, ``COLUMN`` (the queue holds a column: take a word when
+  ``cols`` bytes are buffered) and ``CWAIT`` (it does not), so the generator is not on the
+  aligner's path; the generator's own moves are decided from its registers (a queue-full flag,
+  not the parser's ``pop``), and its entry and block registers load whenever they are free
+  (their valid bits say whether the load was valid), so that their wide data enables wait for
+  neither the source's valid bit nor the entry memory's fill level. A kept column's ``k`` is
+  the block's first ``k`` plus a registered offset: plain, a counter; hierarchical, the offset
+  of the block's first kept column (found while its mask bytes are parsed, a table per byte,
+  and stored with the entry) or of the mask bit isolated in the previous cycle (a carry
+  chain), encoded by an OR tree. A block's last column is found by a down-counter of its
+  columns (hierarchical: the mask's population count, a table per mask byte, summed while the
+  bytes are parsed).
+
+The state register is one-hot in synthesis (``fsm_encoding``); its power-up value then comes
+from the reset, which the platforms assert at start.
 
 Checks (``error`` is raised, sticky until the next ``start``, and the rest of the stream is
 drained up to its ``last`` beat so that nothing hangs): magic, version, unknown flags, reserved
@@ -120,12 +147,17 @@ def compressed_beat_layout(cfg: AccelConfig) -> data.StructLayout:
 class SparseDecoder(wiring.Component):
     """Validating decoder of the compressed block-sparse weight format.
 
-    Latency / throughput: one metadata field per cycle (a hierarchical mask one byte per cycle),
-    one payload word (``cols`` bytes) per cycle while the input keeps up, with no bubble between
-    kept blocks and a short wait before the first word of a block-row (at most four cycles, see
-    the module docstring; :func:`sim.perf.decode_cycles` is cycle-exact); ``done`` pulses one
-    cycle after the last byte is parsed (or, on an error, after the stream's ``last`` beat).
-    Stalls: an idle ``cw`` stalls the parse; the write ports never stall.
+    Latency / throughput: a beat is parsed two cycles after it is taken; one metadata field per
+    cycle (a hierarchical mask one byte per cycle), one payload word (``cols`` bytes) per cycle
+    while the input keeps up, with no bubble between kept blocks and a short wait before the
+    first word of a block-row (at most five cycles, see the module docstring;
+    :func:`sim.perf.decode_cycles` is cycle-exact); ``done`` pulses two cycles after the last
+    tile count is written (or, on an error, after the stream's ``last`` beat). Stalls: an idle
+    ``cw`` stalls the parse; the write ports never stall.
+
+    Write order: the count of output tile ``tj`` is written (``c_en``) only after every weight
+    word of tile ``tj`` has been written, and counts are written in increasing ``tj`` order,
+    once per stream for every tile ``tj < ceil(n / cols)`` (0 for an empty block-row).
 
     Members
     -------
@@ -147,12 +179,12 @@ class SparseDecoder(wiring.Component):
         Write port of the weight buffer and of the k-index buffer (same address).
     c_en, c_addr, c_data : Out
         Write port of the per-tile count buffer.
-    tiles_done : Out(range(ntmax + 1025))
+    tiles_done : Out(range(ntmax + _MAX_BLOCK + 1))
         Output tiles (``cols`` output channels each) whose weight words and count have all been
-        written: it grows by ``b_r / cols`` in the cycle a block-row's last word (or, for an
-        empty block-row, its last count) is written, so a consumer may start tile ``tj`` once
-        ``tj < tiles_done`` (the value may exceed ``ceil(n / cols)`` after the last block-row).
-        Words written before an error is found are not retracted: ``error`` voids them.
+        written: the number of counts written so far (0 from ``start``; it grows by one in the
+        cycle after each ``c_en``, see the write order above), so a consumer may start tile
+        ``tj`` once ``tj < tiles_done``. Words written before an error is found are not
+        retracted: ``error`` voids them.
     """
 
     def __init__(self, cfg: AccelConfig):
@@ -198,70 +230,109 @@ class SparseDecoder(wiring.Component):
         kmax = cfg.max_gemm_dim
         depth = cfg.weight_buffer_depth
 
-        # ---- byte aligner ----------------------------------------------------------------
+        # ---- input register and byte aligner ---------------------------------------------
+        # A beat taken from ``cw`` waits one cycle in the input register (``s_*``), so that
+        # nothing but that register depends on the stream's valid and payload; it moves into
+        # the aligner in the next cycle if the aligner has room (while the next beat is taken),
+        # so the stream still runs at one beat per cycle.
+        # ``buf`` holds ``level`` bytes (byte 0 first); bytes past the level are don't-care
+        # (every read is guarded by the level), so nothing is cleared but the level. The level
+        # is kept as a thermometer (``lv[i] = level > i``), so that "byte i is buffered" and
+        # "n bytes are buffered" are flip-flops, and as its low bits (``lm``, the level modulo
+        # a power of two at least ``cols``), which place an incoming beat's lanes.
         buf = Signal(8 * BUF)
-        level = Signal(range(BUF + 1))
-        ended = Signal()
-        # Bytes consumed this cycle: the parse state's field size (``tsel``, registered with
-        # every state transition) when that many bytes are buffered (``have``, registered).
-        sizes = sorted({1, 2, 4, W})
-        have = {t: Signal(name=f"have{t}") for t in sizes}
-        tsel = {t: Signal(name=f"tsel{t}") for t in sizes}
-        tk = {t: Signal(name=f"take{t}") for t in sizes}
-        take = Signal(range(BUF + 1))
-        for t in sizes:
-            m.d.comb += tk[t].eq(tsel[t] & have[t])
-        for t in sizes:
-            with m.If(tk[t]):
-                m.d.comb += take.eq(t)
+        lv = Signal(BUF)
+        lb = ceil_log2(W)
+        lm = Signal(max(1, lb))
+        ended = Signal()                        # the last beat has been taken from cw
         active = Signal()                       # between start and done (registered)
         drop = Signal()                         # discard the buffer (comb)
-        # Room is counted before this cycle's consumption, so that ``ready`` depends on the
-        # level register and the state only; the buffer is sized (``3 * cols - 1`` bytes) so
-        # that a misaligned payload still streams at one word per cycle.
-        m.d.comb += self.cw.ready.eq(active & ~ended & (level <= BUF - W))
+        beat_err = Signal()                     # a beat with n > cols was seen (sticky)
         beat = self.cw.payload
-        n_in = Signal(range(2 ** beat.n.shape().width))
-        m.d.comb += n_in.eq(beat.n)
+        s_valid = Signal()
+        s_n = Signal(range(W + 1))              # its bytes (0 if n > cols)
+        s_oh = Signal(W + 1)                    # the same, one-hot
+        s_data = Signal(8 * W)
+        # Room is counted before this cycle's consumption, so that ``move`` and ``ready``
+        # depend on registers only; the buffer is sized (``3 * cols - 1`` bytes) so that a
+        # misaligned payload still streams at one word per cycle.
+        room = ~lv[BUF - W]
+        move = Signal()
+        m.d.comb += [move.eq(s_valid & room),
+                     self.cw.ready.eq(active & ~ended & (~s_valid | room))]
         fire = Signal()
         m.d.comb += fire.eq(self.cw.valid & self.cw.ready)
-        bad_beat = Signal()
-        m.d.comb += bad_beat.eq(fire & (n_in > W))
-        in_bytes = Signal(8 * W)
-        m.d.comb += in_bytes.eq(beat.data.as_value())
-        # The beat is appended behind the buffered bytes first (its position depends on the
-        # level register only), then the parser's bytes are taken from the front. Bytes past
-        # the level are don't-care (every read is guarded by the level), so the beat's unused
-        # lanes need no masking: the beat overwrites the buffer from the level on.
-        merged = Signal(8 * BUF)
-        mlevel = Signal(range(BUF + 1))
-        app = Signal(8 * BUF)
-        m.d.comb += app.eq((in_bytes << (level * 8))[:8 * BUF])
         with m.If(fire):
-            for i in range(BUF):
-                m.d.comb += merged[8 * i:8 * i + 8].eq(
-                    Mux(level > i, buf[8 * i:8 * i + 8], app[8 * i:8 * i + 8]))
-            m.d.comb += mlevel.eq(level + Mux(n_in > W, 0, n_in))
-        with m.Else():
-            m.d.comb += [merged.eq(buf), mlevel.eq(level)]
-        rest = Signal(8 * BUF)
-        m.d.comb += rest.eq(merged)
-        for t in sizes:
-            with m.If(tk[t]):
-                m.d.comb += rest.eq(merged >> (8 * t))
-        with m.If(drop):
-            m.d.sync += [buf.eq(0), level.eq(0)]
-        with m.Else():
-            m.d.sync += [buf.eq(rest), level.eq(mlevel - take)]
-            with m.If(fire & beat.last):
+            n_in = beat.n
+            m.d.sync += [s_valid.eq(1), s_data.eq(beat.data.as_value()),
+                         s_n.eq(Mux(n_in > W, 0, n_in)),
+                         s_oh.eq(Cat(*[(n_in == k) | ((k == 0) & (n_in > W))
+                                       for k in range(W + 1)]))]
+            with m.If(n_in > W):
+                m.d.sync += beat_err.eq(1)
+            with m.If(beat.last):
                 m.d.sync += ended.eq(1)
-        # "n bytes are buffered and no bad beat was seen", registered from the next level.
-        beat_err = Signal()
-        clear = Signal()                        # a new stream starts (comb, by the parser)
-        level_nx = Signal(range(BUF + 1))
-        m.d.comb += level_nx.eq(Mux(drop | clear, 0, mlevel - take))
+        with m.Elif(move):
+            m.d.sync += s_valid.eq(0)
+        fin = Signal()                          # every byte of the stream is in the aligner
+        m.d.comb += fin.eq(ended & ~s_valid)
+        lanes = [s_data[8 * i:8 * i + 8] for i in range(W)]
+        # Bytes consumed this cycle: the parse state's field size (``tsel``, registered with
+        # every state transition) when that many bytes are buffered: one AND of two
+        # flip-flops per size, encoded (``tcode``: 0 for none, else the size's rank) as the
+        # select of the muxes below.
+        sizes = sorted({1, 2, 4, W})
+        have = {t: lv[t - 1] for t in sizes}
+        tsel = {t: Signal(name=f"tsel{t}") for t in sizes}
+        tk = {t: Signal(name=f"take{t}") for t in sizes}
         for t in sizes:
-            m.d.sync += have[t].eq((level_nx >= t) & ~clear & ~beat_err & ~bad_beat)
+            m.d.comb += tk[t].eq(tsel[t] & have[t])
+        tcode = Signal(range(len(sizes) + 1), attrs={"keep": 1})
+        for b in range(len(tcode)):
+            m.d.comb += tcode[b].eq(
+                Cat(*[tk[t] for r, t in enumerate(sizes) if ((r + 1) >> b) & 1]).any())
+        offs = [0, *sizes]                      # bytes taken, by tcode
+
+        def by_take(values):
+            """``values[tcode]``: a binary mux tree (one LUT level on ECP5 for four values)."""
+            values = values + [values[-1]] * ((1 << len(tcode)) - len(values))
+            for b in range(len(tcode)):
+                values = [Mux(tcode[b], values[i + 1], values[i])
+                          for i in range(0, len(values), 2)]
+            return values[0]
+
+        # The beat is appended behind the buffered bytes (byte j of the merged buffer is
+        # ``buf[j]`` below the level, else lane ``j - level`` of the beat: a mux on the low
+        # bits of the level only, since any other lane lands past the new level), then the
+        # taken bytes are shifted out: the buffer's next value is a mux of flip-flops
+        # (``merged``) followed by the take mux.
+        top = BUF + max(sizes)
+        merged = [Signal(8, name=f"merged{j}", attrs={"keep": 1}) for j in range(top)]
+        for j in range(BUF):
+            if lb == 0:
+                app = lanes[0]
+            else:
+                pos = (Const(j % (1 << lb), lb) - lm)[:lb]
+                app = Array(lanes + [lanes[0]] * ((1 << lb) - W))[pos]
+            m.d.comb += merged[j].eq(Mux(lv[j], buf[8 * j:8 * j + 8], app))
+        # Next level: the thermometer after the move (a one-hot shift by the beat's bytes),
+        # then the take mux.
+        ext = Cat(Const(-1, W), lv, Const(0, 2 * max(sizes)))  # ext[W + j] = (level > j)
+        lv_in = Signal(top, attrs={"keep": 1})  # after the move: lv_in[c] = ext[W + c - n]
+        for c in range(top):
+            m.d.comb += lv_in[c].eq(Mux(move, Cat(*[s_oh[k] & ext[W + c - k]
+                                                    for k in range(W + 1)]).any(),
+                                        ext[W + c]))
+        lm_in = Signal.like(lm)
+        m.d.comb += lm_in.eq(lm + Mux(move, s_n, 0))
+        with m.If(drop):
+            m.d.sync += [lv.eq(0), lm.eq(0), s_valid.eq(0)]
+        with m.Else():
+            for i in range(BUF):
+                m.d.sync += [buf[8 * i:8 * i + 8].eq(by_take([merged[i + o] for o in offs])),
+                             lv[i].eq(by_take([lv_in[i + o] for o in offs]))]
+            if lb:
+                m.d.sync += lm.eq(by_take([(lm_in - o)[:lb] for o in offs]))
 
         u8, u16, u32 = buf[:8], buf[:16], buf[:32]
 
@@ -273,7 +344,10 @@ class SparseDecoder(wiring.Component):
         bal = Signal()
         br = Signal(range(_MAX_BLOCK + 1))
         bc = Signal(range(_MAX_BLOCK + 1))
-        left = Signal(32)                       # kept blocks announced and not seen yet
+        left = Signal(signed(33))               # kept blocks announced and not seen yet
+        cnt_r = Signal(16)                      # the block-row's count, checked the next cycle
+        cnt_chk = Signal()
+        first_chk = Signal()                    # ... and it was the first block-row's
         rem = Signal(range(_MAX_BLOCK + 1))
         q = Signal(range(_MAX_BLOCK + 1))
         ck = Signal(range(kmax + 1))
@@ -292,17 +366,19 @@ class SparseDecoder(wiring.Component):
         first_cnt = Signal(16)
         uneven = Signal()
         e = Signal(16)                          # entries parsed in this block-row
-        el = Signal(16)                         # cnt - 1 - e
+        el = Signal(iw + 1)                     # cnt - 1 - e (a count past kmax is an error)
         cur_last = Signal()                     # the entry being parsed is the last one
         cols_r = Signal(range(kmax + 1))        # kept columns of the block-row
         mask = Signal(MAX_MASK_BITS)
         mbyte = Signal(range(MAX_MASK_BITS // 8 + 1))
         pcnt = Signal(range(MAX_MASK_BITS + 1))  # kept columns of the mask bytes before mlast
-        # Kept columns of the last mask byte read, per nibble (one table lookup each).
-        mlast = [Signal(range(5), name=f"mlast{i}") for i in range(2)]
+        mlast = Signal(range(9))                # kept columns of the last mask byte read
+        mfound = Signal()                       # the mask's first kept column is found
+        mfirst = Signal(ceil_log2(MAX_MASK_BITS))  # ... its offset
+        mrest = Signal(MAX_MASK_BITS)           # the mask without it
         m_fin = Signal()                        # the next mask byte is the entry's last
         idx = Signal(16)
-        vbits = Signal(MAX_MASK_BITS)
+        idx_last = Signal()                     # the index parsed is the last block-column
         s_last = Signal()                       # last word of the payload column: s + 1 == q
         q1 = Signal()                           # q == 1
         pos_addr = Signal(range(depth + kmax + 1))
@@ -317,12 +393,16 @@ class SparseDecoder(wiring.Component):
         ks_wr = kstart.write_port()
         ks_rd = kstart.read_port(domain="comb")
         # Entry memory: per kept block of the block-row, its block-column, whether it is the
-        # block-row's last, and (hierarchical) its kept columns and column mask. Written by
-        # the parser, read by the column generator; distributed RAM read asynchronously into a
-        # register.
-        entry_layout = data.StructLayout({"idx": unsigned(iw), "elast": 1,
+        # block-row's last and (plain) the last block-column, and (hierarchical) its kept
+        # columns, the offset of its first kept column and the mask without that column.
+        # Written by the parser, read by the column generator; distributed RAM read
+        # asynchronously into a register.
+        mbits = ceil_log2(MAX_MASK_BITS)
+        entry_layout = data.StructLayout({"idx": unsigned(iw), "elast": 1, "lastc": 1,
                                           "n": unsigned(ceil_log2(MAX_MASK_BITS + 1)),
-                                          "mask": unsigned(MAX_MASK_BITS)})
+                                          "n1": 1,
+                                          "first": unsigned(mbits),
+                                          "rest": unsigned(MAX_MASK_BITS)})
         m.submodules.entries = entries = memory.Memory(
             shape=entry_layout, depth=kmax, init=[], attrs={"ram_style": "distributed"})
         ent_wr = entries.write_port()
@@ -333,9 +413,9 @@ class SparseDecoder(wiring.Component):
         # boundaries without a bubble:
         #   ENT:  the next entry, read from the entry memory (``ptr``) once it is stored;
         #   S0:   the block being expanded: its first k (``kstart`` read), the next column's
-        #         offset (``j0``, plain) or mask bit (``glow0``, hierarchical, isolated), the
-        #         bits left (``rest0``) or columns left (``nl0``), ``last0``: the next column
-        #         is the block's last;
+        #         offset (``j0``, plain; ``off0``, hierarchical, encoded), the mask bit of the
+        #         column after it (``glow1``, isolated) and the bits after that (``rest0``),
+        #         the columns left (``nl0``), ``last0``: the next column is the block's last;
         #   head: a two-entry queue of columns (k, last column of the block-row); its front
         #         (``kcol``, ``head_rlast``) is the payload column the parser takes next.
         # S0 emits a column while the queue holds fewer than two, ENT moves into S0 when S0
@@ -347,7 +427,8 @@ class SparseDecoder(wiring.Component):
         ent = Signal(entry_layout)
         ent_v = Signal()
         kb0 = Signal(iw)
-        glow0 = Signal(MAX_MASK_BITS)
+        off0 = Signal(mbits)
+        glow1 = Signal(MAX_MASK_BITS)
         rest0 = Signal(MAX_MASK_BITS)
         j0 = Signal(range(nmax + 1))
         nl0 = Signal(range(nmax + 1))
@@ -358,23 +439,24 @@ class SparseDecoder(wiring.Component):
         head_l = [Signal(name=f"head{i}_last") for i in range(2)]
         hwp, hrp = Signal(), Signal()           # queue write / read pointers
         hcnt = Signal(range(3))                 # columns queued
+        hfull = Signal()                        # hcnt == 2
         kcol = Signal(range(kmax))              # front of the queue (comb)
         head_rlast = Signal()
         head_v = Signal()                       # the queue is not empty (comb)
         m.d.comb += [kcol.eq(Mux(hrp, head_k[1], head_k[0])),
                      head_rlast.eq(Mux(hrp, head_l[1], head_l[0])), head_v.eq(hcnt != 0)]
-        stored_all = Signal()                   # every entry of the block-row is stored
         pop = Signal()                          # the parser takes the head (comb)
         # Entry stages: a hierarchical entry is stored the cycle after its last mask byte
         # (stage 1, with the mask check and its kept columns); a plain one with its index.
         # Stage 2 (the next cycle, both kinds) adds the entry's columns to the block-row's.
         st1_v, st1_last, st2_v, st2_last = Signal(), Signal(), Signal(), Signal()
-        ncols_r = Signal(range(_MAX_BLOCK + 1))
+        ncols_r = Signal(range(_MAX_BLOCK + 1))  # kept columns of a hierarchical entry
+        pl_last = Signal()                      # the plain entry is the last block-column
 
-        glow_enc = Signal(range(MAX_MASK_BITS))
-        for b in range(glow_enc.shape().width):
-            m.d.comb += glow_enc[b].eq(
-                Cat(*[glow0[i] for i in range(MAX_MASK_BITS) if (i >> b) & 1]).any())
+        def encode(onehot):
+            """The position of the single bit set: an OR tree per result bit."""
+            return Cat(*[Cat(*[onehot[i] for i in range(MAX_MASK_BITS) if (i >> b) & 1]).any()
+                         for b in range(mbits)])
 
         def low_bit(v):
             return (v & (~v + 1))[:MAX_MASK_BITS]
@@ -384,46 +466,63 @@ class SparseDecoder(wiring.Component):
 
         avail = Signal()
         m.d.comb += avail.eq(ptr != e_w)
-        s0_emit, s0_done, s0_load, ent_ld = (
-            Signal(name=n) for n in ("s0_emit", "s0_done", "s0_load", "ent_ld"))
+        s0_emit, s0_done, s0_load, s0_slot, ent_slot = (
+            Signal(name=n) for n in ("s0_emit", "s0_done", "s0_load", "s0_slot", "ent_slot"))
         # S0 may emit (``gate``): plain blocks with q = 1 at once; hierarchical ones with q = 1
         # from the cycle the last entry's column count is added (for the tile counts); with
         # q > 1 one cycle later, once ``wr2`` / ``pr2`` are set from the final column count.
         # A register: set at the count, raised at the last index or the last entry's stages.
         gate = Signal()
         m.d.comb += [
-            s0_emit.eq(s0_v & gate & (hcnt != 2)),
+            s0_emit.eq(s0_v & gate & ~hfull),
             s0_done.eq(s0_emit & last0),
-            s0_load.eq((~s0_v | s0_done) & ent_v),
-            ent_ld.eq((~ent_v | s0_load) & avail),
+            s0_slot.eq(~s0_v | s0_done),
+            s0_load.eq(s0_slot & ent_v),
+            ent_slot.eq(~ent_v | s0_load),
             ent_rd.addr.eq(ptr),
             ks_rd.addr.eq(ent.idx),
         ]
         m.d.sync += [
             hcnt.eq(hcnt + s0_emit - pop), hwp.eq(hwp ^ s0_emit), hrp.eq(hrp ^ pop),
-            s0_v.eq(s0_load | (s0_v & ~s0_done)),
-            ent_v.eq(ent_ld | (ent_v & ~s0_load)),
+            hfull.eq(Mux(s0_emit == pop, hfull, (hcnt == 1) & s0_emit)),
+            s0_v.eq(Mux(s0_slot, ent_v, s0_v)),
+            ent_v.eq(Mux(ent_slot, avail, ent_v)),
         ]
         for i in range(2):
             with m.If(s0_emit & (hwp == i)):
-                m.d.sync += [head_k[i].eq(kb0 + Mux(hier, glow_enc, j0)),
+                m.d.sync += [head_k[i].eq(kb0 + Mux(hier, off0, j0)),
                              head_l[i].eq(last0 & elast0)]
-        ent_lastcol = ent.idx == nbcm1
-        with m.If(s0_load):
-            m.d.sync += [kb0.eq(ks_rd.data), glow0.eq(low_bit(ent.mask)),
-                         rest0.eq(drop_low(ent.mask)), j0.eq(0),
+        ent_lastcol = ent.lastc
+        # A free register loads whatever its source holds (its valid bit says whether that
+        # was valid), so that the wide data enables do not wait for the source's valid bit.
+        with m.If(s0_slot):
+            m.d.sync += [kb0.eq(ks_rd.data), off0.eq(ent.first), glow1.eq(low_bit(ent.rest)),
+                         rest0.eq(drop_low(ent.rest)), j0.eq(0),
                          nl0.eq(Mux(hier, ent.n, Mux(ent_lastcol, lastw, bc))),
-                         last0.eq(Mux(hier, ent.n == 1, Mux(ent_lastcol, lastw1, bc1))),
+                         last0.eq(Mux(hier, ent.n1, Mux(ent_lastcol, lastw1, bc1))),
                          elast0.eq(ent.elast)]
         with m.Elif(s0_emit):
-            m.d.sync += [glow0.eq(low_bit(rest0)), rest0.eq(drop_low(rest0)), j0.eq(j0 + 1),
+            m.d.sync += [off0.eq(encode(glow1)), glow1.eq(low_bit(rest0)),
+                         rest0.eq(drop_low(rest0)), j0.eq(j0 + 1),
                          nl0.eq(nl0 - 1), last0.eq(nl0 == 2)]
-        with m.If(ent_ld):
-            m.d.sync += [ent.eq(ent_rd.data), ptr.eq(ptr + 1)]
+        with m.If(ent_slot):
+            m.d.sync += ent.eq(ent_rd.data)
+            with m.If(avail):
+                m.d.sync += ptr.eq(ptr + 1)
 
-        def popcount4(v):
-            """Set bits of a nibble: a 16-entry table, one LUT4 per result bit."""
-            return Array([Const(bin(i).count("1"), 3) for i in range(16)])[v]
+        def drop_low8(v):
+            """A byte without its lowest set bit (no carry chain: bit i survives if a lower
+            bit is set)."""
+            return Cat(*[v[i] & v[:i].any() if i else Const(0, 1) for i in range(8)])
+
+        def ctz8(v):
+            """Trailing zeros of a nonzero byte: a 256-entry table."""
+            return Array([Const((i & -i).bit_length() - 1 if i else 0, 3)
+                          for i in range(256)])[v]
+
+        def popcount8(v):
+            """Set bits of a byte: a 256-entry table (an 8-input function per result bit)."""
+            return Array([Const(bin(i).count("1"), 4) for i in range(256)])[v]
 
         def thermometer(v):
             """The ``v`` low bits set (all of them from ``MAX_MASK_BITS`` on)."""
@@ -431,23 +530,29 @@ class SparseDecoder(wiring.Component):
 
         mask_bytes = Signal(range(MAX_MASK_BITS // 8 + 1))
 
-        with m.If(bad_beat):
-            m.d.sync += beat_err.eq(1)
-
         # Field size consumed by each state (``tsel``), set with every transition (``goto``).
         sizes_of = {"MAGIC": 4, "VERSION": 2, "BR": 2, "BC": 2, "RESERVED": 2, "OUT": 4,
-                    "IN": 4, "TOTAL": 4, "COUNT": 2, "INDEX": 2, "MASK": 1, "COLUMN": W}
+                    "IN": 4, "TOTAL": 4, "COUNT": 2, "INDEX": 2, "HINDEX": 2, "MASK": 1,
+                    "COLUMN": W}
+
+        # Field size each state waits for (``nsel``): the same, and the payload's in CWAIT.
+        needs_of = {**sizes_of, "CWAIT": W}
+        nsel = {t: Signal(name=f"nsel{t}") for t in sizes}
 
         def goto(state):
             m.next = state
             m.d.sync += [tsel[t].eq(sizes_of.get(state) == t) for t in sizes]
+            m.d.sync += [nsel[t].eq(needs_of.get(state) == t) for t in sizes]
 
         def need(nbytes):
-            """Condition 'nbytes are buffered' (and no bad beat); else the truncation error."""
-            ok = have[nbytes]
-            with m.If((~ok & ended) | beat_err):
-                goto("ERROR")
-            return ok
+            """Condition 'nbytes are buffered' (and no bad beat). A state that waits for bytes
+            after the stream's end (or after a bad beat) is truncated: ``trunc``, registered,
+            sets ``lerr`` as a failed check does."""
+            return have[nbytes]
+
+        trunc = Signal()
+        waits = Cat(*[nsel[t] & ~have[t] for t in sizes]).any()
+        m.d.sync += trunc.eq((fin & waits) | beat_err)
 
         # Registered conditions: every state decides from flip-flops (or a compare of the
         # aligner level with a constant), never from a wide compare of this cycle's bytes.
@@ -462,20 +567,27 @@ class SparseDecoder(wiring.Component):
         e_fin = Signal()                        # the next entry parsed is the last one
         cnt_done = Signal()                     # the block-row's tile counts are written
         pad = Signal(C)                         # lane of the current word past n
+        pad_nx = Signal(C)                      # lane of the next word (same k) past n
         pad_row = Signal(C)                     # lane of the block-row's first word past n
+        pad_row1 = Signal(C)                    # ... and of its second word
         w_ok = Signal()                         # waddr < depth
 
         sgn = signed(ceil_log2(kmax + 2 * _MAX_BLOCK + 1) + 1)
         rem_row = Signal(sgn)                   # n - first channel of the block-row
-        rem_nx = Signal(sgn)                    # n - first channel of the next word (same k)
         rem_row1 = Signal(sgn)                  # rem_row - cols
-        crem = Signal(sgn)                      # n - first channel of tile ctile
+        rem_row2 = Signal(sgn)                  # rem_row - 2 * cols
+        rem_rowb = Signal(sgn)                  # rem_row - b_r
+        rem_nx2 = Signal(sgn)                   # n - first channel of the word after next
+        crem = Signal(sgn)                      # n - first channel of tile ctile - cols - 1
         wsgn = signed(len(waddr) + 1)
-        proom = Signal(wsgn)                    # depth - pos_addr
-        wr2 = Signal(wsgn)                      # depth - (waddr + cols_r)
-        pr2 = Signal(wsgn)                      # depth - (pos_addr + cols_r)
+        # Rooms, offset so that "room left after the step" is a sign bit.
+        proom = Signal(wsgn)                    # depth - pos_addr - 2
+        proom1 = Signal(wsgn)                   # depth - pos_addr - 1
+        wr2 = Signal(wsgn)                      # depth - (waddr + cols_r) - 1
+        pr2 = Signal(wsgn)                      # depth - (pos_addr + cols_r) - 1
         rinit = Signal()                        # cols_r is final: set wr2, pr2
         csl = Signal(range(_MAX_BLOCK + 1))     # q - (tiles counted)
+        cval = Signal.like(cols_r)              # the count of the block-row's tiles
         sl = Signal(range(_MAX_BLOCK + 1))      # q - 1 - s
 
         m.d.sync += left_zero.eq(left == 0)
@@ -488,8 +600,8 @@ class SparseDecoder(wiring.Component):
         pending = Signal()                      # a check failed in the previous cycle
 
         def check(cond):
-            """A value check of this state: its result and whether the state applied it are
-            registered, then combined into ``lerr`` (two cycles after the check)."""
+            """A value check of this state: whether the state applied it and whether it failed
+            are registered, then combined into ``lerr`` (two cycles after the check)."""
             now = Signal()
             m.d.comb += now.eq(1)
             checks.append((now, cond))
@@ -505,51 +617,85 @@ class SparseDecoder(wiring.Component):
             with m.Else():
                 goto("CWAIT")
 
+        # The count writer's start values for the block-row, set at its count.
+        crow_tile = Signal.like(ctile)
+        crow_rem = Signal.like(crem)
+        cstart = Signal()                       # the block-row's last word was taken
+
+        def start_counts():
+            """The tile counts of the block-row start (one per cycle, from the next cycle)."""
+            m.d.sync += [ctile.eq(crow_tile), crem.eq(crow_rem), csl.eq(q), cval.eq(cols_r),
+                         cnt_done.eq(0)]
+
         def next_row():
             """The block-row is finished (its last word taken, or its counts written)."""
-            m.d.sync += [tile_row.eq(tile_row + q), rem_row.eq(rem_row - br)]
+            m.d.sync += [tile_row.eq(tile_row + q), rem_row.eq(rem_row - br),
+                         rem_row1.eq(rem_row1 - br), rem_row2.eq(rem_row2 - br),
+                         rem_rowb.eq(rem_rowb - br)]
             with m.If(row_last):
                 goto("END")
             with m.Else():
                 goto("COUNT")
 
-        # Per-tile counts of the block-row, one per cycle once its list is stored (during
-        # the payload: a non-empty block-row has at least ``q`` payload words).
-        with m.If(stored_all & ~cnt_done):
-            m.d.comb += [self.c_en.eq(1), self.c_addr.eq(ctile), self.c_data.eq(cols_r)]
+        # Per-tile counts of the block-row, one per cycle, from the cycle after its last word
+        # (``cstart``, registered) or, for an empty block-row, once the previous block-row's
+        # are written. ``cols_r`` still holds the block-row's columns in the ``cstart`` cycle
+        # (the next count resets it at the earliest in that cycle).
+        m.d.sync += cstart.eq(0)
+        with m.If(cstart):
+            start_counts()
+        with m.If(~cnt_done):
+            m.d.comb += [self.c_en.eq(1), self.c_addr.eq(ctile), self.c_data.eq(cval)]
             m.d.sync += [ctile.eq(ctile + 1), csl.eq(csl - 1), crem.eq(crem - C),
-                         cnt_done.eq((csl == 1) | (crem <= C))]
+                         cnt_done.eq((csl == 1) | crem[-1])]     # the tile holding n
 
+        # Entry writes: a plain entry's fields come from the index being parsed (INDEX), a
+        # hierarchical one's from registers (stage 1); the data does not depend on the state.
+        m.d.comb += [ent_wr.addr.eq(e_w), ent_wr.data.idx.eq(Mux(hier, idx, u16)),
+                     ent_wr.data.elast.eq(Mux(hier, st1_last, e_fin)),
+                     ent_wr.data.lastc.eq(u16[:iw] == nbcm1),
+                     ent_wr.data.n.eq(pcnt + mlast), ent_wr.data.first.eq(mfirst),
+                     ent_wr.data.rest.eq(mrest), ent_wr.data.n1.eq(mrest == 0)]
         # Hierarchical entry store (see above).
         m.d.sync += [st1_v.eq(0), st2_v.eq(st1_v), st2_last.eq(st1_last)]
         with m.If(st1_v):
-            hcols = pcnt + mlast[0] + mlast[1]
-            m.d.comb += [ent_wr.en.eq(1), ent_wr.addr.eq(e_w), ent_wr.data.idx.eq(idx),
-                         ent_wr.data.n.eq(hcols), ent_wr.data.mask.eq(mask),
-                         ent_wr.data.elast.eq(st1_last)]
+            hcols = pcnt + mlast
+            m.d.comb += ent_wr.en.eq(1)
             m.d.sync += [e_w.eq(e_w + 1), ncols_r.eq(hcols)]
+            vbits = Mux(idx_last, vb_last, vb_full)
             check((mask == 0) | ((mask & ~vbits) != 0))
-            with m.If(st1_last):
-                m.d.sync += gate.eq(q1)
         m.d.sync += rinit.eq(0)
         with m.If(st2_v):
-            m.d.sync += cols_r.eq(cols_r + ncols_r)
+            m.d.sync += cols_r.eq(cols_r + Mux(hier, ncols_r, Mux(pl_last, lastw, bc)))
             with m.If(st2_last):
-                m.d.sync += [stored_all.eq(1), gate.eq(1), rinit.eq(1)]
+                m.d.sync += [gate.eq(1), rinit.eq(1)]
         # With the row's column count final, the rooms after a step of cols_r (q > 1).
         with m.If(rinit):
-            m.d.sync += [wr2.eq(proom - cols_r), pr2.eq(proom - cols_r)]
+            m.d.sync += [wr2.eq(proom1 - cols_r), pr2.eq(proom1 - cols_r)]
+
+        with m.If(pending):
+            m.d.sync += lerr.eq(1)              # (a new stream's start clears it)
+        # The count's checks, from registers the cycle after COUNT: at most the block-columns,
+        # and at most the kept blocks left (``left`` went negative otherwise).
+        m.d.sync += cnt_chk.eq(0)
+        with m.If(cnt_chk):
+            check((cnt_r > nbc) | left[-1])
+            # Balanced: every block-row keeps as many blocks as the first.
+            with m.If(first_chk):
+                m.d.sync += first_cnt.eq(cnt_r)
+            with m.Elif(cnt_r != first_cnt):
+                m.d.sync += uneven.eq(1)
 
         with m.FSM(name="parse") as fsm:
             with m.State("IDLE"), m.If(self.start):
-                m.d.comb += clear.eq(1)
-                m.d.sync += [self.error.eq(0), ended.eq(0), buf.eq(0), level.eq(0),
+                # The aligner is empty here (after DONE or after the drain of ERROR).
+                m.d.sync += [self.error.eq(0), ended.eq(0),
                              ck.eq(self.exp_k), cn.eq(self.exp_n), self.words.eq(0),
                              first_row.eq(1), uneven.eq(0), lerr.eq(0), active.eq(1),
-                             tile_row.eq(0), q.eq(0), beat_err.eq(0),
-                             hcnt.eq(0), hwp.eq(0), hrp.eq(0), s0_v.eq(0), ent_v.eq(0),
+                             tile_row.eq(0), ctile.eq(0), q.eq(0), beat_err.eq(0), trunc.eq(0),
+                             hcnt.eq(0), hfull.eq(0), hwp.eq(0), hrp.eq(0), s0_v.eq(0), ent_v.eq(0),
                              ptr.eq(0), e_w.eq(0),
-                             stored_all.eq(0), cnt_done.eq(1), st1_v.eq(0), st2_v.eq(0)]
+                             cnt_done.eq(1), st1_v.eq(0), st2_v.eq(0)]
                 goto("MAGIC")
             with m.State("MAGIC"):
                 with m.If(need(4)):
@@ -592,7 +738,8 @@ class SparseDecoder(wiring.Component):
                 late_error()
             with m.State("TOTAL"):
                 m.d.sync += [rem_k.eq(ck), nbc.eq(0), rk_gt.eq(ck > bc), wk.eq(0),
-                             row_end.eq(cn == 0), rem_row.eq(cn)]
+                             row_end.eq(cn == 0), rem_row.eq(cn), rem_row1.eq(cn - C),
+                             rem_row2.eq(cn - 2 * C), rem_rowb.eq(cn - br)]
                 with m.If(need(4)):
                     m.d.sync += left.eq(u32)
                     goto("QDIV")
@@ -624,77 +771,95 @@ class SparseDecoder(wiring.Component):
                         goto("COUNT")
                 late_error()
             with m.State("COUNT"):
+                # A count past kmax is an error (checked from cnt_r the next cycle): its low
+                # bits are enough to choose the next state.
+                cnt_lo = u16[:iw + 1]
                 with m.If(need(2)):
                     m.d.sync += [e.eq(0), cols_r.eq(0), left.eq(left - u16),
-                                 e_fin.eq(u16 == 1), el.eq(u16 - 1), first_row.eq(0),
-                                 row_last.eq(rem_row <= br),
+                                 e_fin.eq(cnt_lo == 1), el.eq(u16 - 1), first_row.eq(0),
+                                 row_last.eq(rem_rowb <= 0),
+                                 crow_tile.eq(tile_row), crow_rem.eq(rem_row1 - 1),
                                  # tile counts
-                                 ctile.eq(tile_row), crem.eq(rem_row), csl.eq(q),
-                                 cnt_done.eq(0),
                                  # payload addressing
                                  pos_addr.eq(self.words), waddr.eq(self.words),
                                  w_ok.eq(self.words < depth),
-                                 proom.eq(depth - self.words), rem_nx.eq(rem_row - C),
-                                 rem_row1.eq(rem_row - C),
+                                 proom.eq(depth - 2 - self.words),
+                                 proom1.eq(depth - 1 - self.words),
                                  pad.eq(past_n(rem_row)), pad_row.eq(past_n(rem_row)),
+                                 pad_nx.eq(past_n(rem_row1)), pad_row1.eq(past_n(rem_row1)),
+                                 rem_nx2.eq(rem_row2),
                                  sl.eq(q - 1), s_last.eq(q1),
                                  # column generator
                                  ptr.eq(0), e_w.eq(0), ent_v.eq(0),
-                                 s0_v.eq(0), hcnt.eq(0), hwp.eq(0), hrp.eq(0),
-                                 stored_all.eq(u16 == 0),
-                                 gate.eq(q1 & ~hier)]
-                    with m.If(first_row):
-                        m.d.sync += first_cnt.eq(u16)
-                    with m.Elif(u16 != first_cnt):
-                        m.d.sync += uneven.eq(1)
-                    with m.If(u16 == 0):
+                                 s0_v.eq(0), hcnt.eq(0), hfull.eq(0), hwp.eq(0), hrp.eq(0),
+                                 gate.eq(q1)]
+                    m.d.sync += first_chk.eq(first_row)
+                    with m.If(cnt_lo == 0):
                         goto("ECNT")
+                    with m.Elif(hier):
+                        goto("HINDEX")
                     with m.Else():
                         goto("INDEX")
-                    check((u16 > nbc) | (u16 > left))
+                    m.d.sync += [cnt_r.eq(u16), cnt_chk.eq(1)]
                 late_error()
+            def index_fields():
+                m.d.sync += [idx.eq(u16), e.eq(e + 1), el.eq(el - 1), e_fin.eq(el == 1),
+                             cur_last.eq(e_fin)]
+                check((u16 >= nbc) | ((e != 0) & (u16 <= idx)))
+                return u16[:iw] == nbcm1
+
+            # The index list: plain (INDEX, the entry is stored with its index) and
+            # hierarchical (HINDEX, then the mask bytes) are two states, so that the entry
+            # memory's write enable is one state bit and one flag.
             with m.State("INDEX"):
                 with m.If(need(2)):
-                    is_last = u16[:iw] == nbcm1
-                    m.d.sync += [idx.eq(u16), e.eq(e + 1), el.eq(el - 1), e_fin.eq(el == 1),
-                                 cur_last.eq(e_fin)]
-                    check((u16 >= nbc) | ((e != 0) & (u16 <= idx)))
-                    with m.If(hier):
-                        m.d.sync += [mask.eq(0), mbyte.eq(0), pcnt.eq(0),
-                                     mlast[0].eq(0), mlast[1].eq(0),
-                                     m_fin.eq(mask_bytes == 1),
-                                     vbits.eq(Mux(is_last, vb_last, vb_full))]
-                        goto("MASK")
-                    with m.Else():
-                        m.d.comb += [ent_wr.en.eq(1), ent_wr.addr.eq(e_w),
-                                     ent_wr.data.idx.eq(u16), ent_wr.data.elast.eq(e_fin)]
-                        m.d.sync += [e_w.eq(e_w + 1), ncols_r.eq(Mux(is_last, lastw, bc)),
-                                     st2_v.eq(1), st2_last.eq(e_fin)]
-                        with m.If(e_fin):
-                            m.d.sync += gate.eq(q1)
-                            to_column(head_v | s0_emit)
+                    is_last = index_fields()
+                    m.d.comb += ent_wr.en.eq(1)
+                    m.d.sync += [e_w.eq(e_w + 1), pl_last.eq(is_last),
+                                 st2_v.eq(1), st2_last.eq(e_fin)]
+                    with m.If(e_fin):
+                        m.d.sync += gate.eq(q1)
+                        to_column(head_v | s0_emit)
+                late_error()
+            with m.State("HINDEX"):
+                with m.If(need(2)):
+                    is_last = index_fields()
+                    m.d.sync += [mask.eq(0), mbyte.eq(0), pcnt.eq(0), mlast.eq(0),
+                                 mfound.eq(0), mfirst.eq(0), mrest.eq(0),
+                                 m_fin.eq(mask_bytes == 1), idx_last.eq(is_last)]
+                    goto("MASK")
                 late_error()
             with m.State("MASK"):
                 with m.If(need(1)):
                     m.d.sync += [mbyte.eq(mbyte + 1), m_fin.eq(mbyte + 2 == mask_bytes),
-                                 pcnt.eq(pcnt + mlast[0] + mlast[1]),
-                                 mlast[0].eq(popcount4(u8[:4])), mlast[1].eq(popcount4(u8[4:])),
+                                 pcnt.eq(pcnt + mlast), mlast.eq(popcount8(u8)),
+                                 mrest.eq(mrest | (Mux(mfound, u8, drop_low8(u8))
+                                                   << (mbyte * 8))[:MAX_MASK_BITS]),
                                  mask.eq(mask | (u8 << (mbyte * 8))[:MAX_MASK_BITS])]
+                    with m.If(~mfound & (u8 != 0)):
+                        # The first kept column: its offset, and the mask without it.
+                        m.d.sync += [mfound.eq(1),
+                                     mfirst.eq(Cat(ctz8(u8), mbyte)[:mbits])]
                     # Bits past MAX_MASK_BITS cannot occur: b_c <= MAX_MASK_BITS here.
                     with m.If(m_fin):
                         m.d.sync += [st1_v.eq(1), st1_last.eq(cur_last)]
                         with m.If(cur_last):
                             to_column(head_v | s0_emit)
                         with m.Else():
-                            goto("INDEX")
+                            goto("HINDEX")
                 late_error()
             with m.State("ECNT"):
-                # An empty block-row: its tiles' counts (0) are being written.
+                # An empty block-row: once the previous block-row's counts are written, its
+                # tiles' counts (0) are.
+                with m.If(cnt_done):
+                    start_counts()
+                    goto("EROW")
+                late_error()
+            with m.State("EROW"):
                 with m.If(cnt_done):
                     next_row()
                 late_error()
             with m.State("CWAIT"):
-                need(W)
                 to_column(s0_emit)
                 late_error()
             with m.State("COLUMN"):
@@ -717,29 +882,35 @@ class SparseDecoder(wiring.Component):
                     with m.If(exists):
                         m.d.comb += self.w_en.eq(w_ok)
                         m.d.sync += self.words.eq(self.words + 1)
-                    m.d.sync += [sl.eq(sl - 1), s_last.eq(sl == 1), rem_nx.eq(rem_nx - C),
-                                 pad.eq(past_n(rem_nx)), waddr.eq(waddr + cols_r),
-                                 wr2.eq(wr2 - cols_r), w_ok.eq(wr2 > 0)]
+                    m.d.sync += [sl.eq(sl - 1), s_last.eq(sl == 1), rem_nx2.eq(rem_nx2 - C),
+                                 pad.eq(pad_nx), pad_nx.eq(past_n(rem_nx2)),
+                                 waddr.eq(waddr + cols_r),
+                                 wr2.eq(wr2 - cols_r), w_ok.eq(~wr2[-1])]
                     with m.If(s_last):
                         # Next kept column.
                         m.d.comb += pop.eq(1)
-                        m.d.sync += [sl.eq(q - 1), rem_nx.eq(rem_row1),
-                                     pad.eq(pad_row), pos_addr.eq(pos_addr + 1),
+                        m.d.sync += [sl.eq(q - 1), rem_nx2.eq(rem_row2),
+                                     pad.eq(pad_row), pad_nx.eq(pad_row1),
+                                     pos_addr.eq(pos_addr + 1),
                                      waddr.eq(pos_addr + 1), proom.eq(proom - 1),
-                                     pr2.eq(pr2 - 1), wr2.eq(pr2 - 1), w_ok.eq(proom > 1),
+                                     proom1.eq(proom1 - 1),
+                                     pr2.eq(pr2 - 1), wr2.eq(pr2 - 1), w_ok.eq(~proom[-1]),
                                      s_last.eq(q1)]
                         with m.If(head_rlast):
+                            # The block-row's last word: its tile counts follow.
+                            m.d.sync += cstart.eq(1)
                             next_row()
                         with m.Elif((hcnt == 1) & ~s0_emit):
                             goto("CWAIT")
                     check(pad_bad)
-                    with m.If(exists & ~w_ok):
-                        goto("ERROR")
+                    check(exists & ~w_ok)
                 late_error()
             with m.State("END"):
-                with m.If(~left_zero | (bal == uneven) | (level != 0) | beat_err):
+                with m.If(~left_zero | (bal == uneven) | lv[0] | beat_err):
                     goto("ERROR")
-                with m.Elif(ended & ~lerr & ~pending):
+                # A check of the last word fails at the latest in the cycle its tile count
+                # is written, so ``lerr`` is final once the counts are.
+                with m.Elif(fin & cnt_done & ~cstart & ~lerr):
                     m.d.sync += active.eq(0)
                     goto("DONE")
                 late_error()
@@ -747,7 +918,7 @@ class SparseDecoder(wiring.Component):
                 # Drain the rest of the stream up to its last beat.
                 m.d.comb += [drop.eq(1)]
                 m.d.sync += [self.error.eq(1), cnt_done.eq(1)]
-                with m.If(ended | (self.cw.valid & beat.last & (level <= BUF - W))):
+                with m.If(ended | (fire & beat.last)):
                     m.d.sync += active.eq(0)
                     goto("DONE")
             with m.State("DONE"):
@@ -755,13 +926,11 @@ class SparseDecoder(wiring.Component):
                 goto("IDLE")
         # One-hot state register in synthesis: short next-state logic for this many states.
         fsm.state.attrs["fsm_encoding"] = "one-hot"
-        hits = []
+        hits = [trunc]
         for now, cond in checks:
             applied, failed = Signal(), Signal()
             m.d.sync += [applied.eq(now), failed.eq(cond)]
             hits.append(applied & failed)
         m.d.comb += pending.eq(Cat(*hits).any())
-        with m.If(pending):
-            m.d.sync += lerr.eq(1)
-        m.d.comb += [self.busy.eq(active | self.done), self.tiles_done.eq(tile_row)]
+        m.d.comb += [self.busy.eq(active | self.done), self.tiles_done.eq(ctile)]
         return m

@@ -83,13 +83,14 @@ def tile_ready_dense(w_last, ep_taken) -> list[int]:
     return [max(w, e) + 1 for w, e in zip(w_last, ep_taken)]
 
 
-def tile_ready_sparse(cfg: AccelConfig, pattern, start: int, rows_done, ep_taken) -> list[int]:
+def tile_ready_sparse(cfg: AccelConfig, pattern, start: int, counts_done, ep_taken
+                      ) -> list[int]:
     """:func:`tile_ready_dense` for a sparse load: the decoder started in cycle ``start`` and
-    wrote the last word of block-row ``r`` in its relative cycle ``rows_done[r]``
-    (:func:`decode_timeline`); the engine sees the row's tiles two cycles later."""
-    q = pattern.block[0] // cfg.cols
+    wrote the count of tile ``tj`` (after all its words) in its relative cycle
+    ``counts_done[tj]`` (:func:`decode_timeline`); the engine sees it two cycles later
+    (``tiles_done``, then its own register)."""
     nt = ceil_div(pattern.shape[0], cfg.cols)
-    return [max(start + rows_done[tj // q] + 1, ep_taken[tj]) + 1 for tj in range(nt)]
+    return [max(start + counts_done[tj] + 1, ep_taken[tj]) + 1 for tj in range(nt)]
 
 
 def _tiles(cfg, m, k, lengths, S, data_start, tile_ready, latency, macs,
@@ -139,7 +140,7 @@ def decode_cycles(cfg: AccelConfig, pattern) -> int:
     return decode_timeline(cfg, pattern)[0]
 
 
-def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0, rows_done=None
+def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0, counts_done=None
                     ) -> tuple[int, int]:
     """:func:`decode_cycles` when the stream's first beat can be taken no earlier than cycle
     ``first_beat`` (the ``start`` cycle is 0; later beats follow whenever the decoder takes
@@ -149,9 +150,9 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0, rows_done=No
     generator (entry register, block register, head), the hierarchical entry store and the
     tile-count writer, each updated once per cycle from the values of the previous one.
 
-    ``rows_done``, a list, receives for every block-row the cycle in which its last weight word
-    (an empty block-row: its last tile count) is written, when the decoder's ``tiles_done``
-    grows."""
+    ``counts_done``, a list, receives the cycle in which each tile count is written (in tile
+    order; every tile's count follows its last weight word).
+    """
     C = W = cfg.cols
     BUF = SparseDecoder.buffer_bytes(cfg)
     n = pattern.shape[0]
@@ -163,29 +164,36 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0, rows_done=No
     mb = mask_bytes(bc) if hier else 0
     length = (HEADER_BYTES + 2 * pattern.n_block_rows + (2 + mb) * pattern.kept_blocks
               + br * int(cols.sum()))
-    st = {"cycles": 0, "level": 0, "sent": 0, "last": None}
+    st = {"cycles": 0, "level": 0, "sent": 0, "last": None, "held": None}
     # Column generator and side units (see rtl/sparse_decoder.py): ENT (entry register),
     # S0 (block register, ``s0_left`` columns left), the head queue (its columns' "last of the
     # block-row" flags), the entries stored (``e_w``)
     # and read (``ptr``), the hierarchical store stages, the tile-count writer (``cw`` left).
     g = {"ent_v": False, "ent_b": 0, "s0_v": False, "s0_b": 0, "s0_left": 0, "head": [],
          "ptr": 0, "e_w": 0, "stored": False, "st1": None, "st2": None,
-         "cw": 0, "cnt": 0}
+         "cw": 0, "cpend": 0, "cnt": 0}
     row = []                                  # kept columns of each kept block of the row
 
-    def cycle(take=0, idle=False, pop=False, store=False, st1=None, st2=None, count=None):
-        # One clock: the parser takes `take` bytes, the aligner accepts a beat if it has room.
+    def cycle(take=0, idle=False, pop=False, store=False, st1=None, st2=None, count=None,
+              counts=None, row_done=None):
+        # One clock: the parser takes `take` bytes; the beat in the input register moves into
+        # the aligner if it has room, and the input register takes a new beat if it is empty
+        # or moving.
         st["cycles"] += 1
-        accept = (not idle and st["sent"] < length and st["level"] <= BUF - W
+        move = st["held"] is not None and st["level"] <= BUF - W
+        accept = (not idle and st["sent"] < length and (st["held"] is None or move)
                   and st["cycles"] > first_beat)
         st["level"] -= take
+        if move:
+            st["level"] += st["held"]
+            st["held"] = None
         if accept:
             beat = min(W, length - st["sent"])
             st["sent"] += beat
-            st["level"] += beat
+            st["held"] = beat
             if st["sent"] == length:
                 st["last"] = st["cycles"] - 1
-        gate = g["stored"] or (q == 1 and (not hier or g["st2"] is True))
+        gate = g["stored"] or q == 1
         s0_emit = g["s0_v"] and gate and len(g["head"]) < 2
         s0_done = s0_emit and g["s0_left"] == 1
         s0_load = (not g["s0_v"] or s0_done) and g["ent_v"]
@@ -207,11 +215,20 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0, rows_done=No
         nx["st1"], nx["st2"] = st1, g["st1"] if g["st1"] is not None else st2
         if g["st2"] is True:
             nx["stored"] = True
-        if g["stored"] and g["cw"]:
+        if g["cw"]:
             nx["cw"] -= 1                     # one tile count written
+            if counts_done is not None:
+                counts_done.append(st["cycles"] - 1)
+        if counts is not None:                # the block-row's tile counts start
+            nx["cw"] = counts
+        nx["cpend"] = 0
+        if g["cpend"]:                        # ... the cycle after its last word
+            nx["cw"] = g["cpend"]
+        if row_done is not None:
+            nx["cpend"] = row_done
         if count is not None:                 # COUNT: a new block-row
-            nx.update(ptr=0, e_w=0, ent_v=False, s0_v=False, head=[], stored=count == 0,
-                      cnt=count, cw=min(q, nt - r * q))
+            nx.update(ptr=0, e_w=0, ent_v=False, s0_v=False, head=[], stored=False,
+                      cnt=count)
         g.update(nx)
 
     def need(nbytes, **kw):
@@ -230,12 +247,14 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0, rows_done=No
         kept = [c for c in range(pattern.n_block_cols) if pattern.blocks[r, c]]
         row[:] = [int(cols[r, c].sum()) for c in kept]
         need(2, count=len(kept))              # COUNT
+        tiles = min(q, nt - r * q)
         if not kept:
+            while g["cw"] or g["cpend"]:
+                cycle()                       # ECNT: the previous block-row's tile counts
+            cycle(counts=tiles)               # ECNT
             while g["cw"]:
-                cycle()                       # ECNT: its tile counts
-            cycle()                           # ECNT: next block-row
-            if rows_done is not None:
-                rows_done.append(st["cycles"] - 1)
+                cycle()                       # EROW: its tile counts
+            cycle()                           # EROW: next block-row
             continue
         for i in range(len(kept)):
             last = i == len(kept) - 1
@@ -245,15 +264,14 @@ def decode_timeline(cfg: AccelConfig, pattern, first_beat: int = 0, rows_done=No
                     need(1, st1=last if b == mb - 1 else None)   # MASK bytes
             else:
                 need(2, store=True, st2=last)  # INDEX (stores the entry)
-        for _ in range(sum(row)):
+        for c in range(sum(row)):
             for s in range(q):
                 while st["level"] < W or not g["head"]:
                     cycle()
-                cycle(W, pop=s == q - 1)      # COLUMN
-        if rows_done is not None:
-            rows_done.append(st["cycles"] - 1)
-    while st["sent"] < length:
-        cycle()                               # END waits for the last beat
+                row_end = c == sum(row) - 1 and s == q - 1
+                cycle(W, pop=s == q - 1, row_done=tiles if row_end else None)   # COLUMN
+    while st["sent"] < length or st["held"] is not None or g["cw"] or g["cpend"]:
+        cycle()                               # END waits for the last beat and tile count
     cycle()                                   # END -> DONE
     cycle()                                   # DONE
     return st["cycles"], st["last"]
@@ -275,8 +293,8 @@ def sparse_gemm_cycles(cfg: AccelConfig, m: int, pattern, load_weights: bool = T
     S = SETUP_CYCLES
     ready = None
     if load_weights:
-        rows_done = []
-        decode_timeline(cfg, pattern, rows_done=rows_done)
-        ready = tile_ready_sparse(cfg, pattern, S, rows_done, [S + 1 + j for j in range(nt)])
+        counts_done = []
+        decode_timeline(cfg, pattern, counts_done=counts_done)
+        ready = tile_ready_sparse(cfg, pattern, S, counts_done, [S + 1 + j for j in range(nt)])
     return _tiles(cfg, m, k, lengths, S, S, ready,
                   engine_latency(cfg) + SPARSE_EXTRA_STAGES, m * pattern.kept_weights)

@@ -137,3 +137,12 @@ def test_real_flows_on_a_small_mac_array(tmp_path, capsys):
     assert 50 < ecp5["fmax_mhz"] < 500
     assert (tmp_path / "work" / "ecp5" / "report.json").is_file()
     assert (tmp_path / "work" / "ecp5" / "design.config").is_file()
+
+
+def test_decoder_design_is_the_sparse_decoder_alone():
+    from golden.config import get_config
+    from rtl.sparse_decoder import SparseDecoder
+    assert "decoder" in report.DESIGNS
+    design = report._build_design("decoder", get_config("tiny"))
+    design._MustUse__silence = True                     # never elaborated here
+    assert isinstance(design, SparseDecoder)

@@ -15,10 +15,11 @@ from sim.perf import decode_cycles
 from sim.streams import run_simulation, stream_send
 
 
-def run_decoder(cfg, streams, *, rng=None, stall=0.0, dut=None):
+def run_decoder(cfg, streams, *, rng=None, stall=0.0, dut=None, trace=None):
     """Decode ``streams`` (``(bytes, k, n)`` or ``(beats, k, n)``) one after the other on one
     decoder. Returns, per stream, ``(error, cycles, wmem, kmem, cmem)``; ``cycles`` counts the
-    start cycle to the ``done`` pulse inclusive."""
+    start cycle to the ``done`` pulse inclusive. ``trace``, a list, receives per stream the
+    writes in order: ``(cycle, "w" or "c", addr)``."""
     dut = SparseDecoder(cfg) if dut is None else dut
     src_rng = np.random.default_rng(rng.integers(1 << 32)) if rng is not None else None
     go = []
@@ -27,6 +28,9 @@ def run_decoder(cfg, streams, *, rng=None, stall=0.0, dut=None):
         results = []
         for i, (_, k, n) in enumerate(streams):
             wmem, kmem, cmem = {}, {}, {}
+            events = []
+            if trace is not None:
+                trace.append(events)
             ctx.set(dut.exp_k, k)
             ctx.set(dut.exp_n, n)
             ctx.set(dut.start, 1)
@@ -39,8 +43,10 @@ def run_decoder(cfg, streams, *, rng=None, stall=0.0, dut=None):
                     addr = ctx.get(dut.w_addr)
                     wmem[addr] = [int(x) for x in ctx.get(dut.w_data)]
                     kmem[addr] = ctx.get(dut.w_k)
+                    events.append((cycles, "w", addr))
                 if ctx.get(dut.c_en):
                     cmem[ctx.get(dut.c_addr)] = ctx.get(dut.c_data)
+                    events.append((cycles, "c", ctx.get(dut.c_addr)))
                 cycles += 1
                 if ctx.get(dut.done):
                     results.append((ctx.get(dut.error), cycles, wmem, kmem, cmem))
@@ -197,7 +203,9 @@ def test_overlong_beat_and_weight_buffer_overflow(tiny, rng):
     beats = pack_compressed(tiny, good)
     beats[3] = dict(beats[3], n=tiny.cols + 1)
     small = AccelConfig.from_dict({**tiny.to_dict(), "weight_buffer_depth": 16})
-    assert run_decoder(tiny, [(beats, 30, 20), (good, 30, 20)])[0][0] == 1
+    results = run_decoder(tiny, [(beats, 30, 20), (good, 30, 20)])
+    assert results[0][0] == 1
+    check_image(tiny, results[1], w, p)                 # the error does not outlive its stream
     results = run_decoder(small, [(good, 30, 20)])
     assert results[0][0] == 1
 
@@ -364,8 +372,11 @@ def test_back_to_back_blocks_stream_one_word_per_cycle(tiny, rng):
         res = run_decoder(tiny, [(encode(w, p), 32, 12)])[0]
         check_image(tiny, res, w, p)
         words = int(p.column_mask().sum())
-        header = 1 + 8 + 1 + 1 + 8       # start, first beat, header fields, q, block-columns
-        assert res[1] == header + sum(1 + len(r) for r in rows) + words + 2
+        # start, first beat, input register, header fields, q, block-columns
+        header = 1 + 1 + 1 + 8 + 1 + 8
+        # ... one cycle per count and index and per word; the last block-row's tile count
+        # starts the cycle after its last word and is written in the next; END, DONE
+        assert res[1] == header + sum(1 + len(r) for r in rows) + words + 2 + 2
         assert res[1] == decode_cycles(tiny, p)
 
 
@@ -418,3 +429,28 @@ def test_weight_buffer_bound_exact(tiny, rng, block):
     data = encode(w, p)
     check_image(fits, run_decoder(fits, [(data, 24, 16)])[0], w, p)
     assert run_decoder(short, [(data, 24, 16)])[0][0] == 1
+
+
+def test_tile_count_written_after_its_words(tiny, rng):
+    """The ordering rtl.gemm relies on: the count of output tile ``tj`` is written only after
+    every weight word of tile ``tj`` (in a later cycle), and counts are written in increasing
+    ``tj`` order, each once."""
+    cases = ([p for _, p in pipeline_patterns()] + [p for _, p in patterns(rng)]
+             + random_patterns(rng, 16))
+    ws = [rng.integers(-128, 128, p.shape) for p in cases]
+    trace = []
+    results = run_decoder(tiny, [(encode(w, p), p.shape[1], p.shape[0])
+                                 for w, p in zip(ws, cases)], trace=trace)
+    for w, p, res, events in zip(ws, cases, results, trace):
+        check_image(tiny, res, w, p)
+        counts = [len(s) for s in tile_schedule(p, tiny)]
+        first = np.concatenate([[0], np.cumsum(counts)])
+        tile_of = {a: tj for tj in range(len(counts)) for a in range(first[tj], first[tj + 1])}
+        c_events = [(cyc, a) for cyc, kind, a in events if kind == "c"]
+        assert [a for _, a in c_events] == list(range(len(counts))), p
+        last_word = {}
+        for cyc, kind, a in events:
+            if kind == "w":
+                last_word[tile_of[a]] = cyc
+        for cyc, tj in c_events:
+            assert cyc > last_word.get(tj, -1), (p, tj)
