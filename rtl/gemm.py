@@ -84,8 +84,8 @@ read, :attr:`GemmEngine.sparse_latency`); ``first``/``last`` mark ``p = 0`` and
 ``p = count_tj - 1``. A tile with count 0 issues one step with a zero weight word, so its
 outputs are the epilogue of the bias alone. Cycles therefore scale with the kept ``k`` steps of
 each tile (``sim.perf.sparse_gemm_cycles``); activations and outputs are as in dense mode.
-The decoder reports finished block-rows (``tiles_done``): column tile ``tj`` of the first tile
-row starts once its block-row's words and count are written and its epilogue record is in, so
+The decoder reports the tiles whose words and count are written (``tiles_done``): column tile
+``tj`` of the first tile row starts once that covers it and its epilogue record is in, so
 decoding overlaps the compute as in dense mode.
 
 A malformed stream is found by the decoder, which drains the rest of the stream to its ``last``
@@ -97,7 +97,9 @@ sparse weights of the same ``k`` and ``n``; dense and sparse resident weights ar
 interchangeable (``error``).
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from types import SimpleNamespace
+
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, signed, unsigned
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
@@ -116,6 +118,7 @@ __all__ = [
     "OUT16_BITS",
     "SETUP_CYCLES",
     "GemmEngine",
+    "buffer_ram",
     "command_layout",
     "default_fifo_depth",
     "div_const",
@@ -193,6 +196,36 @@ def epilogue_layout(cfg: AccelConfig) -> data.StructLayout:
         "mult": data.ArrayLayout(unsigned(cfg.mult_width), cfg.cols),
         "shift": data.ArrayLayout(unsigned(cfg.shift_width), cfg.cols),
     })
+
+
+def buffer_ram(m, platform, name, shape, depth):
+    """A buffer with one write port and one read port whose data is registered: ``(wr, rd)``,
+    ``wr`` with ``addr``, ``data`` and ``en``, ``rd`` with ``addr`` and ``data``; ``rd.data``
+    holds the word at the ``rd.addr`` given two cycles earlier.
+
+    Where the platform offers ``registered_ram`` (:class:`platforms.ecp5.ECP5Synthesis`: block
+    RAM read through its output register), the second register is inside the RAM; otherwise
+    it is a memory's synchronous read port followed by a fabric register (the same latency,
+    so simulation is cycle-exact either way). Reading an address in the cycle it is written
+    is undefined; the engine never does (the A buffer's halves alternate, a weight tile is read
+    only once it is loaded).
+    """
+    wr = SimpleNamespace(addr=Signal(range(depth), name=f"{name}_waddr"),
+                         data=Signal(shape, name=f"{name}_wdata"), en=Signal(name=f"{name}_we"))
+    rd = SimpleNamespace(addr=Signal(range(depth), name=f"{name}_raddr"),
+                         data=Signal(shape, name=f"{name}_rdata"))
+    hook = getattr(platform, "registered_ram", None)
+    if hook is None:
+        m.submodules[name] = mem = memory.Memory(shape=shape, depth=depth, init=[])
+        wp, rp = mem.write_port(), mem.read_port()
+        m.d.comb += [wp.addr.eq(wr.addr), wp.data.eq(wr.data), wp.en.eq(wr.en),
+                     rp.addr.eq(rd.addr)]
+        m.d.sync += rd.data.eq(rp.data)
+    else:
+        width = Shape.cast(shape).width
+        m.d.comb += rd.data.eq(hook(m, name=name, width=width, depth=depth, w_addr=wr.addr,
+                                    w_data=Value.cast(wr.data), w_en=wr.en, r_addr=rd.addr))
+    return wr, rd
 
 
 class GemmEngine(wiring.Component):
@@ -288,25 +321,23 @@ class GemmEngine(wiring.Component):
         m.submodules.array = array = self._array
 
         # ---- buffers -----------------------------------------------------------------------
-        m.submodules.wbuf = wbuf = memory.Memory(
-            shape=data.ArrayLayout(signed(cfg.weight_width), C),
-            depth=cfg.weight_buffer_depth, init=[])
-        # Two halves at a power-of-two offset: the address is Cat(k, half), no adder.
-        m.submodules.abuf = abuf = memory.Memory(
-            shape=data.ArrayLayout(signed(cfg.act_width), R), depth=2 << ceil_log2(kmax),
-            init=[])
+        # Weights, activations and k indices: block RAMs read through a register (data two
+        # cycles after the address, see ``buffer_ram``).
+        w_wr, w_rd = buffer_ram(m, platform, "wbuf", data.ArrayLayout(
+            signed(cfg.weight_width), C), cfg.weight_buffer_depth)
+        # The A buffer holds the PE operand (act_width + 1 bits, sign- or zero-extended on the
+        # write), in two halves at a power-of-two offset: the address is Cat(k, half).
+        a_wr, a_rd = buffer_ram(m, platform, "abuf", data.ArrayLayout(a_operand_shape(cfg), R),
+                                2 << ceil_log2(kmax))
+        k_wr, k_rd = buffer_ram(m, platform, "kbuf", unsigned(ceil_log2(kmax)),
+                                cfg.weight_buffer_depth)
         m.submodules.epbuf = epbuf = memory.Memory(
             shape=epilogue_layout(cfg), depth=ntmax, init=[])
-        m.submodules.kbuf = kbuf = memory.Memory(
-            shape=unsigned(ceil_log2(kmax)), depth=cfg.weight_buffer_depth, init=[])
         m.submodules.cbuf = cbuf = memory.Memory(shape=range(kmax + 1), depth=ntmax, init=[])
         m.submodules.decoder = dec = SparseDecoder(cfg)
         wiring.connect(m, wiring.flipped(self.cw), dec.cw)
-        k_wr, k_rd = kbuf.write_port(), kbuf.read_port()
         c_wr, c_rd = cbuf.write_port(), cbuf.read_port(domain="comb")
         c_rd_next = cbuf.read_port(domain="comb")
-        w_wr, w_rd = wbuf.write_port(), wbuf.read_port()
-        a_wr, a_rd = abuf.write_port(), abuf.read_port()
         ep_wr, ep_rd = epbuf.write_port(), epbuf.read_port()
         m.submodules.tags = tags = fifo.SyncFIFO(
             width=ceil_log2(ntmax + 1) + ceil_log2(C + 1) + ceil_log2(R + 1), depth=4)
@@ -468,8 +499,7 @@ class GemmEngine(wiring.Component):
                 # Accept beats whenever the half being filled is free.
                 free = ~a_full.bit_select(ld_half, 1)
                 m.d.comb += [self.a.ready.eq(free),
-                             a_wr.addr.eq(Cat(ld_k, ld_half)),
-                             a_wr.data.eq(self.a.payload), a_wr.en.eq(self.a.valid & free)]
+                             a_wr.addr.eq(Cat(ld_k, ld_half)), a_wr.en.eq(self.a.valid & free)]
                 with m.If(self.a.valid & free):
                     m.d.sync += ld_k.eq(ld_k + 1)
                     with m.If(ld_k == ck_m1):
@@ -542,34 +572,31 @@ class GemmEngine(wiring.Component):
 
         ctl = Signal(Control)
         m.d.sync += [ctl.valid.eq(issue), ctl.first.eq(is_first), ctl.last.eq(is_last)]
-        # Every block-RAM read is registered before it is used (ECP5 block RAM has a slow
-        # clock-to-output). Dense: issue -> A/W read -> read register -> array. Sparse: issue ->
-        # k-index read -> register -> A/W read -> read register -> array.
+        # Every block-RAM read goes through a register before it is used (ECP5 block RAM has a
+        # slow clock-to-output): ``buffer_ram`` reads take two cycles. Dense: issue -> A/W read
+        # (2) -> array. Sparse: issue -> k-index read (2) -> A/W read (2) -> array.
         s1_ctl, s2_ctl, s3_ctl = Signal(Control), Signal(Control), Signal(Control)
         s1_half, s2_half = Signal(), Signal()
-        s1_zero, s2_zero, s3_zero = Signal(), Signal(), Signal()
+        s1_zero, s2_zero, s3_zero, s4_zero = Signal(), Signal(), Signal(), Signal()
         s1_waddr, s2_waddr = Signal.like(f_waddr), Signal.like(f_waddr)
-        kq = Signal.like(k_rd.data)
         m.d.sync += [s1_ctl.eq(ctl), s2_ctl.eq(s1_ctl), s3_ctl.eq(s2_ctl),
                      s1_half.eq(f_half), s2_half.eq(s1_half),
                      s1_zero.eq(t_empty), s2_zero.eq(s1_zero), s3_zero.eq(s2_zero),
-                     s1_waddr.eq(f_waddr), s2_waddr.eq(s1_waddr),
-                     kq.eq(Mux(s1_zero, 0, k_rd.data))]
-        # The A read register widens each lane by one bit: a copy of the sign bit, or 0 for an
-        # unsigned command (one AND gate per lane).
-        a_q = Signal(data.ArrayLayout(a_operand_shape(cfg), R))
-        w_q = Signal.like(w_rd.data)
-        dense_ctl = Signal(Control)
+                     s4_zero.eq(s3_zero), s1_waddr.eq(f_waddr), s2_waddr.eq(s1_waddr)]
+        # The A buffer is written with each lane widened by one bit: a copy of the sign bit, or
+        # 0 for an unsigned command (one AND gate per lane), so its read data is the operand.
         for r in range(R):
-            raw = a_rd.data[r]
-            m.d.sync += a_q[r].eq(Cat(raw, raw[-1] & ~cau).as_signed())
-        m.d.sync += [w_q.eq(Mux(csparse & s3_zero, 0, w_rd.data)), dense_ctl.eq(ctl)]
+            raw = self.a.payload[r]
+            m.d.comb += a_wr.data[r].eq(Cat(raw, raw[-1] & ~cau).as_signed())
+        dense_ctl = Signal(Control)
+        m.d.sync += dense_ctl.eq(ctl)
+        kq = Mux(s2_zero, 0, k_rd.data)
         m.d.comb += [
             k_rd.addr.eq(f_waddr),
             a_rd.addr.eq(Mux(csparse, Cat(kq, s2_half), Cat(f_k, f_half))),
             w_rd.addr.eq(Mux(csparse, s2_waddr, f_waddr)),
-            array.a.eq(a_q),
-            array.b.eq(w_q),
+            array.a.eq(a_rd.data),
+            array.b.eq(Mux(csparse & s4_zero, 0, w_rd.data)),
             array.ctl.eq(Mux(csparse, s3_ctl, dense_ctl)),
         ]
         tag_w = data.StructLayout({"tj": unsigned(ceil_log2(ntmax + 1)),
