@@ -333,7 +333,10 @@ class GemmEngine(wiring.Component):
                                 cfg.weight_buffer_depth)
         m.submodules.epbuf = epbuf = memory.Memory(
             shape=epilogue_layout(cfg), depth=ntmax, init=[])
-        m.submodules.cbuf = cbuf = memory.Memory(shape=range(kmax + 1), depth=ntmax, init=[])
+        # Per-tile step counts, with their flags decoded on the write: no kept k (one step with
+        # a zero word), at most one step.
+        cbuf_layout = data.StructLayout({"steps": range(kmax + 1), "empty": 1, "one": 1})
+        m.submodules.cbuf = cbuf = memory.Memory(shape=cbuf_layout, depth=ntmax, init=[])
         m.submodules.decoder = dec = SparseDecoder(cfg)
         wiring.connect(m, wiring.flipped(self.cw), dec.cw)
         c_wr, c_rd = cbuf.write_port(), cbuf.read_port(domain="comb")
@@ -453,8 +456,9 @@ class GemmEngine(wiring.Component):
             m.d.comb += [w_wr.addr.eq(dec.w_addr), w_wr.data.eq(dec.w_data),
                          w_wr.en.eq(dec.w_en), k_wr.addr.eq(dec.w_addr),
                          k_wr.data.eq(dec.w_k), k_wr.en.eq(dec.w_en),
-                         c_wr.addr.eq(dec.c_addr), c_wr.data.eq(dec.c_data),
-                         c_wr.en.eq(dec.c_en)]
+                         c_wr.addr.eq(dec.c_addr), c_wr.data.steps.eq(dec.c_data),
+                         c_wr.data.empty.eq(dec.c_data == 0),
+                         c_wr.data.one.eq(dec.c_data <= 1), c_wr.en.eq(dec.c_en)]
             m.d.sync += w_rdy.eq(dec.tiles_done)
             with m.If(dec.done):
                 m.d.sync += sw_active.eq(0)
@@ -556,7 +560,7 @@ class GemmEngine(wiring.Component):
         # while running, the next tile's count is prefetched (a tile spans >= 2 cycles).
         f_tj_next = Signal.like(f_tj)
         t_cnt = Signal(range(kmax + 1))
-        nxt_cnt = Signal(range(kmax + 1))
+        nxt_cnt = Signal(cbuf_layout)
         t_empty = Signal()
         m.d.comb += [c_rd.addr.eq(f_tj), c_rd_next.addr.eq(f_tj_next)]
         m.d.sync += nxt_cnt.eq(c_rd_next.data)
@@ -566,9 +570,10 @@ class GemmEngine(wiring.Component):
         is_first = f_k == 0
         is_last = t_last
 
-        def last_of_first_step(count):
-            """``t_last`` for a tile's first step: one step (sparse: count <= 1; dense: k == 1)."""
-            return Mux(csparse, count <= 1, ck_is1)
+        def last_of_first_step(one):
+            """``t_last`` for a tile's first step: one step (sparse: the count's ``one`` flag,
+            count <= 1; dense: k == 1)."""
+            return Mux(csparse, one, ck_is1)
 
         ctl = Signal(Control)
         m.d.sync += [ctl.valid.eq(issue), ctl.first.eq(is_first), ctl.last.eq(is_last)]
@@ -618,8 +623,8 @@ class GemmEngine(wiring.Component):
                              f_rows_left.eq(cm), f_cols_left.eq(cn)]
                 m.next = "WAIT"
             with m.State("WAIT"):
-                m.d.sync += [t_cnt.eq(c_rd.data), t_empty.eq(csparse & (c_rd.data == 0)),
-                             t_last.eq(last_of_first_step(c_rd.data)),
+                m.d.sync += [t_cnt.eq(c_rd.data.steps), t_empty.eq(csparse & c_rd.data.empty),
+                             t_last.eq(last_of_first_step(c_rd.data.one)),
                              cnt_ok.eq(tile_ok(f_tj))]
                 with m.If(abort):
                     m.next = "IDLE"
@@ -630,8 +635,9 @@ class GemmEngine(wiring.Component):
                 can = cnt_ok & (~t_last | (gap_ok & credit_ok))
                 m.d.comb += issue.eq(can)
                 with m.If(~cnt_ok):
-                    m.d.sync += [t_cnt.eq(c_rd.data), t_empty.eq(csparse & (c_rd.data == 0)),
-                                 t_last.eq(last_of_first_step(c_rd.data)),
+                    m.d.sync += [t_cnt.eq(c_rd.data.steps),
+                                 t_empty.eq(csparse & c_rd.data.empty),
+                                 t_last.eq(last_of_first_step(c_rd.data.one)),
                                  cnt_ok.eq(tile_ok(f_tj))]
                 with m.If(can):
                     m.d.sync += [f_k.eq(f_k + 1), f_k1.eq(f_k1 + 1), f_k2.eq(f_k2 + 1),
@@ -641,8 +647,9 @@ class GemmEngine(wiring.Component):
                         m.d.comb += [issue_last.eq(1), reserve.eq(rv)]
                         m.d.sync += [f_k.eq(0), f_k1.eq(1), f_k2.eq(2), f_tj.eq(f_tj_next),
                                      f_tj_next.eq(Mux(f_tj_next == nt_m1, 0, f_tj_next + 1)),
-                                     t_cnt.eq(nxt_cnt), t_empty.eq(csparse & (nxt_cnt == 0)),
-                                     t_last.eq(last_of_first_step(nxt_cnt)),
+                                     t_cnt.eq(nxt_cnt.steps),
+                                     t_empty.eq(csparse & nxt_cnt.empty),
+                                     t_last.eq(last_of_first_step(nxt_cnt.one)),
                                      cnt_ok.eq(tile_ok(f_tj_next)),
                                      f_cols_left.eq(f_cols_left - C)]
                         with m.If(f_tj == nt_m1):        # tile row finished
