@@ -743,7 +743,11 @@ class GemmEngine(wiring.Component):
         ]
 
         # ---- status --------------------------------------------------------------------------
-        in_flight = tags.r_rdy | Cat(valids).any() | array.out_valid | dec.busy
+        # "A row in the epilogue": stages 2.. hold what stages 1.. held a cycle earlier, so their
+        # OR is registered from the previous cycle's (two flip-flops instead of an OR tree).
+        tail_any = Signal()
+        m.d.sync += tail_any.eq(Cat(valids[:-1]).any())
+        in_flight = tags.r_rdy | valids[0] | tail_any | array.out_valid | dec.busy
         m.d.comb += [pipeline_empty.eq(~in_flight),
                      self.busy.eq(~self.cmd.ready | in_flight | (ofifo.w_level != 0))]
         with m.If(self.busy):
