@@ -342,7 +342,10 @@ class GemmEngine(wiring.Component):
         c_wr, c_rd = cbuf.write_port(), cbuf.read_port(domain="comb")
         c_rd_next = cbuf.read_port(domain="comb")
         ep_wr, ep_rd = epbuf.write_port(), epbuf.read_port()
-        m.submodules.tags = tags = fifo.SyncFIFO(
+        # Tile tags (column tile, valid lanes, valid rows), from the last step's issue to the
+        # tile's rows leaving the array; the head is a register (it addresses the epilogue-record
+        # memory, a distributed RAM read in the same cycle).
+        m.submodules.tags = tags = fifo.SyncFIFOBuffered(
             width=ceil_log2(ntmax + 1) + ceil_log2(C + 1) + ceil_log2(R + 1), depth=4)
         m.submodules.ofifo = ofifo = fifo.SyncFIFOBuffered(
             width=OUT16_BITS * C, depth=self.out_fifo_depth)
@@ -747,7 +750,7 @@ class GemmEngine(wiring.Component):
         # OR is registered from the previous cycle's (two flip-flops instead of an OR tree).
         tail_any = Signal()
         m.d.sync += tail_any.eq(Cat(valids[:-1]).any())
-        in_flight = tags.r_rdy | valids[0] | tail_any | array.out_valid | dec.busy
+        in_flight = (tags.w_level != 0) | valids[0] | tail_any | array.out_valid | dec.busy
         m.d.comb += [pipeline_empty.eq(~in_flight),
                      self.busy.eq(~self.cmd.ready | in_flight | (ofifo.w_level != 0))]
         with m.If(self.busy):
