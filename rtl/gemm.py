@@ -712,12 +712,23 @@ class GemmEngine(wiring.Component):
             p3, _ = pipelined_multiply(m, platform, s2, mult2, name=f"requant_{c}")
             # Round: add 2^(S-1) (0 for S = 0). The term is decoded from the shift in the
             # multiply's last stage, so the rounding stage is a bare adder.
+            # Two stages: one-hot codes of the shift's high and low three bits, then one AND per
+            # term bit (bit i of 2^(S-1) is set for S = i + 1).
             prod_w = len(p3)
-            sh_pre = delayed(sh2, mul_stages - 1, f"shift_{c}")
+            assert mul_stages >= 2
+            sh_pre2 = delayed(sh2, mul_stages - 2, f"shift_{c}")
+            hi_oh = Signal(1 << max(0, cfg.shift_width - 3), name=f"shift_hi_{c}")
+            lo_oh = Signal(8, name=f"shift_lo_{c}")
+            sh_pre = Signal.like(sh2, name=f"shift_pre_{c}")
+            m.d.sync += [hi_oh.eq(Const(1, len(hi_oh)) << sh_pre2[3:]),
+                         lo_oh.eq(Const(1, 8) << sh_pre2[:3]), sh_pre.eq(sh_pre2)]
             half = Signal(prod_w, name=f"round_term_{c}")
             sh3 = Signal.like(sh2, name=f"shift3_{c}")
-            m.d.sync += [half.eq(((Const(1, prod_w + 1) << sh_pre) >> 1)[:prod_w]),
-                         sh3.eq(sh_pre)]
+            for i in range(prod_w):
+                t = i + 1
+                if (t >> 3) < len(hi_oh):
+                    m.d.sync += half[i].eq(hi_oh[t >> 3] & lo_oh[t & 7])
+            m.d.sync += sh3.eq(sh_pre)
             r4 = Signal(signed(prod_w + 1), name=f"rounded_{c}")
             sh4 = Signal.like(sh2, name=f"shift4_{c}")
             m.d.sync += [r4.eq(p3 + half), sh4.eq(sh3)]
