@@ -618,11 +618,16 @@ class GemmEngine(wiring.Component):
         # its count. A tile that is not ready yet (only while the first tile row runs during the
         # weight load) is waited for with ``t_cnt`` re-read every cycle.
         cnt_ok = Signal()
+        # ``f_tj == nt - 1`` and ``f_rows_left <= rows`` as registers, kept with f_tj and
+        # f_rows_left: the row-end decisions under ``issue`` need no compare.
+        row_end = Signal()
+        rows_last = Signal()
         with m.FSM(name="feed") as fsm_feed:
             with m.State("IDLE"), m.If(start):
                 m.d.sync += [f_half.eq(0), f_k.eq(0), f_k1.eq(1), f_k2.eq(2), f_waddr.eq(0),
                              f_tj.eq(0),
                              f_tj_next.eq(Mux(nt_m1 == 0, 0, 1)), cnt_ok.eq(0),
+                             row_end.eq(nt_m1 == 0), rows_last.eq(cm <= R),
                              f_rows_left.eq(cm), f_cols_left.eq(cn)]
                 m.next = "WAIT"
             with m.State("WAIT"):
@@ -654,12 +659,14 @@ class GemmEngine(wiring.Component):
                                      t_empty.eq(csparse & nxt_cnt.empty),
                                      t_last.eq(last_of_first_step(nxt_cnt.one)),
                                      cnt_ok.eq(tile_ok(f_tj_next)),
+                                     row_end.eq(f_tj_next == nt_m1),
                                      f_cols_left.eq(f_cols_left - C)]
-                        with m.If(f_tj == nt_m1):        # tile row finished
+                        with m.If(row_end):              # tile row finished
                             m.d.comb += a_clr.eq(Mux(f_half, 0b10, 0b01))
                             m.d.sync += [f_half.eq(~f_half), f_tj.eq(0), f_waddr.eq(0),
-                                         f_cols_left.eq(cn), f_rows_left.eq(f_rows_left - R)]
-                            with m.If(f_rows_left <= R):
+                                         f_cols_left.eq(cn), f_rows_left.eq(f_rows_left - R),
+                                         rows_last.eq(f_rows_left <= 2 * R)]
+                            with m.If(rows_last):
                                 m.d.comb += feed_done.eq(1)
                                 m.next = "IDLE"
                             with m.Elif(~a_full.bit_select(~f_half, 1)):
