@@ -207,24 +207,32 @@ def buffer_ram(m, platform, name, shape, depth):
     RAM read through its output register), the second register is inside the RAM; otherwise
     it is a memory's synchronous read port followed by a fabric register (the same latency,
     so simulation is cycle-exact either way). Reading an address in the cycle it is written
-    is undefined; the engine never does (the A buffer's halves alternate, a weight tile is read
-    only once it is loaded).
+    is undefined. Writes land one cycle after ``wr.en`` (a register on the way); the engine
+    reads a word at least two cycles after it was given to ``wr`` (the A buffer's halves
+    alternate and are read only once full, a weight tile only once it is loaded, the tile
+    counts following their words), so neither changes a result or a cycle.
     """
     wr = SimpleNamespace(addr=Signal(range(depth), name=f"{name}_waddr"),
                          data=Signal(shape, name=f"{name}_wdata"), en=Signal(name=f"{name}_we"))
     rd = SimpleNamespace(addr=Signal(range(depth), name=f"{name}_raddr"),
                          data=Signal(shape, name=f"{name}_rdata"))
+    # The write is registered on its way (it lands a cycle after ``wr.en``), so that the
+    # write-port selection is not in front of the RAM's address and data setup.
+    w_addr = Signal(range(depth), name=f"{name}_waddr_r")
+    w_data = Signal(shape, name=f"{name}_wdata_r")
+    w_en = Signal(name=f"{name}_we_r")
+    m.d.sync += [w_addr.eq(wr.addr), w_data.eq(wr.data), w_en.eq(wr.en)]
     hook = getattr(platform, "registered_ram", None)
     if hook is None:
         m.submodules[name] = mem = memory.Memory(shape=shape, depth=depth, init=[])
         wp, rp = mem.write_port(), mem.read_port()
-        m.d.comb += [wp.addr.eq(wr.addr), wp.data.eq(wr.data), wp.en.eq(wr.en),
+        m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en),
                      rp.addr.eq(rd.addr)]
         m.d.sync += rd.data.eq(rp.data)
     else:
         width = Shape.cast(shape).width
-        m.d.comb += rd.data.eq(hook(m, name=name, width=width, depth=depth, w_addr=wr.addr,
-                                    w_data=Value.cast(wr.data), w_en=wr.en, r_addr=rd.addr))
+        m.d.comb += rd.data.eq(hook(m, name=name, width=width, depth=depth, w_addr=w_addr,
+                                    w_data=Value.cast(w_data), w_en=w_en, r_addr=rd.addr))
     return wr, rd
 
 
