@@ -76,6 +76,7 @@ from golden.isa import (
 
 from .buffers import OnChipBuffers
 from .checks import check_config, validating
+from .fixedpoint_ops import div_const
 from .ports import instr_layout, mem_beat_bytes, mem_port_signature, or_connect
 
 __all__ = ["DISPATCH_CYCLES", "Accelerator", "ErrorCode", "InstrChecker", "error_code_of_field",
@@ -370,7 +371,7 @@ class InstrChecker(wiring.Component):
 
         # Stage 1 (registered): products and derived lengths.
         nt = Signal(16)        # ceil(n / cols)
-        m.d.comb += nt.eq((nn + C - 1) // C)
+        m.d.comb += nt.eq(div_const(nn + C - 1, C))
         wwords = Signal(32)
         pitch_span = Signal(48)
         m.d.sync += [wwords.eq(kk * nt), pitch_span.eq((mm - 1) * imm)]

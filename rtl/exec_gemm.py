@@ -45,7 +45,8 @@ from golden.config import AccelConfig
 from golden.isa import Flag
 
 from .checks import check_config, check_width, validating
-from .gemm import GemmEngine, command_layout, div_const, mod_const
+from .fixedpoint_ops import div_const, mod_const
+from .gemm import GemmEngine, command_layout
 from .ports import buf_read_signature, exec_signature, mem_beat_bytes, word_bits
 
 __all__ = ["EP_BEATS", "GemmUnit", "TransposeReader", "WordReader", "cycles"]

@@ -49,6 +49,7 @@ from golden.config import AccelConfig
 from golden.isa import Buf, Flag, Op, buffers
 
 from .checks import check_config, validating
+from .fixedpoint_ops import div_const
 from .ports import LANE_BITS, NUM_BUFS, exec_signature, mem_beat_bytes, operand_layout
 
 __all__ = ["MoveUnit", "cycles"]
@@ -126,10 +127,7 @@ class MoveUnit(wiring.Component):
         opd = Mux(is_store, ins.a.as_value(), ins.dst.as_value())
         opd_v = operand_layout()(opd)
         col = opd_v.col[:bits_for(max_cols)]
-        if C & (C - 1) == 0:
-            col_word = col >> (C.bit_length() - 1)
-        else:
-            col_word = col // C
+        col_word = div_const(col, C)
         w16 = ins.flags[int(Flag.OUT16).bit_length() - 1]
 
         m.d.sync += self.done.eq(0)

@@ -68,6 +68,7 @@ from golden.isa import Instr
 from rtl.compaction import TokenPrune, row_stride
 
 from .checks import check_config, validating
+from .fixedpoint_ops import div_const
 from .ports import exec_signature
 
 __all__ = ["TokenUnit", "cycles", "token_stride"]
@@ -89,13 +90,6 @@ def cycles(cfg: AccelConfig, instr: Instr, mem_latency: int = 2) -> int:
     if keep < m - 1:
         total += cfg.mult_width + segs + 1
     return total
-
-
-def _div_const(value, divisor: int):
-    """``value // divisor`` for a constant ``divisor`` (a shift for a power of two)."""
-    if divisor & (divisor - 1) == 0:
-        return value >> (divisor.bit_length() - 1)
-    return value // divisor
 
 
 class TokenUnit(wiring.Component):
@@ -171,8 +165,8 @@ class TokenUnit(wiring.Component):
                 m.d.sync += [
                     err.eq(bad), go.eq(~bad),
                     n_tokens.eq(ins.m), keep.eq(ins.imm), heads.eq(ins.k), width.eq(ins.n),
-                    segs.eq(_div_const(ins.n + (C - 1), C)),
-                    a_word.eq(_div_const(ins.a.col, C)), d_word.eq(_div_const(ins.dst.col, C)),
+                    segs.eq(div_const(ins.n + (C - 1), C)),
+                    a_word.eq(div_const(ins.a.col, C)), d_word.eq(div_const(ins.dst.col, C)),
                     tok.eq(1), pv.eq(0),
                 ]
                 m.next = "RUN"

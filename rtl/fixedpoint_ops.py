@@ -2,7 +2,9 @@
 
 * :func:`round_shift` builds ``(x + round_term(s)) >> s`` (arithmetic shift, round half up) for
   a constant or run-time shift ``s``;
-* :func:`saturate` clips a value to a signed or unsigned width.
+* :func:`saturate` clips a value to a signed or unsigned width;
+* :func:`div_const` / :func:`mod_const` divide by a constant (a shift / the low bits when it is
+  a power of two).
 
 Amaranth widens ``+`` by one bit, so the rounding term can never wrap.
 """
@@ -10,8 +12,19 @@ Amaranth widens ``+`` by one bit, so the rounding term can never wrap.
 from __future__ import annotations
 
 from amaranth.hdl import Const, Mux, Value
+from amaranth.utils import exact_log2
 
-__all__ = ["round_shift", "saturate"]
+__all__ = ["div_const", "mod_const", "round_shift", "saturate"]
+
+
+def div_const(x, c: int):
+    """``x // c`` for a constant ``c`` (a shift when ``c`` is a power of two)."""
+    return x >> exact_log2(c) if c & (c - 1) == 0 else x // c
+
+
+def mod_const(x, c: int):
+    """``x % c`` for a constant ``c`` (the low bits when ``c`` is a power of two)."""
+    return x[:exact_log2(c)] if c & (c - 1) == 0 else x % c
 
 
 def round_shift(x, shift):

@@ -97,20 +97,19 @@ sparse weights of the same ``k`` and ``n``; dense and sparse resident weights ar
 interchangeable (``error``).
 """
 
-from types import SimpleNamespace
-
-from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2, exact_log2
+from amaranth.utils import ceil_log2
 
 from golden.config import AccelConfig
 from golden.gemm import OUT16_BITS
 
 from .checks import check_config, validating
-from .fixedpoint_ops import saturate
+from .fixedpoint_ops import div_const, saturate
 from .multiply import multiply_latency, pipelined_multiply
 from .pe import Control, a_operand_shape
+from .ram import buffer_ram
 from .sparse_decoder import SparseDecoder, compressed_beat_layout
 from .systolic import SystolicArray
 
@@ -118,13 +117,10 @@ __all__ = [
     "OUT16_BITS",
     "SETUP_CYCLES",
     "GemmEngine",
-    "buffer_ram",
     "command_layout",
     "default_fifo_depth",
-    "div_const",
     "engine_latency",
     "epilogue_layout",
-    "mod_const",
     "output_layout",
 ]
 
@@ -135,16 +131,6 @@ SPARSE_EXTRA_STAGES = 2   # sparse commands: k-index buffer read and register be
 
 
 SETUP_CYCLES = 3      # command accepted (cycle 0) -> start (cycle 3): nt, capacity, decision
-
-
-def div_const(x, c: int):
-    """``x // c`` for a constant ``c`` (a shift when ``c`` is a power of two)."""
-    return x >> exact_log2(c) if c & (c - 1) == 0 else x // c
-
-
-def mod_const(x, c: int):
-    """``x % c`` for a constant ``c`` (the low bits when ``c`` is a power of two)."""
-    return x[:exact_log2(c)] if c & (c - 1) == 0 else x % c
 
 
 def engine_latency(cfg: AccelConfig) -> int:
@@ -196,44 +182,6 @@ def epilogue_layout(cfg: AccelConfig) -> data.StructLayout:
         "mult": data.ArrayLayout(unsigned(cfg.mult_width), cfg.cols),
         "shift": data.ArrayLayout(unsigned(cfg.shift_width), cfg.cols),
     })
-
-
-def buffer_ram(m, platform, name, shape, depth):
-    """A buffer with one write port and one read port whose data is registered: ``(wr, rd)``,
-    ``wr`` with ``addr``, ``data`` and ``en``, ``rd`` with ``addr`` and ``data``; ``rd.data``
-    holds the word at the ``rd.addr`` given two cycles earlier.
-
-    Where the platform offers ``registered_ram`` (:class:`platforms.ecp5.ECP5Synthesis`: block
-    RAM read through its output register), the second register is inside the RAM; otherwise
-    it is a memory's synchronous read port followed by a fabric register (the same latency,
-    so simulation is cycle-exact either way). Reading an address in the cycle it is written
-    is undefined. Writes land one cycle after ``wr.en`` (a register on the way); the engine
-    reads a word at least two cycles after it was given to ``wr`` (the A buffer's halves
-    alternate and are read only once full, a weight tile only once it is loaded, the tile
-    counts following their words), so neither changes a result or a cycle.
-    """
-    wr = SimpleNamespace(addr=Signal(range(depth), name=f"{name}_waddr"),
-                         data=Signal(shape, name=f"{name}_wdata"), en=Signal(name=f"{name}_we"))
-    rd = SimpleNamespace(addr=Signal(range(depth), name=f"{name}_raddr"),
-                         data=Signal(shape, name=f"{name}_rdata"))
-    # The write is registered on its way (it lands a cycle after ``wr.en``), so that the
-    # write-port selection is not in front of the RAM's address and data setup.
-    w_addr = Signal(range(depth), name=f"{name}_waddr_r")
-    w_data = Signal(shape, name=f"{name}_wdata_r")
-    w_en = Signal(name=f"{name}_we_r")
-    m.d.sync += [w_addr.eq(wr.addr), w_data.eq(wr.data), w_en.eq(wr.en)]
-    hook = getattr(platform, "registered_ram", None)
-    if hook is None:
-        m.submodules[name] = mem = memory.Memory(shape=shape, depth=depth, init=[])
-        wp, rp = mem.write_port(), mem.read_port()
-        m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en),
-                     rp.addr.eq(rd.addr)]
-        m.d.sync += rd.data.eq(rp.data)
-    else:
-        width = Shape.cast(shape).width
-        m.d.comb += rd.data.eq(hook(m, name=name, width=width, depth=depth, w_addr=w_addr,
-                                    w_data=Value.cast(w_data), w_en=w_en, r_addr=rd.addr))
-    return wr, rd
 
 
 class GemmEngine(wiring.Component):
