@@ -114,16 +114,26 @@ def run_instr(cfg: AccelConfig, unit, ins: Instr, memory, bufs=None, *, rng=None
 
 async def execute_on_unit(ctx, unit, ins) -> tuple[bool, int]:
     """In a testbench: put ``ins`` on ``unit.instr``, pulse ``start`` and wait for ``done``;
-    returns ``(error, cycles)``, ``cycles`` counted from ``start`` to ``done`` inclusive."""
+    returns ``(error, cycles)``, ``cycles`` counted from ``start`` to ``done`` inclusive.
+
+    Checks the ``mem_busy`` contract on the way (``rtl.ports.exec_signature``): from the first
+    cycle after ``start`` in which ``mem_busy`` is low, the unit issues no read command and
+    takes no read beat until ``done``."""
     ctx.set(unit.instr.as_value(), int.from_bytes(ins.encode(), "little"))
     ctx.set(unit.start, 1)
     await ctx.tick()
     ctx.set(unit.start, 0)
     cycles = 1
-    while not ctx.get(unit.done):
+    off = False
+    while True:
+        off = off or not ctx.get(unit.mem_busy)
+        if off and (ctx.get(unit.mem.rcmd.valid) or ctx.get(unit.mem.rdata.ready)):
+            raise AssertionError(f"{ins.name}: read channel used in cycle {cycles} after "
+                                 "mem_busy fell")
+        if ctx.get(unit.done):
+            return bool(ctx.get(unit.error)), cycles
         await ctx.tick()
         cycles += 1
-    return bool(ctx.get(unit.error)), cycles
 
 
 def first_difference(expected: dict, got: dict):
