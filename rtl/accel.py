@@ -198,7 +198,6 @@ class Accelerator(wiring.Component):
         left = Signal(32)
         code = Signal(4)
         unit_start = Signal()                  # registered: the units see ``ins`` with it
-        started = Signal()                     # EXEC after its first cycle
 
         with m.If(self.busy):
             m.d.sync += self.cycles.eq(self.cycles + 1)
@@ -289,17 +288,16 @@ class Accelerator(wiring.Component):
                         m.d.sync += [self.done.eq(1), self.busy.eq(0)]
                         m.next = "IDLE"
                     with m.Else():
-                        m.d.sync += [ins.eq(nxt), unit_start.eq(1), started.eq(0)]
+                        m.d.sync += [ins.eq(nxt), unit_start.eq(1)]
                         m.next = "EXEC"
                 with m.Else():
                     m.d.comb += [fe_go.eq(fe_idle), fe_addr.eq(pc)]
             with m.State("EXEC"):
-                m.d.sync += started.eq(1)
                 with m.If(unit_start):
                     m.d.sync += self.op.eq(ins.op)         # from the cycle after start
                 # Prefetch the next instruction once the unit is off the memory's read
                 # channels (not in its start cycle, when it has not yet raised mem_busy).
-                with m.If(started & ~unit_busy & (left > 1)):
+                with m.If(~unit_start & ~unit_busy & (left > 1)):
                     m.d.comb += [fe_go.eq(fe_idle), fe_addr.eq(pc + INSTR_BYTES)]
                 done = 0
                 err = 0
