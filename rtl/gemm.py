@@ -523,11 +523,9 @@ class GemmEngine(wiring.Component):
         t_empty = Signal()
         m.d.comb += [c_rd.addr.eq(f_tj), c_rd_next.addr.eq(f_tj_next)]
         m.d.sync += nxt_cnt.eq(c_rd_next.data)
-        f_k1 = Signal(range(kmax + 1))          # always f_k + 1
         f_k2 = Signal(range(kmax + 2))          # always f_k + 2: the next step's last compare
         t_last = Signal()                       # the next step to issue ends its tile
         is_first = f_k == 0
-        is_last = t_last
 
         def last_of_first_step(one):
             """``t_last`` for a tile's first step: one step (sparse: the count's ``one`` flag,
@@ -535,7 +533,7 @@ class GemmEngine(wiring.Component):
             return Mux(csparse, one, ck_is1)
 
         ctl = Signal(Control)
-        m.d.sync += [ctl.valid.eq(issue), ctl.first.eq(is_first), ctl.last.eq(is_last)]
+        m.d.sync += [ctl.valid.eq(issue), ctl.first.eq(is_first), ctl.last.eq(t_last)]
         # Every block-RAM read goes through a register before it is used (ECP5 block RAM has a
         # slow clock-to-output): ``buffer_ram`` reads take two cycles. Dense: issue -> A/W read
         # (2) -> array. Sparse: issue -> k-index read (2) -> A/W read (2) -> array.
@@ -568,7 +566,7 @@ class GemmEngine(wiring.Component):
                                    "rv": unsigned(ceil_log2(R + 1))})
         tag_in = Signal(tag_w)
         m.d.comb += [tag_in.tj.eq(f_tj), tag_in.cv.eq(cv), tag_in.rv.eq(rv),
-                     tags.w_data.eq(tag_in.as_value()), tags.w_en.eq(issue & is_last)]
+                     tags.w_data.eq(tag_in.as_value()), tags.w_en.eq(issue & t_last)]
 
         # ``cnt_ok``: the current tile's weights and epilogue record are in and ``t_cnt`` holds
         # its count. A tile that is not ready yet (only while the first tile row runs during the
@@ -580,7 +578,7 @@ class GemmEngine(wiring.Component):
         rows_last = Signal()
         with m.FSM(name="feed") as fsm_feed:
             with m.State("IDLE"), m.If(start):
-                m.d.sync += [f_half.eq(0), f_k.eq(0), f_k1.eq(1), f_k2.eq(2), f_waddr.eq(0),
+                m.d.sync += [f_half.eq(0), f_k.eq(0), f_k2.eq(2), f_waddr.eq(0),
                              f_tj.eq(0),
                              f_tj_next.eq(Mux(nt_m1 == 0, 0, 1)), cnt_ok.eq(0),
                              row_end.eq(nt_m1 == 0), rows_last.eq(cm <= R),
@@ -604,12 +602,12 @@ class GemmEngine(wiring.Component):
                                  t_last.eq(last_of_first_step(c_rd.data.one)),
                                  cnt_ok.eq(tile_ok(f_tj))]
                 with m.If(can):
-                    m.d.sync += [f_k.eq(f_k + 1), f_k1.eq(f_k1 + 1), f_k2.eq(f_k2 + 1),
+                    m.d.sync += [f_k.eq(f_k + 1), f_k2.eq(f_k2 + 1),
                                  f_waddr.eq(f_waddr + ~t_empty),
                                  t_last.eq(f_k2 == Mux(csparse, t_cnt, ck))]
                     with m.If(t_last):
                         m.d.comb += [issue_last.eq(1), reserve.eq(rv)]
-                        m.d.sync += [f_k.eq(0), f_k1.eq(1), f_k2.eq(2), f_tj.eq(f_tj_next),
+                        m.d.sync += [f_k.eq(0), f_k2.eq(2), f_tj.eq(f_tj_next),
                                      f_tj_next.eq(Mux(f_tj_next == nt_m1, 0, f_tj_next + 1)),
                                      t_cnt.eq(nxt_cnt.steps),
                                      t_empty.eq(csparse & nxt_cnt.empty),
