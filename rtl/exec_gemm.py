@@ -593,7 +593,7 @@ def cycles(cfg: AccelConfig, instr, mem_latency: int = 2, compressed=None) -> in
             w_last = [max(w_first, S + 1) + (tj + 1) * k - 1 for tj in range(nt)]
         ready = tile_ready_dense(w_last, ep_taken)
     at = _TransposeTiming(R, C, k, first_read=1)
-    g = _tiles(cfg, m, k, lengths, S, S, ready, latency, macs, a_supply=at.tile)
+    g = _tiles(cfg, m, k, lengths, S, ready, latency, macs, a_supply=at.tile)
     last = g.setup + g.load + g.compute      # the last reduction step issued
     rows_last = m - (ceil_div(m, R) - 1) * R
     return last + latency + rows_last - 1    # the last row is written in the done cycle

@@ -72,7 +72,7 @@ def gemm_cycles(cfg: AccelConfig, m: int, k: int, n: int, load_weights: bool = T
     if load_weights:
         ready = tile_ready_dense([S + (tj + 1) * k for tj in range(nt)],
                                  [S + 1 + tj for tj in range(nt)])
-    return _tiles(cfg, m, k, [k] * nt, S, S, ready, engine_latency(cfg), m * k * n)
+    return _tiles(cfg, m, k, [k] * nt, S, ready, engine_latency(cfg), m * k * n)
 
 
 def tile_ready_dense(w_last, ep_taken) -> list[int]:
@@ -93,10 +93,10 @@ def tile_ready_sparse(cfg: AccelConfig, pattern, start: int, counts_done, ep_tak
     return [max(start + counts_done[tj] + 1, ep_taken[tj]) + 1 for tj in range(nt)]
 
 
-def _tiles(cfg, m, k, lengths, S, data_start, tile_ready, latency, macs,
+def _tiles(cfg, m, k, lengths, S, tile_ready, latency, macs,
            a_supply=None) -> GemmCycles:
     """The tile recurrence shared by dense and sparse commands: ``lengths[tj]`` reduction
-    steps per tile, activations start loading the cycle after ``data_start``, column tile
+    steps per tile, the command starts in cycle ``S`` (activations load from ``S + 1``), column tile
     ``tj`` may start from cycle ``tile_ready[tj]`` (``None``: resident weights, always ready).
 
     ``a_supply(begin)``, when given, returns the cycle in which the last activation beat of the
@@ -111,7 +111,7 @@ def _tiles(cfg, m, k, lengths, S, data_start, tile_ready, latency, macs,
     last = None
     first_issue = None
     for i in range(mt):
-        begin = data_start + 1 if i == 0 else avail[-1]
+        begin = S + 1 if i == 0 else avail[-1]
         if i >= 2:
             begin = max(begin, release[i - 2] + 1)
         avail.append(begin + k if a_supply is None else a_supply(begin) + 1)
@@ -296,5 +296,5 @@ def sparse_gemm_cycles(cfg: AccelConfig, m: int, pattern, load_weights: bool = T
         counts_done = []
         decode_timeline(cfg, pattern, counts_done=counts_done)
         ready = tile_ready_sparse(cfg, pattern, S, counts_done, [S + 1 + j for j in range(nt)])
-    return _tiles(cfg, m, k, lengths, S, S, ready,
+    return _tiles(cfg, m, k, lengths, S, ready,
                   engine_latency(cfg) + SPARSE_EXTRA_STAGES, m * pattern.kept_weights)
