@@ -88,18 +88,18 @@ and its write enable is one state bit (plain and hierarchical index lists are tw
   ``last``) or a bad beat is a registered flag as well. Any of them sets ``lerr``, which
   diverts the state machine to ``ERROR`` (two or three cycles after the check; nothing is
   written in between but weight words and tile counts inside the buffers).
-* The payload state exists twice, ``COLUMN`` (the queue holds a column: take a word when
-  ``cols`` bytes are buffered) and ``CWAIT`` (it does not), so the generator is not on the
-  aligner's path; the generator's own moves are decided from its registers (a queue-full flag,
-  not the parser's ``pop``), and its entry and block registers load whenever they are free
-  (their valid bits say whether the load was valid), so that their wide data enables wait for
-  neither the source's valid bit nor the entry memory's fill level. A kept column's ``k`` is
-  the block's first ``k`` plus a registered offset: plain, a counter; hierarchical, the offset
-  of the block's first kept column (found while its mask bytes are parsed, a table per byte,
-  and stored with the entry) or of the mask bit isolated in the previous cycle (a carry
-  chain), encoded by an OR tree. A block's last column is found by a down-counter of its
-  columns (hierarchical: the mask's population count, a table per mask byte, summed while the
-  bytes are parsed).
+* The payload state exists twice, ``COLUMN`` (the queue holds a column: take a word when ``cols``
+  bytes are buffered) and ``CWAIT`` (it does not), so the generator is not on the aligner's path;
+  the generator's own moves are decided from its registers (a queue-full flag, not the parser's
+  ``pop``, and a registered flag that ENT or S0 is empty, so that the entry read address is one LUT
+  from flip-flops), and its entry and block registers load whenever they are free (their valid bits
+  say whether the load was valid), so that their wide data enables wait for neither the source's
+  valid bit nor the entry memory's fill level. A kept column's ``k`` is the block's first ``k``
+  plus a registered offset: plain, a counter; hierarchical, the offset of the block's first kept
+  column (found while its mask bytes are parsed, a table per byte, and stored with the entry) or of
+  the mask bit isolated in the previous cycle (a carry chain), encoded by an OR tree. A block's
+  last column is found by a down-counter of its columns (hierarchical: the mask's population count,
+  a table per mask byte, summed while the bytes are parsed).
 
 The state register is one-hot in synthesis (``fsm_encoding``); its power-up value then comes
 from the reset, which the platforms assert at start.
@@ -353,6 +353,7 @@ class SparseDecoder(wiring.Component):
         ck = Signal(range(kmax + 1))
         cn = Signal(range(kmax + 1))
         rem_k = Signal(range(kmax + 1))
+        rk_nz = Signal()                        # rem_k != 0 (registered)
         nbc = Signal(range(kmax + 1))           # block-columns: ceil(k / b_c)
         nbcm1 = Signal(iw)                      # nbc - 1: index of the last block-column
         lastw = Signal(range(_MAX_BLOCK + 1))   # columns of the last block-column
@@ -473,20 +474,25 @@ class SparseDecoder(wiring.Component):
         # q > 1 one cycle later, once ``wr2`` / ``pr2`` are set from the final column count.
         # A register: set at the count, raised at the last index or the last entry's stages.
         gate = Signal()
+        # ``free``: ENT or S0 is empty (``~ent_v | ~s0_v``), registered with them, so that
+        # ENT's load (and the entry read address behind it) is one LUT from flip-flops.
+        free = Signal(init=1)
+        s0_fin = Signal()                       # S0 emits its block's last column if it holds one
         m.d.comb += [
+            s0_fin.eq(gate & ~hfull & last0),
             s0_emit.eq(s0_v & gate & ~hfull),
-            s0_done.eq(s0_emit & last0),
-            s0_slot.eq(~s0_v | s0_done),
+            s0_done.eq(s0_v & s0_fin),
+            s0_slot.eq(~s0_v | s0_fin),
             s0_load.eq(s0_slot & ent_v),
-            ent_slot.eq(~ent_v | s0_load),
+            ent_slot.eq(free | s0_fin),         # = ~ent_v | s0_load
             ent_rd.addr.eq(ptr),
             ks_rd.addr.eq(ent.idx),
         ]
+        s0_v_nx, ent_v_nx = Mux(s0_slot, ent_v, s0_v), Mux(ent_slot, avail, ent_v)
         m.d.sync += [
             hcnt.eq(hcnt + s0_emit - pop), hwp.eq(hwp ^ s0_emit), hrp.eq(hrp ^ pop),
             hfull.eq(Mux(s0_emit == pop, hfull, (hcnt == 1) & s0_emit)),
-            s0_v.eq(Mux(s0_slot, ent_v, s0_v)),
-            ent_v.eq(Mux(ent_slot, avail, ent_v)),
+            s0_v.eq(s0_v_nx), ent_v.eq(ent_v_nx), free.eq(~s0_v_nx | ~ent_v_nx),
         ]
         for i in range(2):
             with m.If(s0_emit & (hwp == i)):
@@ -694,6 +700,7 @@ class SparseDecoder(wiring.Component):
                              first_row.eq(1), uneven.eq(0), lerr.eq(0), active.eq(1),
                              tile_row.eq(0), ctile.eq(0), q.eq(0), beat_err.eq(0), trunc.eq(0),
                              hcnt.eq(0), hfull.eq(0), hwp.eq(0), hrp.eq(0), s0_v.eq(0), ent_v.eq(0),
+                             free.eq(1),
                              ptr.eq(0), e_w.eq(0),
                              cnt_done.eq(1), st1_v.eq(0), st2_v.eq(0)]
                 goto("MAGIC")
@@ -737,7 +744,8 @@ class SparseDecoder(wiring.Component):
                     check(u32 != ck)
                 late_error()
             with m.State("TOTAL"):
-                m.d.sync += [rem_k.eq(ck), nbc.eq(0), rk_gt.eq(ck > bc), wk.eq(0),
+                m.d.sync += [rem_k.eq(ck), rk_nz.eq(ck != 0), nbc.eq(0), rk_gt.eq(ck > bc),
+                             wk.eq(0),
                              row_end.eq(cn == 0), rem_row.eq(cn), rem_row1.eq(cn - C),
                              rem_row2.eq(cn - 2 * C), rem_rowb.eq(cn - br)]
                 with m.If(need(4)):
@@ -758,13 +766,14 @@ class SparseDecoder(wiring.Component):
                 m.d.comb += [ks_wr.en.eq(1), ks_wr.addr.eq(nbc), ks_wr.data.eq(wk)]
                 m.d.sync += wk.eq(wk + bc)
                 with m.If(rk_gt):
-                    m.d.sync += [rem_k.eq(rem_k - bc), nbc.eq(nbc + 1),
+                    # rem_k > b_c: what is left is not zero.
+                    m.d.sync += [rem_k.eq(rem_k - bc), rk_nz.eq(1), nbc.eq(nbc + 1),
                                  rk_gt.eq(rem_k > (bc << 1))]
                 with m.Else():
                     m.d.sync += [lastw.eq(rem_k), lastw1.eq(rem_k == 1),
                                  vb_last.eq(thermometer(rem_k[:6])),
-                                 nbc.eq(nbc + (rem_k != 0)),
-                                 nbcm1.eq(Mux(rem_k != 0, nbc, nbc - 1))]
+                                 nbc.eq(nbc + rk_nz),
+                                 nbcm1.eq(Mux(rk_nz, nbc, nbc - 1))]
                     with m.If(row_end):
                         goto("END")
                     with m.Else():
@@ -790,7 +799,7 @@ class SparseDecoder(wiring.Component):
                                  rem_nx2.eq(rem_row2),
                                  sl.eq(q - 1), s_last.eq(q1),
                                  # column generator
-                                 ptr.eq(0), e_w.eq(0), ent_v.eq(0),
+                                 ptr.eq(0), e_w.eq(0), ent_v.eq(0), free.eq(1),
                                  s0_v.eq(0), hcnt.eq(0), hfull.eq(0), hwp.eq(0), hrp.eq(0),
                                  gate.eq(q1)]
                     m.d.sync += first_chk.eq(first_row)
