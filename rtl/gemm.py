@@ -106,7 +106,7 @@ from golden.config import AccelConfig
 from golden.gemm import OUT16_BITS
 
 from .checks import check_config, validating
-from .fixedpoint_ops import div_const, saturate
+from .fixedpoint_ops import div_const
 from .multiply import multiply_latency, pipelined_multiply
 from .pe import Control, a_operand_shape
 from .ram import buffer_ram
@@ -125,7 +125,7 @@ __all__ = [
 ]
 
 FEED_STAGES = 2       # command issue -> operands at the array (buffer read, read register)
-EPILOGUE_FIXED_STAGES = 7   # row, parameter register, bias, round, 2 x shift, saturate
+EPILOGUE_FIXED_STAGES = 8   # row, parameter register, bias, round, 2 x shift, 2 x saturate
 FIFO_STAGES = 2       # SyncFIFOBuffered: write to readable
 SPARSE_EXTRA_STAGES = 2   # sparse commands: k-index buffer read and register before the A read
 
@@ -699,10 +699,32 @@ class GemmEngine(wiring.Component):
             m.d.sync += [q5.eq(r4 >> Cat(Const(0, 3), sh4[3:])), sh5.eq(sh4[:3])]
             q6 = Signal(signed(prod_w + 1), name=f"shifted_{c}")
             m.d.sync += q6.eq(q5 >> sh5)
-            # Saturate (two constant-bound clips, one selected) and zero the lanes past n.
+            # Saturate in two stages (lanes past n are zeroed in the first): the value fits
+            # ``b`` bits when its bits from ``b - 1`` up are all equal. First stage: whether
+            # the bits from OUT16_BITS - 1 up (``hi``) and those from act_width - 1 to there
+            # (``lo``) are all zeros or all ones; second: the fit for the command's width,
+            # then the result bits (the low bits or the bound of the value's sign).
             keep6 = delayed(keep1b[c], 4 + mul_stages, f"keep_{c}")
-            clipped = Mux(cout16, saturate(q6, OUT16_BITS), saturate(q6, aw))
-            m.d.sync += out_row[c].eq(Mux(keep6, clipped, 0))
+            q7 = Signal(OUT16_BITS, name=f"sat_value_{c}")
+            neg7 = Signal(name=f"sat_neg_{c}")
+            z_hi, o_hi, z_lo, o_lo = (Signal(name=f"sat_{n}_{c}")
+                                      for n in ("z_hi", "o_hi", "z_lo", "o_lo"))
+            hi_bits, lo_bits = q6[OUT16_BITS - 1:], q6[aw - 1:OUT16_BITS - 1]
+            m.d.sync += [
+                q7.eq(Mux(keep6, q6[:OUT16_BITS], 0)), neg7.eq(keep6 & q6[-1]),
+                z_hi.eq(~keep6 | (hi_bits == 0)), o_hi.eq(keep6 & hi_bits.all()),
+                z_lo.eq(~keep6 | (lo_bits == 0) if len(lo_bits) else 1),
+                o_lo.eq(lo_bits.all() if len(lo_bits) else 1),
+            ]
+            fits = Mux(cout16, z_hi | o_hi, (z_lo & z_hi) | (o_lo & o_hi))
+            bound = Cat(Const(0, OUT16_BITS - 1), 1)      # the negative bound's bits
+            res = Signal(OUT16_BITS, name=f"sat_result_{c}")
+            for i in range(OUT16_BITS):
+                low = Mux(fits, q7[i], Mux(neg7, bound[i], ~bound[i]))
+                # act_width: bits from act_width - 1 up are the sign (the clip of a fitting
+                # value has its sign there as well).
+                m.d.comb += res[i].eq(low if i < aw - 1 else Mux(cout16, low, neg7))
+            m.d.sync += out_row[c].eq(res)
         v = v1
         for i in range(EPILOGUE_FIXED_STAGES - 1 + mul_stages):
             nxt = Signal(name=f"epilogue_valid_{i + 2}")
@@ -722,7 +744,12 @@ class GemmEngine(wiring.Component):
         # OR is registered from the previous cycle's (two flip-flops instead of an OR tree).
         tail_any = Signal()
         m.d.sync += tail_any.eq(Cat(valids[:-1]).any())
-        in_flight = (tags.w_level != 0) | valids[0] | tail_any | array.out_valid | dec.busy
+        # The decoder's busy flag is registered on its way here (the decoder is placed apart):
+        # it falls before the last tile's rows leave the array, except after a malformed
+        # stream, whose drain then holds the next command one more cycle.
+        dec_busy = Signal()
+        m.d.sync += dec_busy.eq(dec.busy)
+        in_flight = (tags.w_level != 0) | valids[0] | tail_any | array.out_valid | dec_busy
         m.d.comb += [pipeline_empty.eq(~in_flight),
                      self.busy.eq(~self.cmd.ready | in_flight | (ofifo.w_level != 0))]
         with m.If(self.busy):

@@ -180,8 +180,9 @@ def test_latency_from_last_issue_to_first_output(tiny, rng, a_unsigned, out16):
                     out_bits=OUT16_BITS if out16 else None)
     assert np.array_equal(np.array(beats)[:, :2], expected)
     # the array sees the last beat FEED_STAGES (2) cycles after it is issued;
-    # 2 (buffer read, register) + cols + 3 (array) + 10 (epilogue, split multiply) + 2 (FIFO)
-    assert marks["out"] - marks["last"] + FEED_STAGES == dut.latency == tiny.cols + 17
+    # 2 (buffer read, register) + cols + 3 (array) + 11 (epilogue: split multiply, two-stage
+        # saturation) + 2 (FIFO)
+    assert marks["out"] - marks["last"] + FEED_STAGES == dut.latency == tiny.cols + 18
 
 
 def _command_then(dut, cmds, data_streams=()):
