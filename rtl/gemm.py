@@ -717,13 +717,12 @@ class GemmEngine(wiring.Component):
                 o_lo.eq(lo_bits.all() if len(lo_bits) else 1),
             ]
             fits = Mux(cout16, z_hi | o_hi, (z_lo & z_hi) | (o_lo & o_hi))
-            bound = Cat(Const(0, OUT16_BITS - 1), 1)      # the negative bound's bits
             res = Signal(OUT16_BITS, name=f"sat_result_{c}")
+            # A bound's bits: the sign on top, its inverse below. Bits from the result's sign
+            # bit up are the sign (for a fitting value as well).
             for i in range(OUT16_BITS):
-                low = Mux(fits, q7[i], Mux(neg7, bound[i], ~bound[i]))
-                # act_width: bits from act_width - 1 up are the sign (the clip of a fitting
-                # value has its sign there as well).
-                m.d.comb += res[i].eq(low if i < aw - 1 else Mux(cout16, low, neg7))
+                sat = Mux(fits, q7[i], ~neg7) if i < OUT16_BITS - 1 else neg7
+                m.d.comb += res[i].eq(sat if i < aw - 1 else Mux(cout16, sat, neg7))
             m.d.sync += out_row[c].eq(res)
         v = v1
         for i in range(EPILOGUE_FIXED_STAGES - 1 + mul_stages):

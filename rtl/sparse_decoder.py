@@ -467,8 +467,8 @@ class SparseDecoder(wiring.Component):
 
         avail = Signal()
         m.d.comb += avail.eq(ptr != e_w)
-        s0_emit, s0_done, s0_load, s0_slot, ent_slot = (
-            Signal(name=n) for n in ("s0_emit", "s0_done", "s0_load", "s0_slot", "ent_slot"))
+        s0_emit, s0_slot, ent_slot = (
+            Signal(name=n) for n in ("s0_emit", "s0_slot", "ent_slot"))
         # S0 may emit (``gate``): plain blocks with q = 1 at once; hierarchical ones with q = 1
         # from the cycle the last entry's column count is added (for the tile counts); with
         # q > 1 one cycle later, once ``wr2`` / ``pr2`` are set from the final column count.
@@ -481,10 +481,8 @@ class SparseDecoder(wiring.Component):
         m.d.comb += [
             s0_fin.eq(gate & ~hfull & last0),
             s0_emit.eq(s0_v & gate & ~hfull),
-            s0_done.eq(s0_v & s0_fin),
-            s0_slot.eq(~s0_v | s0_fin),
-            s0_load.eq(s0_slot & ent_v),
-            ent_slot.eq(free | s0_fin),         # = ~ent_v | s0_load
+            s0_slot.eq(~s0_v | s0_fin),         # S0 is empty or emits its last column
+            ent_slot.eq(free | s0_fin),         # ENT is empty or moves into S0
             ent_rd.addr.eq(ptr),
             ks_rd.addr.eq(ent.idx),
         ]

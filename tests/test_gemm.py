@@ -181,7 +181,7 @@ def test_latency_from_last_issue_to_first_output(tiny, rng, a_unsigned, out16):
     assert np.array_equal(np.array(beats)[:, :2], expected)
     # the array sees the last beat FEED_STAGES (2) cycles after it is issued;
     # 2 (buffer read, register) + cols + 3 (array) + 11 (epilogue: split multiply, two-stage
-        # saturation) + 2 (FIFO)
+    # saturation) + 2 (FIFO)
     assert marks["out"] - marks["last"] + FEED_STAGES == dut.latency == tiny.cols + 18
 
 
@@ -439,3 +439,30 @@ def test_options_are_latched_per_command(tiny, rng, stall):
         assert run.cycles[6] == gemm_cycles(tiny, m, k, 3).total
         assert run.cycles[7] == gemm_cycles(tiny, 2, k, 3, load_weights=False).total
         assert run.cycles[8] == gemm_cycles(tiny, 4, k, 3, load_weights=False).total
+
+
+@pytest.mark.parametrize("act_width", [4, 16])
+def test_saturation_edges_for_other_act_widths(tiny, act_width):
+    """The two-stage saturation at the bounds of ``act_width`` bits (4: more bits above the
+    int8 split; 16: no bits between act_width - 1 and OUT16_BITS - 1) and of OUT16_BITS, with
+    random stalls on every stream."""
+    from dataclasses import replace
+    cfg = replace(tiny, act_width=act_width)
+    hi = (1 << (act_width - 1)) - 1
+    values = [hi, hi + 1, -hi - 1, -hi - 2, 0, 1, -1, 32767, 32768, -32768, -32769,
+              1 << 30, -(1 << 30), 5, -6, hi - 1]
+    n = len(values)
+    a = np.ones((3, 1), int)
+    a[1] = -1                                           # row 1: the negated values
+    b = np.zeros((1, n), int)
+    ep = EpilogueParams(cfg, n, bias=values, mult=[1] * n, shift=[0] * n)
+    run = run_gemm_jobs(cfg, [GemmJob(a, b, ep), GemmJob(a, k=1, n=n, out16=True)],
+                        rng=np.random.default_rng(5), stall=0.3)
+    expected = gemm(cfg, a, b, ep)
+    expected16 = gemm(cfg, a, b, ep, out_bits=OUT16_BITS)
+    assert expected[0].tolist() == [hi, hi, -hi - 1, -hi - 1, 0, 1, -1] + \
+        [min(max(v, -hi - 1), hi) for v in values[7:]]
+    assert expected16[0, 7:11].tolist() == [32767, 32767, -32768, -32768]
+    assert np.array_equal(run.outputs[0], expected)
+    assert np.array_equal(run.outputs[1], expected16)
+    assert run.errors == [0, 0]
