@@ -109,7 +109,7 @@ from .checks import check_config, validating
 from .fixedpoint_ops import div_const
 from .multiply import multiply_latency, pipelined_multiply
 from .pe import Control, a_operand_shape
-from .ram import buffer_ram
+from .ram import ReservedFIFO, buffer_ram
 from .sparse_decoder import SparseDecoder, compressed_beat_layout
 from .systolic import SystolicArray
 
@@ -201,7 +201,8 @@ class GemmEngine(wiring.Component):
     Members
     -------
     cmd : In(stream.Signature(command_layout))
-        ``m, k, n, load_weights, sparse, a_unsigned, out16``.
+        ``m, k, n, load_weights, sparse, a_unsigned, out16``. Ready while the engine is idle
+        and its pipeline was empty in the previous cycle.
     w : In(stream.Signature(ArrayLayout(signed(weight_width), cols)))
     ep : In(stream.Signature(epilogue_layout))
     a : In(stream.Signature(ArrayLayout(signed(act_width), rows)))
@@ -303,8 +304,10 @@ class GemmEngine(wiring.Component):
         # memory, a distributed RAM read in the same cycle).
         m.submodules.tags = tags = fifo.SyncFIFOBuffered(
             width=ceil_log2(ntmax + 1) + ceil_log2(C + 1) + ceil_log2(R + 1), depth=4)
-        m.submodules.ofifo = ofifo = fifo.SyncFIFOBuffered(
-            width=OUT16_BITS * C, depth=self.out_fifo_depth)
+        # The output FIFO's writes are never refused: the feeder reserves a tile's rows
+        # (``credits``) before its last step issues, so the FIFO's write enable is the
+        # epilogue's valid bit alone.
+        m.submodules.ofifo = ofifo = ReservedFIFO(OUT16_BITS * C, self.out_fifo_depth)
 
         # ---- command: latch, validate (nt = ceil(n/C); dense: k*nt words fit the buffer) ----
         # The capacity check compares k with floor(depth / nt) from a table (no multiplier).
@@ -328,11 +331,11 @@ class GemmEngine(wiring.Component):
         weights_valid = Signal()
         start = Signal()           # pulses when a validated command starts (a flip-flop)
         go = Signal()              # registered in CHECK2: the command starts in CHECK3
-        abort = Signal()           # the sparse weight stream was malformed
+        abort = Signal()           # the sparse weight stream was malformed (registered)
         feed_done = Signal()
         fed = Signal()             # the feeder has issued every tile of the command
         loading = Signal()         # weights or epilogue parameters are still arriving
-        pipeline_empty = Signal()
+        pipeline_empty = Signal(init=1)
 
         m.d.sync += go.eq(0)
         m.d.comb += start.eq(go)
@@ -410,23 +413,27 @@ class GemmEngine(wiring.Component):
                          sw_active.eq(cload & csparse)]
             with m.If(cload & csparse):
                 m.d.comb += [dec.start.eq(1), dec.exp_k.eq(ck), dec.exp_n.eq(cn)]
+        # Write addresses and data are selected by the command's mode (a flip-flop), only the
+        # enables by the loader's state: the decoder writes the weight, k-index and count
+        # buffers of a sparse command, the ``w`` stream the weight buffer of a dense one.
+        m.d.comb += [w_wr.addr.eq(Mux(csparse, dec.w_addr, w_addr)),
+                     w_wr.data.eq(Mux(csparse, dec.w_data, self.w.payload)),
+                     k_wr.addr.eq(dec.w_addr), k_wr.data.eq(dec.w_k),
+                     c_wr.addr.eq(dec.c_addr), c_wr.data.steps.eq(dec.c_data),
+                     c_wr.data.empty.eq(dec.c_data == 0), c_wr.data.one.eq(dec.c_data <= 1)]
         with m.If(sw_active):
-            # The decoder writes the weight, k-index and count buffers.
-            m.d.comb += [w_wr.addr.eq(dec.w_addr), w_wr.data.eq(dec.w_data),
-                         w_wr.en.eq(dec.w_en), k_wr.addr.eq(dec.w_addr),
-                         k_wr.data.eq(dec.w_k), k_wr.en.eq(dec.w_en),
-                         c_wr.addr.eq(dec.c_addr), c_wr.data.steps.eq(dec.c_data),
-                         c_wr.data.empty.eq(dec.c_data == 0),
-                         c_wr.data.one.eq(dec.c_data <= 1), c_wr.en.eq(dec.c_en)]
+            m.d.comb += [w_wr.en.eq(dec.w_en), k_wr.en.eq(dec.w_en), c_wr.en.eq(dec.c_en)]
             m.d.sync += w_rdy.eq(dec.tiles_done)
-            with m.If(dec.done):
+            # A malformed stream ends the command a cycle after the decoder's ``done`` (the
+            # abort is a register: the decoder is placed apart from the feeder). The stream
+            # stays "loading" until then, so that the command is not taken as finished.
+            with m.If(dec.done & ~dec.error):
                 m.d.sync += sw_active.eq(0)
-                with m.If(dec.error):
-                    m.d.comb += abort.eq(1)
-                    m.d.sync += [ep_active.eq(0), w_rdy.eq(0)]
+        m.d.sync += abort.eq(sw_active & dec.done & dec.error)
+        with m.If(abort):
+            m.d.sync += [sw_active.eq(0), ep_active.eq(0), w_rdy.eq(0)]
         with m.If(w_active):
-            m.d.comb += [self.w.ready.eq(1), w_wr.addr.eq(w_addr),
-                         w_wr.data.eq(self.w.payload), w_wr.en.eq(self.w.valid)]
+            m.d.comb += [self.w.ready.eq(1), w_wr.en.eq(self.w.valid)]
             with m.If(self.w.valid):
                 m.d.sync += [w_addr.eq(w_addr + 1), w_kk_m1.eq(w_kk_m1 - 1)]
                 with m.If(w_kk_m1 == 0):
@@ -749,8 +756,17 @@ class GemmEngine(wiring.Component):
         dec_busy = Signal()
         m.d.sync += dec_busy.eq(dec.busy)
         in_flight = (tags.w_level != 0) | valids[0] | tail_any | array.out_valid | dec_busy
-        m.d.comb += [pipeline_empty.eq(~in_flight),
-                     self.busy.eq(~self.cmd.ready | in_flight | (ofifo.w_level != 0))]
-        with m.If(self.busy):
-            m.d.sync += self.cycles.eq(self.cycles + 1)
+        # ``cmd.ready`` comes from a register: once the controller has been idle for a cycle
+        # nothing enters the pipeline, so ``in_flight`` can only fall and last cycle's value is
+        # safe (a command that waits for the drain is taken one cycle after it).
+        m.d.sync += pipeline_empty.eq(fsm_ctrl.ongoing("IDLE") & ~in_flight)
+        m.d.comb += self.busy.eq(~fsm_ctrl.ongoing("IDLE") | in_flight | (ofifo.w_level != 0))
+        # The count of earlier busy cycles: a counter of the registered ``busy`` (its enable is
+        # a flip-flop, not the occupancy OR) plus that register.
+        busy_r = Signal()
+        count = Signal.like(self.cycles)
+        m.d.sync += busy_r.eq(self.busy)
+        with m.If(busy_r):
+            m.d.sync += count.eq(count + 1)
+        m.d.comb += self.cycles.eq(count + busy_r)
         return m

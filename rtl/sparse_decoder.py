@@ -71,11 +71,14 @@ and its write enable is one state bit (plain and hierarchical index lists are tw
 
 * Aligner: a beat taken from ``cw`` waits a cycle in an input register, so no path starts at
   the stream's ``valid`` or payload but that register's load. ``ready`` depends on registers
-  only. The level is a thermometer register (``lv``) and its low bits (``lm``, which place a
-  beat's lanes); the bytes taken this cycle are the state's field size (``tsel``, one-hot,
-  registered with every state transition) when that many bytes are buffered (a bit of
-  ``lv``), encoded as the select of one mux per buffer bit and level bit (``tcode``). Nothing
-  resets the aligner but the drain of ``ERROR`` (it is empty at ``IDLE``).
+  only. The level is a thermometer register (``lv``) and its low bits (``lm``); a beat's
+  lanes are placed by registers kept with ``lm``, one per residue of the byte position
+  (``pos``: the lane each byte takes, so each drives a quarter of the lane muxes). The bytes
+  taken this cycle are the state's field size (``tsel``, one-hot, registered with every state
+  transition) when that many bytes are buffered (a bit of ``lv``), encoded as the select of
+  one mux per buffer bit and level bit (``tcode``). Nothing resets the aligner but the drain
+  of ``ERROR`` (it is empty at ``IDLE``). The written word's data, address and ``k`` come
+  from registers whatever the state; only ``w_en`` depends on it.
 * State transitions depend on registered flags: down-counters reaching 1, rooms kept with an
   offset so that "room after this step" is a sign bit (``proom``, ``wr2``), padding lanes of
   the next word registered a word ahead (``pad_nx``), "last block-row" from a register, the
@@ -308,12 +311,14 @@ class SparseDecoder(wiring.Component):
         # (``merged``) followed by the take mux.
         top = BUF + max(sizes)
         merged = [Signal(8, name=f"merged{j}", attrs={"keep": 1}) for j in range(top)]
+        # The lane for byte j, ``(j - level) mod 2**lb``, is kept as a register per residue of j
+        # (``pos[j mod 2**lb]``, updated with ``lm``): each drives a quarter of the lane muxes.
+        pos = [Signal(max(1, lb), name=f"pos{r}", init=r) for r in range(1 << lb)]
         for j in range(BUF):
             if lb == 0:
                 app = lanes[0]
             else:
-                pos = (Const(j % (1 << lb), lb) - lm)[:lb]
-                app = Array(lanes + [lanes[0]] * ((1 << lb) - W))[pos]
+                app = Array(lanes + [lanes[0]] * ((1 << lb) - W))[pos[j % (1 << lb)]]
             m.d.comb += merged[j].eq(Mux(lv[j], buf[8 * j:8 * j + 8], app))
         # Next level: the thermometer after the move (a one-hot shift by the beat's bytes),
         # then the take mux.
@@ -327,12 +332,15 @@ class SparseDecoder(wiring.Component):
         m.d.comb += lm_in.eq(lm + Mux(move, s_n, 0))
         with m.If(drop):
             m.d.sync += [lv.eq(0), lm.eq(0), s_valid.eq(0)]
+            m.d.sync += [p.eq(r) for r, p in enumerate(pos)]
         with m.Else():
             for i in range(BUF):
                 m.d.sync += [buf[8 * i:8 * i + 8].eq(by_take([merged[i + o] for o in offs])),
                              lv[i].eq(by_take([lv_in[i + o] for o in offs]))]
             if lb:
                 m.d.sync += lm.eq(by_take([(lm_in - o)[:lb] for o in offs]))
+                for r, p in enumerate(pos):
+                    m.d.sync += p.eq(by_take([(r - lm_in + o)[:lb] for o in offs]))
 
         u8, u16, u32 = buf[:8], buf[:16], buf[:32]
 
@@ -605,10 +613,17 @@ class SparseDecoder(wiring.Component):
 
         def check(cond):
             """A value check of this state: whether the state applied it and whether it failed
-            are registered, then combined into ``lerr`` (two cycles after the check)."""
+            are registered, then combined into ``lerr`` (two cycles after the check). ``cond``
+            may be a list of conditions (the check fails if any does), each registered on its
+            own: a wide compare is registered as halves."""
             now = Signal()
             m.d.comb += now.eq(1)
-            checks.append((now, cond))
+            checks.append((now, cond if isinstance(cond, list) else [cond]))
+
+        def differs(a, b, width=32):
+            """``a != b`` over ``width`` bits, as 16-bit halves (for :func:`check`)."""
+            a, b = Cat(a, Const(0, width))[:width], Cat(b, Const(0, width))[:width]
+            return [a[i:i + 16] != b[i:i + 16] for i in range(0, width, 16)]
 
         def late_error():
             with m.If(lerr):
@@ -648,8 +663,9 @@ class SparseDecoder(wiring.Component):
         m.d.sync += cstart.eq(0)
         with m.If(cstart):
             start_counts()
+        m.d.comb += [self.c_addr.eq(ctile), self.c_data.eq(cval)]
         with m.If(~cnt_done):
-            m.d.comb += [self.c_en.eq(1), self.c_addr.eq(ctile), self.c_data.eq(cval)]
+            m.d.comb += self.c_en.eq(1)
             m.d.sync += [ctile.eq(ctile + 1), csl.eq(csl - 1), crem.eq(crem - C),
                          cnt_done.eq((csl == 1) | crem[-1])]     # the tile holding n
 
@@ -705,7 +721,7 @@ class SparseDecoder(wiring.Component):
             with m.State("MAGIC"):
                 with m.If(need(4)):
                     goto("VERSION")
-                    check(u32 != MAGIC_WORD)
+                    check(differs(u32, Const(MAGIC_WORD, 32)))
             with m.State("VERSION"):
                 with m.If(need(2)):
                     m.d.sync += [hier.eq(buf[8]), bal.eq(buf[9])]
@@ -734,12 +750,12 @@ class SparseDecoder(wiring.Component):
             with m.State("OUT"):
                 with m.If(need(4)):
                     goto("IN")
-                    check(u32 != cn)
+                    check(differs(u32, cn))
                 late_error()
             with m.State("IN"):
                 with m.If(need(4)):
                     goto("TOTAL")
-                    check(u32 != ck)
+                    check(differs(u32, ck))
                 late_error()
             with m.State("TOTAL"):
                 m.d.sync += [rem_k.eq(ck), rk_nz.eq(ck != 0), nbc.eq(0), rk_gt.eq(ck > bc),
@@ -884,8 +900,6 @@ class SparseDecoder(wiring.Component):
                             top = byte.as_signed() >> (cfg.weight_width - 1)
                             with m.If((top != 0) & (top != -1)):
                                 m.d.comb += pad_bad.eq(1)
-                        m.d.comb += self.w_data[lane].eq(byte.as_signed())
-                    m.d.comb += [self.w_addr.eq(waddr), self.w_k.eq(kcol)]
                     with m.If(exists):
                         m.d.comb += self.w_en.eq(w_ok)
                         m.d.sync += self.words.eq(self.words + 1)
@@ -934,10 +948,15 @@ class SparseDecoder(wiring.Component):
         # One-hot state register in synthesis: short next-state logic for this many states.
         fsm.state.attrs["fsm_encoding"] = "one-hot"
         hits = [trunc]
-        for now, cond in checks:
-            applied, failed = Signal(), Signal()
-            m.d.sync += [applied.eq(now), failed.eq(cond)]
-            hits.append(applied & failed)
+        for now, conds in checks:
+            applied, failed = Signal(), Signal(len(conds))
+            m.d.sync += [applied.eq(now), failed.eq(Cat(*conds))]
+            hits.append(applied & failed.any())
         m.d.comb += pending.eq(Cat(*hits).any())
         m.d.comb += [self.busy.eq(active | self.done), self.tiles_done.eq(ctile)]
+        # The word's data, address and k do not depend on the state (only ``w_en`` does): the
+        # buffers' write registers load them from flip-flops.
+        for lane in range(C):
+            m.d.comb += self.w_data[lane].eq(buf[8 * lane:8 * lane + 8].as_signed())
+        m.d.comb += [self.w_addr.eq(waddr), self.w_k.eq(kcol)]
         return m

@@ -156,6 +156,7 @@ def _corruptions(rng):
     assert count0 >= 2
     cases = [
         ("magic", patch(good, 0, "<B", ord("X")), k, n, True),
+        ("magic, high half", patch(good, 3, "<B", good[3] ^ 0x40), k, n, True),
         ("version", patch(good, 4, "<B", 2), k, n, True),
         ("flags", patch(good, 5, "<B", good[5] | 0x04), k, n, True),
         ("balanced flag", patch(good, 5, "<B", good[5] ^ 0x02), k, n, True),
@@ -163,6 +164,8 @@ def _corruptions(rng):
         ("b_r zero", patch(good, 6, "<H", 0), k, n, True),
         ("out_features vs command", good, k, n - 1, False),
         ("in_features vs command", good, k + 1, n, False),
+        ("out_features, high half", patch(good, 14, "<H", 1), k, n, False),
+        ("in_features, high half", patch(good, 18, "<H", 1), k, n, False),
         ("b_r not a multiple of cols", encode(w, block_prune(w, 0.5, (2, 2))), k, n, False),
         ("count too large", patch(good, 24, "<H", nbc + 1), k, n, True),
         ("index out of range", patch(good, 26, "<H", nbc), k, n, True),
