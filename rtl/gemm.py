@@ -337,7 +337,12 @@ class GemmEngine(wiring.Component):
         loading = Signal()         # weights or epilogue parameters are still arriving
         pipeline_empty = Signal(init=1)
 
-        m.d.sync += go.eq(0)
+        # ``nt = ceil(n / cols)`` from the command as it is taken; the table of floor(depth / nt)
+        # in CHECK and the compare in CHECK2 start from registers.
+        nt_in = Signal.like(nt)
+        m.d.comb += nt_in.eq(div_const(self.cmd.payload.n + (C - 1), C))
+        dec_go = Signal()          # with ``go``: a sparse command that loads its weights
+        m.d.sync += [go.eq(0), dec_go.eq(0)]
         m.d.comb += start.eq(go)
         with m.FSM(name="ctrl") as fsm_ctrl:
             with m.State("IDLE"):
@@ -346,7 +351,8 @@ class GemmEngine(wiring.Component):
                     p = self.cmd.payload
                     m.d.sync += [cm.eq(p.m), ck.eq(p.k), cn.eq(p.n), cload.eq(p.load_weights),
                                  csparse.eq(p.sparse), cau.eq(p.a_unsigned), cout16.eq(p.out16),
-                                 ck_m1.eq(p.k - 1), ck_is1.eq(p.k == 1)]
+                                 ck_m1.eq(p.k - 1), ck_is1.eq(p.k == 1),
+                                 nt.eq(nt_in), nt_m1.eq(nt_in - 1)]
                     bad = ((p.m == 0) | (p.m > cfg.max_tokens) | (p.k == 0) | (p.k > kmax)
                            | (p.n == 0) | (p.n > kmax)
                            | (~p.load_weights & (~weights_valid | (p.k != loaded_k)
@@ -357,16 +363,15 @@ class GemmEngine(wiring.Component):
                     with m.Else():
                         m.next = "CHECK"
             with m.State("CHECK"):
-                nt_now = div_const(cn + (C - 1), C)
-                m.d.sync += [nt.eq(nt_now), nt_m1.eq(nt_now - 1)]
-                m.next = "CHECK2"
-            with m.State("CHECK2"):
                 with m.Switch(nt):
                     for t in range(1, ntmax + 1):
                         with m.Case(t):
-                            m.d.comb += k_fit.eq(min(cfg.weight_buffer_depth // t, kmax))
+                            m.d.sync += k_fit.eq(min(cfg.weight_buffer_depth // t, kmax))
+                m.next = "CHECK2"
+            with m.State("CHECK2"):
                 fits = csparse | (ck <= k_fit)
-                m.d.sync += [too_big.eq(~fits), go.eq(fits)]
+                m.d.sync += [too_big.eq(~fits), go.eq(fits),
+                             dec_go.eq(fits & cload & csparse)]
                 m.next = "CHECK3"
             with m.State("CHECK3"):
                 with m.If(too_big):
@@ -411,8 +416,7 @@ class GemmEngine(wiring.Component):
                          ep_addr.eq(Mux(cload, 0, ntmax)), w_rdy.eq(Mux(cload, 0, ntmax)),
                          w_active.eq(cload & ~csparse), ep_active.eq(cload),
                          sw_active.eq(cload & csparse)]
-            with m.If(cload & csparse):
-                m.d.comb += [dec.start.eq(1), dec.exp_k.eq(ck), dec.exp_n.eq(cn)]
+        m.d.comb += [dec.start.eq(dec_go), dec.exp_k.eq(ck), dec.exp_n.eq(cn)]
         # Write addresses and data are selected by the command's mode (a flip-flop), only the
         # enables by the loader's state: the decoder writes the weight, k-index and count
         # buffers of a sparse command, the ``w`` stream the weight buffer of a dense one.
