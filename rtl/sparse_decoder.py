@@ -71,9 +71,9 @@ and its write enable is one state bit (plain and hierarchical index lists are tw
 
 * Aligner: a beat taken from ``cw`` waits a cycle in an input register, so no path starts at
   the stream's ``valid`` or payload but that register's load. ``ready`` depends on registers
-  only. The level is a thermometer register (``lv``) and its low bits (``lm``); a beat's
-  lanes are placed by registers kept with ``lm``, one per residue of the byte position
-  (``pos``: the lane each byte takes, so each drives a quarter of the lane muxes). The bytes
+  only. The level is a thermometer register (``lv``) and its low bits one-hot (``lmo``),
+  which place a beat's lanes: a buffer byte's next value is an AND-OR of the lanes with those
+  flip-flops, the level bit's mux, then the take mux (four LUT levels). The bytes
   taken this cycle are the state's field size (``tsel``, one-hot, registered with every state
   transition) when that many bytes are buffered (a bit of ``lv``), encoded as the select of
   one mux per buffer bit and level bit (``tcode``). Nothing resets the aligner but the drain
@@ -241,20 +241,20 @@ class SparseDecoder(wiring.Component):
         # ``buf`` holds ``level`` bytes (byte 0 first); bytes past the level are don't-care
         # (every read is guarded by the level), so nothing is cleared but the level. The level
         # is kept as a thermometer (``lv[i] = level > i``), so that "byte i is buffered" and
-        # "n bytes are buffered" are flip-flops, and as its low bits (``lm``, the level modulo
-        # a power of two at least ``cols``), which place an incoming beat's lanes.
+        # "n bytes are buffered" are flip-flops, and as its low bits one-hot (``lmo``, the level
+        # modulo ``M``, a power of two at least ``cols``), which place an incoming beat's lanes.
         buf = Signal(8 * BUF)
         lv = Signal(BUF)
         lb = ceil_log2(W)
-        lm = Signal(max(1, lb))
+        M = 1 << lb
+        lmo = Signal(M, init=1)
         ended = Signal()                        # the last beat has been taken from cw
         active = Signal()                       # between start and done (registered)
         drop = Signal()                         # discard the buffer (comb)
         beat_err = Signal()                     # a beat with n > cols was seen (sticky)
         beat = self.cw.payload
         s_valid = Signal()
-        s_n = Signal(range(W + 1))              # its bytes (0 if n > cols)
-        s_oh = Signal(W + 1)                    # the same, one-hot
+        s_oh = Signal(W + 1)                    # its bytes, one-hot (0 if n > cols)
         s_data = Signal(8 * W)
         # Room is counted before this cycle's consumption, so that ``move`` and ``ready``
         # depend on registers only; the buffer is sized (``3 * cols - 1`` bytes) so that a
@@ -268,7 +268,6 @@ class SparseDecoder(wiring.Component):
         with m.If(fire):
             n_in = beat.n
             m.d.sync += [s_valid.eq(1), s_data.eq(beat.data.as_value()),
-                         s_n.eq(Mux(n_in > W, 0, n_in)),
                          s_oh.eq(Cat(*[(n_in == k) | ((k == 0) & (n_in > W))
                                        for k in range(W + 1)]))]
             with m.If(n_in > W):
@@ -305,20 +304,17 @@ class SparseDecoder(wiring.Component):
             return values[0]
 
         # The beat is appended behind the buffered bytes (byte j of the merged buffer is
-        # ``buf[j]`` below the level, else lane ``j - level`` of the beat: a mux on the low
-        # bits of the level only, since any other lane lands past the new level), then the
-        # taken bytes are shifted out: the buffer's next value is a mux of flip-flops
-        # (``merged``) followed by the take mux.
+        # ``buf[j]`` below the level, else lane ``(j - level) mod M`` of the beat: any other
+        # lane lands past the new level), then the taken bytes are shifted out: the buffer's
+        # next value is a mux of flip-flops (``merged``: lane p where ``lmo[(j - p) mod M]``, an
+        # AND-OR of one-hot selects, then the level bit) followed by the take mux.
         top = BUF + max(sizes)
         merged = [Signal(8, name=f"merged{j}", attrs={"keep": 1}) for j in range(top)]
-        # The lane for byte j, ``(j - level) mod 2**lb``, is kept as a register per residue of j
-        # (``pos[j mod 2**lb]``, updated with ``lm``): each drives a quarter of the lane muxes.
-        pos = [Signal(max(1, lb), name=f"pos{r}", init=r) for r in range(1 << lb)]
+        padded = lanes + [lanes[0]] * (M - W)
         for j in range(BUF):
-            if lb == 0:
-                app = lanes[0]
-            else:
-                app = Array(lanes + [lanes[0]] * ((1 << lb) - W))[pos[j % (1 << lb)]]
+            app = 0
+            for p in range(M):
+                app = app | Mux(lmo[(j - p) % M], padded[p], 0)
             m.d.comb += merged[j].eq(Mux(lv[j], buf[8 * j:8 * j + 8], app))
         # Next level: the thermometer after the move (a one-hot shift by the beat's bytes),
         # then the take mux.
@@ -328,19 +324,19 @@ class SparseDecoder(wiring.Component):
             m.d.comb += lv_in[c].eq(Mux(move, Cat(*[s_oh[k] & ext[W + c - k]
                                                     for k in range(W + 1)]).any(),
                                         ext[W + c]))
-        lm_in = Signal.like(lm)
-        m.d.comb += lm_in.eq(lm + Mux(move, s_n, 0))
+        # The level's low bits after the move, one-hot: rotated by the beat's bytes.
+        lmo_in = Signal(M)
+        for x in range(M):
+            m.d.comb += lmo_in[x].eq(Mux(move, Cat(*[s_oh[k] & lmo[(x - k) % M]
+                                                     for k in range(W + 1)]).any(), lmo[x]))
         with m.If(drop):
-            m.d.sync += [lv.eq(0), lm.eq(0), s_valid.eq(0)]
-            m.d.sync += [p.eq(r) for r, p in enumerate(pos)]
+            m.d.sync += [lv.eq(0), lmo.eq(1), s_valid.eq(0)]
         with m.Else():
             for i in range(BUF):
                 m.d.sync += [buf[8 * i:8 * i + 8].eq(by_take([merged[i + o] for o in offs])),
                              lv[i].eq(by_take([lv_in[i + o] for o in offs]))]
-            if lb:
-                m.d.sync += lm.eq(by_take([(lm_in - o)[:lb] for o in offs]))
-                for r, p in enumerate(pos):
-                    m.d.sync += p.eq(by_take([(r - lm_in + o)[:lb] for o in offs]))
+            for x in range(M):                  # taking o bytes rotates the other way
+                m.d.sync += lmo[x].eq(by_take([lmo_in[(x + o) % M] for o in offs]))
 
         u8, u16, u32 = buf[:8], buf[:16], buf[:32]
 
