@@ -329,12 +329,14 @@ class SparseDecoder(wiring.Component):
         for x in range(M):
             m.d.comb += lmo_in[x].eq(Mux(move, Cat(*[s_oh[k] & lmo[(x - k) % M]
                                                      for k in range(W + 1)]).any(), lmo[x]))
+        # The bytes load every cycle (no enable: a drop only clears the level).
+        for i in range(BUF):
+            m.d.sync += buf[8 * i:8 * i + 8].eq(by_take([merged[i + o] for o in offs]))
         with m.If(drop):
             m.d.sync += [lv.eq(0), lmo.eq(1), s_valid.eq(0)]
         with m.Else():
             for i in range(BUF):
-                m.d.sync += [buf[8 * i:8 * i + 8].eq(by_take([merged[i + o] for o in offs])),
-                             lv[i].eq(by_take([lv_in[i + o] for o in offs]))]
+                m.d.sync += lv[i].eq(by_take([lv_in[i + o] for o in offs]))
             for x in range(M):                  # taking o bytes rotates the other way
                 m.d.sync += lmo[x].eq(by_take([lmo_in[(x + o) % M] for o in offs]))
 
