@@ -1,8 +1,8 @@
 """Row execution unit: SOFTMAX, GELU, LAYERNORM and ADD (``docs/exec/exec_row.md``).
 
 :class:`RowUnit` runs the four opcodes whose work is a pass over rows of an on-chip buffer,
-wrapping the existing streaming units: :class:`rtl.softmax.Softmax` and
-:class:`rtl.layernorm.LayerNorm` take one element per cycle, :class:`rtl.gelu.Gelu` and
+wrapping the existing streaming units: :class:`rtl.softmax.Softmax` takes one element per
+cycle, :class:`rtl.layernorm.LayerNorm`, :class:`rtl.gelu.Gelu` and
 :class:`rtl.add.ResidualAdd` one word (``cols`` elements) per cycle. Everything is shared
 between the four paths:
 
@@ -11,24 +11,26 @@ between the four paths:
   beat width) turns the beats into fields whatever the record's length and the beat width:
   the header (16 bytes for GELU, 8 for LAYERNORM and ADD) in one pop, then LayerNorm's
   gammas (:func:`gamma_group` per pop) and betas (one per pop). Gammas wait in a small memory
-  until their betas arrive; each beta then writes one entry of LayerNorm's parameter memory.
+  until their betas arrive; each beta then writes one entry of LayerNorm's parameter memory
+  (word and lane counters beside the channel counter, no division).
 * **row reader**: walks the source rows word by word (``rd0``, and ``rd1`` for ADD's second
   operand at the same position), starting in the ``start`` cycle. A buffer read port holds its
   data until the next read, so the read port itself is the one-word stage between the buffer
   and the consumer: the next word is read in the cycle the current one is consumed.
-* **serializer** (SOFTMAX, LAYERNORM): hands the held word's lanes to the element unit one per
-  cycle, ``last`` on a row's final element; a row of ``n`` elements uses ``ceil(n / cols)``
-  words, the last one partly.
-* **writer**: takes the unit's output (words from GELU/ADD, elements from softmax/LayerNorm,
-  deserialized into words) and writes it to the destination rows; the last word of a row has a
-  lane mask. For SOFTMAX with ``SCORE`` it also writes row 0 of the result into SCORE row
+* **serializer** (SOFTMAX): hands the held word's lanes to the softmax one per cycle,
+  ``last`` on a row's final element; a row of ``n`` elements uses ``ceil(n / cols)`` words,
+  the last one partly (LayerNorm takes the held word itself, with the lane ``count``).
+* **writer**: takes the unit's output (words from GELU/ADD/LayerNorm, elements from the
+  softmax, deserialized into words) and writes it to the destination rows; the last word of a
+  row has a lane mask. For SOFTMAX with ``SCORE`` it also writes row 0 of the result into SCORE row
   ``imm`` through ``score_wr``, one element per cycle as it is produced.
 
-The element units are fed back to back across rows: their row buffers let them load the next
-row while they reduce and emit the previous ones. For GELU/ADD the first word is read in the
-``start`` cycle and waits on the read port until the header has been popped. LayerNorm's rows
-start streaming at once; only the last element of the first row waits until every
-gamma/beta has been written (the unit's emitter reads them after that row's reduction).
+The row-buffered units (softmax, LayerNorm) are fed back to back across rows: their row
+buffers let them load the next rows while they reduce and emit the previous ones. For GELU/ADD
+the first word is read in the ``start`` cycle and waits on the read port until the header has
+been popped. LayerNorm's rows start streaming at once; only the last word of the first row
+waits until every gamma/beta has been written (the unit's emitter reads them after that row's
+reduction).
 
 Errors (``error`` in the ``done`` cycle): the ``error`` outputs of the wrapped units (cleared at
 ``start``), and a record field outside its unit's range (the cases where
@@ -60,8 +62,7 @@ from golden.softmax import FACTOR_BITS
 from .add import ResidualAdd
 from .checks import check_config, validating
 from .gelu import Gelu
-from .layernorm import BANKS as LN_BANKS
-from .layernorm import LayerNorm, reducer_cycles
+from .layernorm import LayerNorm, ln_output_cycles, reducer_cycles, stats_stages
 from .ports import (
     LANE_BITS,
     exec_signature,
@@ -116,9 +117,9 @@ class RowUnit(wiring.Component):
         ADD, ``score_wr`` by SOFTMAX with ``SCORE``; ``score_rd`` and the memory write
         channels stay idle).
 
-    Throughput: GELU/ADD one word per cycle, SOFTMAX/LAYERNORM one element per cycle (rows
-    shorter than the softmax divider's 16 cycles or LayerNorm's reducer cycles are paced by
-    those).
+    Throughput: GELU/ADD/LAYERNORM one word per cycle, SOFTMAX one element per cycle (rows
+    shorter than the softmax divider's 16 cycles, or than LayerNorm's ``w_min`` words below,
+    are paced by those).
 
     Cycles from ``start`` to ``done`` with no stalls and memory latency ``L`` (``L' = max(1,
     L)``, ``B = cols`` bytes per beat), exactly :func:`cycles`:
@@ -126,10 +127,13 @@ class RowUnit(wiring.Component):
     * GELU / ADD: ``L' + ceil(R / B) + m * ceil(n / cols) + latency`` with ``R`` = 16 / 8
       record bytes and ``latency`` = 6 / 3;
     * SOFTMAX: ``2n + 34 + m * n`` for ``n >= 16``, ``3n + 34 + 16 (m - 1)`` for ``n <= 15``;
-    * LAYERNORM: ``P + 11 + m * max(n, RC) + min(n, RC)`` with ``RC`` the reducer's cycles
-      per row (26) and ``P = L' + max(ceil((8 + 6n) / B), ceil(8 / B) + ceil(n / G) + n)``
-      the last record pop (power-of-two ``B >= 4``, ``n`` outside ``RC - 1 .. RC + 2``); the
-      other cases are recurrences over the rows (``docs/exec/exec_row.md``).
+    * LAYERNORM (``w = ceil(n / cols)`` words a row): ``max(w, P + 1) + S + RC + 11 + m * w``
+      with ``S`` = ``LayerNorm.stats_stages`` (3), ``RC`` = ``LayerNorm.reducer_cycles`` (25)
+      and ``P = L' + max(ceil((8 + 6n) / B), ceil(8 / B) + ceil(n / G) + n)`` the last
+      record pop (power-of-two ``B >= 4``), for rows of ``w >= w_min = max(ceil(RC / K),
+      ceil((S + RC + 4) / (banks - 2)))`` words (``K`` reducers; 8 on ``tiny``, 16 on
+      ``default``); shorter rows follow the recurrences of
+      :func:`rtl.layernorm.ln_output_cycles` (``docs/exec/exec_row.md``).
     """
 
     def __init__(self, cfg: AccelConfig):
@@ -155,7 +159,8 @@ class RowUnit(wiring.Component):
         m.submodules.add = ad = ResidualAdd(cfg, lanes=C)
         # the timing model of cycles() relies on these
         assert (ge.latency, ad.latency) == (GELU_LATENCY, ADD_LATENCY)
-        assert ln.reducer_cycles == ln_reducer_cycles(cfg) and ln.latency == ln.reducer_cycles + 10
+        assert ln.reducer_cycles == ln_reducer_cycles(cfg)
+        assert ln.latency == stats_stages(cfg) + ln.reducer_cycles + 11
         assert sm.latency == 19 + FACTOR_BITS
 
         is_sm = Signal()
@@ -164,8 +169,8 @@ class RowUnit(wiring.Component):
         is_ad = Signal()
         m.d.comb += [is_sm.eq(ins.op == Op.SOFTMAX), is_ge.eq(ins.op == Op.GELU),
                      is_ln.eq(ins.op == Op.LAYERNORM), is_ad.eq(ins.op == Op.ADD)]
-        elem = Signal()                 # element path (softmax, LayerNorm), else word path
-        m.d.comb += elem.eq(is_sm | is_ln)
+        elem = Signal()                 # element path (softmax), else word path
+        m.d.comb += elem.eq(is_sm)
 
         busy = Signal()
         run = Signal()                  # the start cycle or later, until done
@@ -296,17 +301,23 @@ class RowUnit(wiring.Component):
                 m.d.sync += [phase.eq(PH_BETA), pc.eq(0)]
         pc_last = pc == n - 1
         p_valid = Signal()
-        p_addr = Signal.like(ln.param.payload.addr)
+        p_word = Signal.like(ln.param.payload.word)     # channel pc = pc_word * C + pc_lane
+        p_lane = Signal.like(ln.param.payload.lane)
+        pc_word = Signal.like(p_word)
+        pc_lane = Signal(range(C))
         p_beta = Signal(signed(32))
-        p_lane = Signal(range(G))
+        p_glane = Signal(range(G))
         m.d.sync += p_valid.eq(pop & (phase == PH_BETA))
         with m.If(pop & (phase == PH_BETA)):
-            m.d.sync += [p_addr.eq(pc), p_beta.eq(field(0, 4, True)), p_lane.eq(pc[:log_g]),
-                         pc.eq(Mux(pc_last, 0, pc + 1))]
+            m.d.sync += [p_word.eq(pc_word), p_lane.eq(pc_lane), p_beta.eq(field(0, 4, True)),
+                         p_glane.eq(pc[:log_g]), pc.eq(Mux(pc_last, 0, pc + 1)),
+                         pc_lane.eq(Mux(pc_lane == C - 1, 0, pc_lane + 1)),
+                         pc_word.eq(pc_word + (pc_lane == C - 1))]
             with m.If(pc_last):
-                m.d.sync += [phase.eq(PH_DONE), params_ok.eq(1)]
-        m.d.comb += [ln.param.valid.eq(p_valid), ln.param.payload.addr.eq(p_addr),
-                     ln.param.payload.gamma.eq(g_rd.data[p_lane]),
+                m.d.sync += [phase.eq(PH_DONE), params_ok.eq(1), pc_word.eq(0), pc_lane.eq(0)]
+        m.d.comb += [ln.param.valid.eq(p_valid), ln.param.payload.word.eq(p_word),
+                     ln.param.payload.lane.eq(p_lane),
+                     ln.param.payload.gamma.eq(g_rd.data[p_glane]),
                      ln.param.payload.beta.eq(p_beta)]
 
         # ------------------------------------------------------------ row reader
@@ -344,14 +355,17 @@ class RowUnit(wiring.Component):
         with m.Elif(slot):
             m.d.sync += hv.eq(0)
 
-        # word path: GELU, ADD
+        # word path: GELU, ADD, LAYERNORM (whose row's last word waits for the parameters)
         w_valid = hv & cmd_ok
         for k in range(C):
             m.d.comb += [ge.i.payload[k].eq(self.rd0.data[k]),
+                         ln.i.payload.data[k].eq(self.rd0.data[k]),
                          ad.a.payload[k].eq(self.rd0.data[k]),
                          ad.b.payload[k].eq(self.rd1.data[k])]
         m.d.comb += [ge.i.valid.eq(w_valid & is_ge), ad.a.valid.eq(w_valid & is_ad),
-                     ad.b.valid.eq(w_valid & is_ad)]
+                     ad.b.valid.eq(w_valid & is_ad),
+                     ln.i.valid.eq(hv & is_ln & (params_ok | ~h_rowend)),
+                     ln.i.payload.count.eq(h_lastlane + 1), ln.i.payload.last.eq(h_rowend)]
 
         # element path: the serializer
         s_lane = Signal(range(C))
@@ -360,14 +374,17 @@ class RowUnit(wiring.Component):
         s_ready = Signal()
         m.d.comb += [s_data.eq(self.rd0.data[s_lane]), s_last.eq(h_rowend & (s_lane == h_lastlane))]
         m.d.comb += [sm.i.payload.data.eq(s_data), sm.i.payload.last.eq(s_last),
-                     ln.i.payload.data.eq(s_data), ln.i.payload.last.eq(s_last),
-                     sm.i.valid.eq(hv & is_sm),
-                     ln.i.valid.eq(hv & is_ln & (params_ok | ~s_last)),
-                     s_ready.eq(Mux(is_sm, sm.i.ready & sm.i.valid, ln.i.ready & ln.i.valid))]
+                     sm.i.valid.eq(hv & is_sm), s_ready.eq(sm.i.ready & sm.i.valid)]
         with m.If(s_ready):
             m.d.sync += s_lane.eq(Mux(s_lane == h_lastlane, 0, s_lane + 1))
-        m.d.comb += slot.eq(Mux(elem, s_ready & (s_lane == h_lastlane),
-                                Mux(is_ge, ge.i.valid & ge.i.ready, ad.a.valid & ad.a.ready)))
+        with m.If(elem):
+            m.d.comb += slot.eq(s_ready & (s_lane == h_lastlane))
+        with m.Elif(is_ge):
+            m.d.comb += slot.eq(ge.i.valid & ge.i.ready)
+        with m.Elif(is_ln):
+            m.d.comb += slot.eq(ln.i.valid & ln.i.ready)
+        with m.Else():
+            m.d.comb += slot.eq(ad.a.valid & ad.a.ready)
 
         # ------------------------------------------------------------ writer
         m.d.comb += [sm.o.ready.eq(1), ln.o.ready.eq(1), ge.o.ready.eq(1), ad.o.ready.eq(1)]
@@ -377,8 +394,7 @@ class RowUnit(wiring.Component):
         w_lane = Signal(range(C))
         e_valid = Signal()
         e_data = Signal(signed(LANE_BITS))
-        m.d.comb += [e_valid.eq(Mux(is_sm, sm.o.valid, ln.o.valid)),
-                     e_data.eq(Mux(is_sm, sm.o.payload.data, ln.o.payload.data))]
+        m.d.comb += [e_valid.eq(sm.o.valid), e_data.eq(sm.o.payload.data)]
         acc = Signal.like(self.wr.data)
         w_last_word = w_off + C >= n
         e_word_end = (w_lane == C - 1) | (w_off + w_lane + 1 == n)
@@ -394,10 +410,12 @@ class RowUnit(wiring.Component):
             for k in range(C):
                 m.d.comb += w_data[k].eq(Mux(w_lane == k, e_data, acc[k]))
         with m.Else():
-            m.d.comb += [w_adv.eq(busy & Mux(is_ge, ge.o.valid, ad.o.valid)),
+            m.d.comb += [w_adv.eq(busy & Mux(is_ge, ge.o.valid,
+                                             Mux(is_ln, ln.o.valid, ad.o.valid))),
                          w_mask.eq(Cat((w_off + k < n) for k in range(C)))]
             for k in range(C):
-                m.d.comb += w_data[k].eq(Mux(is_ge, ge.o.payload[k], ad.o.payload[k]))
+                m.d.comb += w_data[k].eq(Mux(is_ge, ge.o.payload[k],
+                                             Mux(is_ln, ln.o.payload.data[k], ad.o.payload[k])))
         with m.If(w_adv):
             m.d.comb += [self.wr.en.eq(1), self.wr.buf.eq(ins.dst.buf),
                          self.wr.row.eq(ins.dst.row + w_row),
@@ -499,12 +517,4 @@ def cycles(cfg: AccelConfig, instr, mem_latency: int = 2) -> int:
             return d + FACTOR_BITS + 3
         return _element_rows(m, n, lambda r, a: a + n - 1, SOFTMAX_BANKS, softmax_reduce)
     _, last_pop = _record_pops(cfg, op, n, mem_latency)
-    rc = ln_reducer_cycles(cfg)
-    idle = []
-
-    def ln_reduce(ready):
-        i = ready if not idle else max(ready, idle[-1] + rc)
-        idle.append(i)
-        return i + rc + 1
-    return _element_rows(m, n, lambda r, a: max(a + n - 1, last_pop + 1) if r == 0
-                         else a + n - 1, LN_BANKS, ln_reduce)
+    return ln_output_cycles(cfg, m, -(-n // C), start=1, first_end=last_pop + 1)[-1][1]

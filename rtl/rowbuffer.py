@@ -14,6 +14,11 @@ so that both units frame rows, count free banks and reject malformed rows the sa
   ``error_clear``; a new error wins over a clear in the same cycle), the beats up to and
   including the next ``last`` are accepted and dropped, and nothing is handed on for that row.
 
+A beat is one memory word: one element for the softmax, a word of ``cols`` elements for the
+word-wide LayerNorm, whose rows end with a partly used word. Such a unit passes ``last_over``,
+true when a row's last beat at the last word position holds more elements than the row may
+still take; that row is malformed too.
+
 :func:`row_reader` is the other side, used by every engine that walks a loaded row again (the
 softmax summer and emitter, the LayerNorm emitter): it takes a row descriptor (its length and
 statistics) from the previous engine's FIFO, reads the row's elements from its bank one per
@@ -78,7 +83,7 @@ class RowLoader:
     row_freed: Signal
 
 
-def row_loader(m, i, wr, *, banks: int, max_len: int, error, error_clear,
+def row_loader(m, i, wr, *, banks: int, max_len: int, error, error_clear, last_over=None,
                prefix: str = "l") -> RowLoader:
     """Add a row loader to module ``m``.
 
@@ -94,6 +99,9 @@ def row_loader(m, i, wr, *, banks: int, max_len: int, error, error_clear,
         Number of row buffers and the longest row.
     error, error_clear : Signal
         The parent's sticky ``error`` output (driven here) and its clear input.
+    last_over : Value or None
+        Optional: the current beat, if it is a row's last at word ``max_len - 1``, holds too
+        many elements (the row is dropped with ``error``, as a row of too many beats).
     prefix : str
         Prefix of the loader's signal names.
 
@@ -121,6 +129,9 @@ def row_loader(m, i, wr, *, banks: int, max_len: int, error, error_clear,
     with m.If(i.valid & i.ready):
         with m.If(discard), m.If(beat.last):
             m.d.sync += discard.eq(0)
+        if last_over is not None:
+            with m.Elif(beat.last & (idx == max_len - 1) & last_over):
+                m.d.sync += [error.eq(1), idx.eq(0)]
         with m.Elif(beat.last):
             m.d.comb += [wr.en.eq(1), row_end.eq(1)]
             m.d.sync += [idx.eq(0), bank.eq(next_bank(bank, banks))]
@@ -164,7 +175,7 @@ class RowReader:
 
 
 def row_reader(m, q, rd, desc_layout, *, banks: int, max_len: int, en=1, row_freed=None,
-               prefix: str) -> RowReader:
+               length=None, prefix: str) -> RowReader:
     """Add a row reader to module ``m``.
 
     Parameters
@@ -176,12 +187,16 @@ def row_reader(m, q, rd, desc_layout, *, banks: int, max_len: int, en=1, row_fre
     rd : memory read port
         Port of the row memory; the reader drives its ``addr`` and ``en``.
     desc_layout : data.StructLayout
+        Row descriptor.
     banks, max_len : int
         As for :func:`row_loader`.
     en : Value
         Advance enable (the downstream pipeline's, for a reader that can be stalled).
     row_freed : Signal or None
         If given, driven high when the last element of a row is read (the bank is free).
+    length : callable or None
+        The row length in memory words as a function of the descriptor (default its ``len``
+        field).
     prefix : str
         Prefix of the reader's signal names.
 
@@ -196,7 +211,7 @@ def row_reader(m, q, rd, desc_layout, *, banks: int, max_len: int, en=1, row_fre
     last = Signal(name=f"{prefix}_last")
     pop = Signal(name=f"{prefix}_pop")
     m.d.comb += [
-        issue.eq(active & en), last.eq(idx == desc.len - 1),
+        issue.eq(active & en), last.eq(idx == (desc.len if length is None else length(desc)) - 1),
         pop.eq(q.r_rdy & en & (~active | last)), q.r_en.eq(pop),
         rd.addr.eq(bank * max_len + idx), rd.en.eq(en),
     ]
