@@ -334,10 +334,15 @@ class LayerNorm(wiring.Component):
     Latency: the first output word of a row of ``w`` words is valid ``w + latency`` cycles
     after the handshake of the row's first word (unit idle, no stalls), with :attr:`latency`
     = ``stats_stages + reducer_cycles + 11``. Throughput: one word per cycle for back-to-back
-    rows of ``w >= max(ceil(reducer_cycles / reducers), ...)`` words while a row buffer is
-    free (rows of ``max_dim`` channels on every preset); shorter rows are paced at
-    ``reducers`` rows per :attr:`reducer_cycles` cycles. ``i.ready`` drops while all row
+    rows of ``w >= max(ceil(reducer_cycles / reducers), ceil((stats_stages + reducer_cycles +
+    4) / (banks - 2)))`` words (the reducers and the row buffers keep up; every row of
+    ``max_dim`` channels on every preset); shorter rows are paced by the reducers
+    (``reducers`` rows per :attr:`reducer_cycles` cycles) and the row buffers;
+    :func:`ln_output_cycles` gives the exact output cycles. ``i.ready`` drops while all row
     buffers are busy; stalls on ``o`` stall the emitter only.
+
+    Attributes: ``lanes`` (= ``cols``), ``words`` (:func:`ln_words`), ``banks``
+    (:func:`ln_banks`), ``reducers`` (:func:`ln_reducers`).
     """
 
     def __init__(self, cfg: AccelConfig):

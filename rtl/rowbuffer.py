@@ -2,7 +2,7 @@
 
 :class:`rtl.softmax.Softmax` and :class:`rtl.layernorm.LayerNorm` both need a whole row before
 their first output, so each keeps ``banks`` row buffers of ``max_len`` words in one memory (bank
-``b``, element ``j`` at word ``b * max_len + j``) and lets a loader, the engines that reduce a
+``b``, beat ``j`` at word ``b * max_len + j``) and lets a loader, the engines that reduce a
 row and the emitter work on different banks at once. :func:`row_loader` is that loader, shared
 so that both units frame rows, count free banks and reject malformed rows the same way:
 
@@ -21,7 +21,7 @@ still take; that row is malformed too.
 
 :func:`row_reader` is the other side, used by every engine that walks a loaded row again (the
 softmax summer and emitter, the LayerNorm emitter): it takes a row descriptor (its length and
-statistics) from the previous engine's FIFO, reads the row's elements from its bank one per
+statistics) from the previous engine's FIFO, reads the row's beats (words) from its bank one per
 enabled cycle, and takes the next descriptor in the cycle of the last read, so rows follow each
 other with no gap. Each reader visits the banks in the same ring order as the loader.
 
@@ -106,7 +106,7 @@ def row_loader(m, i, wr, *, banks: int, max_len: int, error, error_clear, last_o
         Prefix of the loader's signal names.
 
     Latency: a beat is written in the cycle of its handshake; ``row_end`` is asserted in that
-    cycle. Throughput: one element per cycle while a bank is free. Stalls: ``i.ready`` is low
+    cycle. Throughput: one beat per cycle while a bank is free. Stalls: ``i.ready`` is low
     while all banks are occupied (never while discarding a malformed row).
     """
     occupied = Signal(range(banks + 1), name=f"{prefix}_occupied")
