@@ -384,7 +384,7 @@ class GemmUnit(wiring.Component):
         # ---- per-instruction values, registered at ``go`` ----------------------------------
         # m, k, n at the widths validation allows (the byte-count multiplier stays small).
         dims = command_layout(cfg).members
-        s_k, s_n = (src[f][:dims[f].width] for f in ("k", "n"))
+        s_n = src.n[:dims["n"].width]
         nt_now = div_const(s_n + (C - 1), C)
         nt = Signal(range(ntmax + 1))
         nt_cur = Mux(running, nt, nt_now)   # ceil(n / cols) of ``cur`` at ``begin``
@@ -392,6 +392,9 @@ class GemmUnit(wiring.Component):
         ep_bytes = Signal(range(EP_BEATS * C * ntmax + 1))
         last_n = Signal(range(C + 1))       # bytes in the last beat of the sparse burst
         word_d = div_const(li.dst.col, C)
+        # The weight burst's length, from the latched copy: its command follows the records'
+        # (two cycles after ``go`` at the earliest).
+        m.d.sync += w_bytes.eq(Mux(f_sparse, li.imm, li.k[:dims["k"].width] * nt * C))
 
         in_run = Signal()         # the engine has the command
         in_error = Signal()       # the engine reported an error: drain the memory
@@ -421,8 +424,6 @@ class GemmUnit(wiring.Component):
                 m.d.comb += eng.cmd.valid.eq(go)
                 with m.If(go):
                     m.d.sync += [nt.eq(nt_now), ep_bytes.eq(nt_now * (EP_BEATS * C)),
-                                 w_bytes.eq(Mux(flag(src, Flag.SPARSE), src.imm,
-                                                s_k * nt_now * C)),
                                  last_n.eq(mod_const(src.imm - 1, C) + 1),
                                  bursts_left.eq(Mux(flag(src, Flag.B_BUF), 1, 2)),
                                  running.eq(1)]
