@@ -1,10 +1,9 @@
 """Row execution unit: SOFTMAX, GELU, LAYERNORM and ADD (``docs/exec/exec_row.md``).
 
 :class:`RowUnit` runs the four opcodes whose work is a pass over rows of an on-chip buffer,
-wrapping the existing streaming units: :class:`rtl.softmax.Softmax` takes one element per
-cycle, :class:`rtl.layernorm.LayerNorm`, :class:`rtl.gelu.Gelu` and
-:class:`rtl.add.ResidualAdd` one word (``cols`` elements) per cycle. Everything is shared
-between the four paths:
+wrapping the existing streaming units: :class:`rtl.softmax.Softmax`,
+:class:`rtl.layernorm.LayerNorm`, :class:`rtl.gelu.Gelu` and :class:`rtl.add.ResidualAdd` each
+take one word (``cols`` elements) per cycle. Everything is shared between the four paths:
 
 * **record reader**: GELU, LAYERNORM and ADD read their parameter record (``docs/isa.md``) as
   one memory burst, issued in the ``start`` cycle. A byte gearbox (``B + 15`` bytes, ``B`` the
@@ -17,13 +16,12 @@ between the four paths:
   operand at the same position), starting in the ``start`` cycle. A buffer read port holds its
   data until the next read, so the read port itself is the one-word stage between the buffer
   and the consumer: the next word is read in the cycle the current one is consumed.
-* **serializer** (SOFTMAX): hands the held word's lanes to the softmax one per cycle,
-  ``last`` on a row's final element; a row of ``n`` elements uses ``ceil(n / cols)`` words,
-  the last one partly (LayerNorm takes the held word itself, with the lane ``count``).
-* **writer**: takes the unit's output (words from GELU/ADD/LayerNorm, elements from the
-  softmax, deserialized into words) and writes it to the destination rows; the last word of a
-  row has a lane mask. For SOFTMAX with ``SCORE`` it also writes row 0 of the result into SCORE row
-  ``imm`` through ``score_wr``, one element per cycle as it is produced.
+  The row-wise units (softmax, LayerNorm) take the held word itself with the lane ``count``
+  (a row of ``n`` elements uses ``ceil(n / cols)`` words, the last one partly) and ``last``.
+* **writer**: takes the unit's output words and writes them to the destination rows; the last
+  word of a row has a lane mask. For SOFTMAX with ``SCORE`` the words of result row 0 also
+  enter a FIFO, from which a serializer writes them into SCORE row ``imm`` through
+  ``score_wr``, one element per cycle, while the other rows stream on.
 
 The row-buffered units (softmax, LayerNorm) are fed back to back across rows: their row
 buffers let them load the next rows while they reduce and emit the previous ones. For GELU/ADD
@@ -50,32 +48,31 @@ finish about ``n / G`` cycles after the first row has been loaded.
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import data, memory, wiring
+from amaranth.lib import data, fifo, memory, wiring
 from amaranth.utils import ceil_log2
 
 from golden.config import AccelConfig
 from golden.gelu import MAX_IN_BITS
 from golden.isa import ADD_RECORD_BYTES, GELU_RECORD_BYTES, LN_HEADER_BYTES, Flag, Op
 from golden.layernorm import SHIFT_MAX
-from golden.softmax import FACTOR_BITS
 
 from .add import ResidualAdd
 from .checks import check_config, validating
 from .gelu import Gelu
 from .layernorm import LayerNorm, ln_output_cycles, reducer_cycles, stats_stages
 from .ports import (
-    LANE_BITS,
     exec_signature,
     mem_beat_bytes,
     word_bits,
 )
-from .softmax import BANKS as SOFTMAX_BANKS
-from .softmax import Softmax
+from .softmax import Softmax, sm_output_cycles
 
 __all__ = ["HEADER_MAX", "RowUnit", "cycles", "gamma_group"]
 
 #: Pipeline latencies of the word units (``Gelu.latency``, ``ResidualAdd.latency``).
 GELU_LATENCY, ADD_LATENCY = 6, 3
+#: Cycles from a word's write into the score FIFO to its first element on ``score_wr``.
+SCORE_FIFO_LATENCY = 2
 #: Longest header popped from the gearbox at once (the GELU record).
 HEADER_MAX = max(GELU_RECORD_BYTES, LN_HEADER_BYTES, ADD_RECORD_BYTES)
 
@@ -117,16 +114,18 @@ class RowUnit(wiring.Component):
         ADD, ``score_wr`` by SOFTMAX with ``SCORE``; ``score_rd`` and the memory write
         channels stay idle).
 
-    Throughput: GELU/ADD/LAYERNORM one word per cycle, SOFTMAX one element per cycle (rows
-    shorter than the softmax divider's 16 cycles, or than LayerNorm's ``w_min`` words below,
-    are paced by those).
+    Throughput: one word per cycle (softmax rows shorter than 3 words, or LayerNorm rows
+    shorter than ``w_min`` words below, are paced by their dividers/reducers and row buffers).
 
     Cycles from ``start`` to ``done`` with no stalls and memory latency ``L`` (``L' = max(1,
     L)``, ``B = cols`` bytes per beat), exactly :func:`cycles`:
 
     * GELU / ADD: ``L' + ceil(R / B) + m * ceil(n / cols) + latency`` with ``R`` = 16 / 8
       record bytes and ``latency`` = 6 / 3;
-    * SOFTMAX: ``2n + 34 + m * n`` for ``n >= 16``, ``3n + 34 + 16 (m - 1)`` for ``n <= 15``;
+    * SOFTMAX (``w = ceil(n / cols)`` words a row): ``(m + 2) w + latency`` for ``w >= 3``,
+      ``latency`` = ``Softmax.latency`` (30 for ``cols`` 3..8); with ``SCORE`` at least
+      ``2w + latency + n + 2`` (row 0 leaves its FIFO one element per cycle); shorter rows
+      follow the recurrences of :func:`rtl.softmax.sm_output_cycles`;
     * LAYERNORM (``w = ceil(n / cols)`` words a row): ``max(w, P + 1) + S + RC + 11 + m * w``
       with ``S`` = ``LayerNorm.stats_stages`` (3), ``RC`` = ``LayerNorm.reducer_cycles`` (25)
       and ``P = L' + max(ceil((8 + 6n) / B), ceil(8 / B) + ceil(n / G) + n)`` the last
@@ -161,7 +160,7 @@ class RowUnit(wiring.Component):
         assert (ge.latency, ad.latency) == (GELU_LATENCY, ADD_LATENCY)
         assert ln.reducer_cycles == ln_reducer_cycles(cfg)
         assert ln.latency == stats_stages(cfg) + ln.reducer_cycles + 11
-        assert sm.latency == 19 + FACTOR_BITS
+        assert sm.latency == sm_output_cycles(cfg, 1, 1)[0][0] - 2
 
         is_sm = Signal()
         is_ge = Signal()
@@ -169,9 +168,6 @@ class RowUnit(wiring.Component):
         is_ad = Signal()
         m.d.comb += [is_sm.eq(ins.op == Op.SOFTMAX), is_ge.eq(ins.op == Op.GELU),
                      is_ln.eq(ins.op == Op.LAYERNORM), is_ad.eq(ins.op == Op.ADD)]
-        elem = Signal()                 # element path (softmax), else word path
-        m.d.comb += elem.eq(is_sm)
-
         busy = Signal()
         run = Signal()                  # the start cycle or later, until done
         done = Signal()
@@ -367,18 +363,13 @@ class RowUnit(wiring.Component):
                      ln.i.valid.eq(hv & is_ln & (params_ok | ~h_rowend)),
                      ln.i.payload.count.eq(h_lastlane + 1), ln.i.payload.last.eq(h_rowend)]
 
-        # element path: the serializer
-        s_lane = Signal(range(C))
-        s_data = Signal(signed(LANE_BITS))
-        s_last = Signal()
-        s_ready = Signal()
-        m.d.comb += [s_data.eq(self.rd0.data[s_lane]), s_last.eq(h_rowend & (s_lane == h_lastlane))]
-        m.d.comb += [sm.i.payload.data.eq(s_data), sm.i.payload.last.eq(s_last),
-                     sm.i.valid.eq(hv & is_sm), s_ready.eq(sm.i.ready & sm.i.valid)]
-        with m.If(s_ready):
-            m.d.sync += s_lane.eq(Mux(s_lane == h_lastlane, 0, s_lane + 1))
-        with m.If(elem):
-            m.d.comb += slot.eq(s_ready & (s_lane == h_lastlane))
+        # softmax: the held word with its lane count, as LayerNorm
+        for k in range(C):
+            m.d.comb += sm.i.payload.data[k].eq(self.rd0.data[k])
+        m.d.comb += [sm.i.valid.eq(hv & is_sm), sm.i.payload.count.eq(h_lastlane + 1),
+                     sm.i.payload.last.eq(h_rowend)]
+        with m.If(is_sm):
+            m.d.comb += slot.eq(sm.i.valid & sm.i.ready)
         with m.Elif(is_ge):
             m.d.comb += slot.eq(ge.i.valid & ge.i.ready)
         with m.Elif(is_ln):
@@ -391,31 +382,21 @@ class RowUnit(wiring.Component):
         w_row = Signal(range(1 << 12))
         w_word = Signal(wb)
         w_off = Signal(n_w + 1)
-        w_lane = Signal(range(C))
-        e_valid = Signal()
-        e_data = Signal(signed(LANE_BITS))
-        m.d.comb += [e_valid.eq(sm.o.valid), e_data.eq(sm.o.payload.data)]
-        acc = Signal.like(self.wr.data)
         w_last_word = w_off + C >= n
-        e_word_end = (w_lane == C - 1) | (w_off + w_lane + 1 == n)
         w_adv = Signal()                # a word is written this cycle
         w_data = Signal.like(self.wr.data)
         w_mask = Signal(C)
-        with m.If(elem):
-            m.d.comb += [w_adv.eq(busy & e_valid & e_word_end),
-                         w_mask.eq(Cat(Const(1) if k == 0 else w_lane >= k for k in range(C)))]
-            with m.If(e_valid):
-                m.d.sync += [acc[w_lane].eq(e_data),
-                             w_lane.eq(Mux(e_word_end, 0, w_lane + 1))]
-            for k in range(C):
-                m.d.comb += w_data[k].eq(Mux(w_lane == k, e_data, acc[k]))
-        with m.Else():
-            m.d.comb += [w_adv.eq(busy & Mux(is_ge, ge.o.valid,
-                                             Mux(is_ln, ln.o.valid, ad.o.valid))),
-                         w_mask.eq(Cat((w_off + k < n) for k in range(C)))]
-            for k in range(C):
-                m.d.comb += w_data[k].eq(Mux(is_ge, ge.o.payload[k],
-                                             Mux(is_ln, ln.o.payload.data[k], ad.o.payload[k])))
+        m.d.comb += [w_adv.eq(busy & Mux(is_sm, sm.o.valid,
+                                         Mux(is_ge, ge.o.valid,
+                                             Mux(is_ln, ln.o.valid, ad.o.valid)))),
+                     w_mask.eq(Cat((w_off + k < n) for k in range(C)))]
+        for k in range(C):
+            m.d.comb += w_data[k].eq(Mux(is_sm, sm.o.payload.data[k],
+                                         Mux(is_ge, ge.o.payload[k],
+                                             Mux(is_ln, ln.o.payload.data[k], ad.o.payload[k]))))
+        w_fin = Signal()                # every word has been written
+        w_done = Signal()
+        m.d.comb += w_done.eq(w_fin | (w_adv & w_last_word & (w_row == ins.m - 1)))
         with m.If(w_adv):
             m.d.comb += [self.wr.en.eq(1), self.wr.buf.eq(ins.dst.buf),
                          self.wr.row.eq(ins.dst.row + w_row),
@@ -424,14 +405,35 @@ class RowUnit(wiring.Component):
             with m.If(w_last_word):
                 m.d.sync += [w_word.eq(0), w_off.eq(0), w_row.eq(w_row + 1)]
                 with m.If(w_row == ins.m - 1):
-                    m.d.comb += done.eq(1)
+                    m.d.sync += w_fin.eq(1)
             with m.Else():
                 m.d.sync += [w_word.eq(w_word + 1), w_off.eq(w_off + C)]
 
-        # SOFTMAX with SCORE: row 0 of the result into SCORE row imm
-        with m.If(busy & is_sm & (ins.flags & int(Flag.SCORE)).any() & (w_row == 0) & e_valid):
-            m.d.comb += [self.score_wr.en.eq(1), self.score_wr.token.eq(w_off + w_lane),
-                         self.score_wr.head.eq(ins.imm), self.score_wr.data.eq(e_data)]
+        # SOFTMAX with SCORE: row 0 of the result into SCORE row imm, one lane per cycle from
+        # a FIFO of row 0's words (the other rows stream on meanwhile)
+        score = Signal()
+        m.d.comb += score.eq(is_sm & (ins.flags & int(Flag.SCORE)).any())
+        m.submodules.score_words = sq = fifo.SyncFIFOBuffered(
+            width=len(sm.o.payload.data.as_value()), depth=-(-cfg.max_tokens // C))
+        m.d.comb += [sq.w_data.eq(sm.o.payload.data.as_value()),
+                     sq.w_en.eq(w_adv & score & (w_row == 0))]
+        sq_word = data.View(sm.o.payload.data.shape(), sq.r_data)
+        sc_lane = Signal(range(C))
+        sc_off = Signal(n_w + 1)
+        sc_fin = Signal()               # row 0 is in SCORE
+        sc_end = Signal()               # the last element of row 0 goes out this cycle
+        sc_go = Signal()
+        sc_word_end = (sc_lane == C - 1) | sc_end
+        m.d.comb += [sc_go.eq(busy & score & sq.r_rdy), sc_end.eq(sc_off + sc_lane + 1 == n),
+                     sq.r_en.eq(sc_go & sc_word_end)]
+        with m.If(sc_go):
+            m.d.comb += [self.score_wr.en.eq(1), self.score_wr.token.eq(sc_off + sc_lane),
+                         self.score_wr.head.eq(ins.imm), self.score_wr.data.eq(sq_word[sc_lane])]
+            m.d.sync += [sc_lane.eq(Mux(sc_word_end, 0, sc_lane + 1)),
+                         sc_off.eq(Mux(sc_word_end, sc_off + C, sc_off))]
+            with m.If(sc_end):
+                m.d.sync += sc_fin.eq(1)
+        m.d.comb += done.eq(busy & w_done & (~score | sc_fin | (sc_go & sc_end)))
 
         # ------------------------------------------------------------ done
         unit_err = Mux(is_sm, sm.error, 0) | Mux(is_ln, ln.error, 0) | Mux(is_ad, ad.error, 0)
@@ -440,8 +442,8 @@ class RowUnit(wiring.Component):
             # back to the idle state: every counter and flag at its initial value
             m.d.sync += [sent.eq(0), gb_cnt.eq(0), gb_data.eq(0), phase.eq(PH_HDR), pc.eq(0),
                          cmd_ok.eq(0), params_ok.eq(0), err.eq(0), r_row.eq(0), r_word.eq(0),
-                         r_off.eq(0), r_end.eq(0), hv.eq(0), s_lane.eq(0), w_row.eq(0),
-                         w_word.eq(0), w_off.eq(0), w_lane.eq(0)]
+                         r_off.eq(0), r_end.eq(0), hv.eq(0), w_row.eq(0), w_word.eq(0),
+                         w_off.eq(0), w_fin.eq(0), sc_lane.eq(0), sc_off.eq(0), sc_fin.eq(0)]
         return m
 
 
@@ -475,27 +477,6 @@ def _record_pops(cfg: AccelConfig, op: int, n: int, mem_latency: int) -> tuple[i
         t += 1
 
 
-def _element_rows(m: int, n: int, last, banks: int, reduce) -> int:
-    """Cycle of the last output of ``m`` rows of ``n`` elements through a row-buffered unit
-    (``rtl.rowbuffer``) fed from cycle 1 at one element per cycle: ``last(r, a)`` is the cycle
-    row ``r``'s last element is accepted when its first is accepted at ``a``;
-    ``reduce(ready)`` the cycle the emitter's descriptor FIFO offers the row, given the cycle
-    the loader's FIFO offers it (the reduction engines' recurrences live in ``reduce``)."""
-    end, freed, emit = [], [], []
-    for r in range(m):
-        a = 1 if r == 0 else end[-1] + 1
-        if r >= banks:
-            a = max(a, freed[r - banks] + 1)
-        e = last(r, a)
-        end.append(e)
-        q = reduce(e + 2)
-        if emit:
-            q = max(q, emit[-1] + n)
-        emit.append(q)
-        freed.append(q + n)
-    return emit[-1] + n + 7
-
-
 def cycles(cfg: AccelConfig, instr, mem_latency: int = 2) -> int:
     """Exact cycles ``sim.instr.run_instr`` measures for ``instr`` on :class:`RowUnit` with no
     stalls and the memory model's first-beat latency ``mem_latency`` (``docs/exec/exec_row.md``
@@ -507,14 +488,11 @@ def cycles(cfg: AccelConfig, instr, mem_latency: int = 2) -> int:
         latency = GELU_LATENCY if op == Op.GELU else ADD_LATENCY
         return header + m * -(-n // C) + latency
     if op == Op.SOFTMAX:
-        sums, divs = [], []
-
-        def softmax_reduce(ready):
-            p = ready if not sums else max(ready, sums[-1] + n)
-            sums.append(p)
-            d = p + n + 7 if not divs else max(p + n + 7, divs[-1] + FACTOR_BITS + 1)
-            divs.append(d)
-            return d + FACTOR_BITS + 3
-        return _element_rows(m, n, lambda r, a: a + n - 1, SOFTMAX_BANKS, softmax_reduce)
+        out = sm_output_cycles(cfg, m, -(-n // C), start=1)
+        if instr.flags & Flag.SCORE:
+            # row 0 leaves the score FIFO one element per cycle, SCORE_FIFO_LATENCY cycles
+            # after its first word was written
+            return max(out[-1][1], out[0][0] + SCORE_FIFO_LATENCY + n - 1)
+        return out[-1][1]
     _, last_pop = _record_pops(cfg, op, n, mem_latency)
     return ln_output_cycles(cfg, m, -(-n // C), start=1, first_end=last_pop + 1)[-1][1]

@@ -14,14 +14,14 @@ so that both units frame rows, count free banks and reject malformed rows the sa
   ``error_clear``; a new error wins over a clear in the same cycle), the beats up to and
   including the next ``last`` are accepted and dropped, and nothing is handed on for that row.
 
-A beat is one memory word: one element for the softmax, a word of ``cols`` elements for the
-word-wide LayerNorm, whose rows end with a partly used word. Such a unit passes ``last_over``,
+A beat is one memory word of ``cols`` elements (both units are word-wide); rows end with a
+partly used word. Such a unit passes ``last_over``,
 true when a row's last beat at the last word position holds more elements than the row may
 still take; that row is malformed too.
 
 :func:`row_reader` is the other side, used by every engine that walks a loaded row again (the
 softmax summer and emitter, the LayerNorm emitter): it takes a row descriptor (its length and
-statistics) from the previous engine's FIFO, reads the row's beats (words) from its bank one per
+statistics) from the previous engine's FIFO, reads the row's words from its bank one per
 enabled cycle, and takes the next descriptor in the cycle of the last read, so rows follow each
 other with no gap. Each reader visits the banks in the same ring order as the loader.
 
@@ -61,7 +61,7 @@ class RowLoader:
     bank : Signal
         Bank being filled.
     idx : Signal
-        Position of the current beat in its row (0 for the first element).
+        Position of the current beat (word) in its row (0 for the first).
     length : Value
         ``idx + 1``: the row length when the current beat ends the row.
     first : Value
@@ -154,13 +154,13 @@ class RowReader:
     active : Signal
         A row is being read.
     bank, idx : Signal
-        Bank and element of the read issued this cycle (if ``issue``).
+        Bank and word of the read issued this cycle (if ``issue``).
     desc : Signal
         Descriptor of the row being read.
     issue : Signal
         Comb: a read is issued this cycle (its data is on the port in the next cycle).
     last : Signal
-        Comb: ``idx`` is the row's last element.
+        Comb: ``idx`` is the row's last word.
     pop : Signal
         Comb: the next descriptor is taken from the FIFO this cycle.
     """
@@ -193,14 +193,14 @@ def row_reader(m, q, rd, desc_layout, *, banks: int, max_len: int, en=1, row_fre
     en : Value
         Advance enable (the downstream pipeline's, for a reader that can be stalled).
     row_freed : Signal or None
-        If given, driven high when the last element of a row is read (the bank is free).
+        If given, driven high when the last word of a row is read (the bank is free).
     length : callable or None
         The row length in memory words as a function of the descriptor (default its ``len``
         field).
     prefix : str
         Prefix of the reader's signal names.
 
-    Latency: one cycle from ``issue`` to the data on ``rd.data``. Throughput: one element per
+    Latency: one cycle from ``issue`` to the data on ``rd.data``. Throughput: one word per
     enabled cycle, including across rows. Stalls: nothing advances while ``en`` is low.
     """
     active = Signal(name=f"{prefix}_active")

@@ -1,6 +1,6 @@
-"""Harness for the nonlinear units: :class:`rtl.softmax.Softmax` (row-wise, a ``last``-framed
-element stream), :class:`rtl.layernorm.LayerNorm` (row-wise, a ``last``-framed stream of words
-of ``cols`` channels, ``count`` used) and :class:`rtl.gelu.Gelu`, :class:`rtl.sigmoid.Sigmoid`
+"""Harness for the nonlinear units: :class:`rtl.softmax.Softmax` and
+:class:`rtl.layernorm.LayerNorm` (row-wise, a ``last``-framed stream of words of ``cols``
+values, ``count`` used) and :class:`rtl.gelu.Gelu`, :class:`rtl.sigmoid.Sigmoid`
 (element-wise, ``lanes`` values per beat).
 
 Two ways of driving a unit:

@@ -30,6 +30,7 @@ from golden.layernorm import ln_params
 from rtl.exec_row import RowUnit, cycles, ln_reducer_cycles
 from rtl.layernorm import ln_banks, ln_reducers, stats_stages
 from rtl.ports import mem_beat_bytes
+from rtl.softmax import DIVIDER_CYCLES, max_stages, sum_stages
 from sim.instr import UnitHarness, check_instr, empty_buffers, execute_on_unit, read_buffers
 from sim.memory import MemoryModel
 from sim.streams import run_simulation
@@ -276,7 +277,13 @@ def test_word_widths(cols, stall, rng):
     Instr(Op.LAYERNORM, 0, m=32, n=5, dst=Operand(Buf.ACT1), a=Operand(Buf.ACT0)),
     Instr(Op.SOFTMAX, Flag.SCORE, m=17, n=17, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT)),
     Instr(Op.SOFTMAX, 0, m=10, n=10, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT)),
-], ids=lambda ins: f"{ins.name}-{ins.m}x{ins.n}")
+    Instr(Op.SOFTMAX, Flag.SCORE, m=10, n=10, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT)),
+    Instr(Op.SOFTMAX, 0, m=17, n=17, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT)),
+    Instr(Op.SOFTMAX, Flag.SCORE, m=1, n=32, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT)),
+    Instr(Op.SOFTMAX, 0, m=1, n=32, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT)),
+    Instr(Op.SOFTMAX, Flag.SCORE, m=20, n=13, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT)),
+    Instr(Op.SOFTMAX, 0, m=30, n=2, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT)),
+], ids=lambda ins: f"{ins.name}-{ins.m}x{ins.n}{'-score' if ins.flags else ''}")
 def test_cycles_of_tiny_model_shapes(ins, rng):
     """The tiny model's shapes (and short LayerNorm rows, paced by the reducers and row
     buffers), simulated: exactly :func:`cycles`."""
@@ -319,12 +326,24 @@ def test_cycles_closed_forms():
                     assert cycles(cfg, ln, lat) == closed, (m, n)
                 else:
                     assert cycles(cfg, ln, lat) >= closed, (m, n)
+    lat = max_stages(cfg) + sum_stages(cfg) + DIVIDER_CYCLES + 12
+    assert lat == 30
     for m in range(1, 65):
         for n in range(1, 65):
+            w = -(-n // cfg.cols)
             sm = Instr(Op.SOFTMAX, 0, m=m, n=n, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT))
-            # back to back after the first row's fill; short rows paced by the divider
-            expect = 2 * n + 34 + m * n if n >= 16 else 3 * n + 34 + 16 * (m - 1)
-            assert cycles(cfg, sm, 2) == expect
+            sc = Instr(Op.SOFTMAX, Flag.SCORE, m=m, n=n, dst=Operand(Buf.PROB),
+                       a=Operand(Buf.LOGIT))
+            # back to back after the first row's fill (one word per cycle from rows of 3
+            # words); SCORE: row 0 leaves its FIFO one element per cycle
+            expect = (m + 2) * w + lat
+            score = max(expect, 2 * w + lat + n + 2)
+            if w >= 3:
+                assert cycles(cfg, sm, 2) == expect, (m, n)
+                assert cycles(cfg, sc, 2) == score, (m, n)
+            else:
+                assert cycles(cfg, sm, 2) >= expect, (m, n)
+                assert cycles(cfg, sc, 2) >= score, (m, n)
 
 
 # -- errors ------------------------------------------------------------------------------------
