@@ -349,9 +349,9 @@ class Softmax(wiring.Component):
     Throughput: one word per cycle for back-to-back rows of at least ``FULL_RATE_WORDS``
     (3) words (the dividers and :func:`sm_banks` row buffers keep up); shorter rows are
     paced by the dividers (``DIVIDERS`` rows per ``DIVIDER_CYCLES`` cycles) and the row
-    buffers; :func:`sm_output_cycles` gives the exact
-    output cycles. ``i.ready`` drops while all row buffers are busy. Stalls on ``o`` stall the
-    emitter only; the loader, summer and dividers keep working until the buffers fill.
+    buffers; :func:`sm_output_cycles` gives the exact output cycles. ``i.ready`` drops while
+    all row buffers are busy. Stalls on ``o`` stall the emitter only; the loader, summer and
+    dividers keep working until the buffers fill.
 
     Attributes: ``lanes`` (= ``cols``), ``words`` (:func:`sm_words`), ``banks``
     (:func:`sm_banks`), ``dividers`` (:data:`DIVIDERS`).
