@@ -25,6 +25,18 @@ the unit's ``done``. Its check result only counts once the running instruction h
 without error, so errors are reported in program order; a fetch still in flight when the
 program ends is voided.
 
+GEMM preload: when the running unit is a :class:`~rtl.exec_row.RowUnit` or a
+:class:`~rtl.exec_token.TokenUnit` (neither writes external memory, and both are off the read
+channels once the next instruction has been prefetched) and the prefetched instruction checked
+clean as a GEMM whose ``B`` comes from memory (not ``B_BUF``), the controller pulses the
+GemmUnit's ``preload`` (a register, once per prefetched instruction) with that instruction on
+``preload_instr``: the engine command and the record and weight bursts run while the row unit
+computes, and the GEMM's normal dispatch (``start``, :data:`DISPATCH_CYCLES` after the row
+unit's ``done``) begins its activation reads and output writes. If the running instruction
+fails while a preload is in flight, the controller pulses the GemmUnit's ``abort`` (the GEMM
+runs to its end without writing a buffer, its bursts drained) and waits for its ``done``
+(state ``ABORT``) before it reports the error and accepts a new program.
+
 The program ends at HALT (``done``), or with ``error``: ``error_index`` names the instruction
 and ``error_code`` (:class:`ErrorCode`) the class of defect -- the field ``golden.isa`` names in
 its :class:`~golden.isa.ProgramError`, or ``RUNTIME`` for a defect an execution unit found
@@ -192,6 +204,13 @@ class Accelerator(wiring.Component):
         nxt = Signal(instr_layout())           # the fetched (or prefetched) instruction
         for unit in self.units.values():
             m.d.comb += unit.instr.eq(ins)
+        gemm = self.units["gemm"]
+        pl_pulse = Signal()                    # registered: GemmUnit.preload
+        pl_issued = Signal()                   # the prefetched GEMM is preloading
+        abort = Signal()                       # registered: GemmUnit.abort
+        m.d.sync += [pl_pulse.eq(0), abort.eq(0)]
+        m.d.comb += [gemm.preload.eq(pl_pulse), gemm.preload_instr.eq(nxt),
+                     gemm.abort.eq(abort)]
         beats = -(-INSTR_BYTES // B)
         shreg = Signal(beats * 8 * B)
         pc = Signal(32)
@@ -288,7 +307,7 @@ class Accelerator(wiring.Component):
                         m.d.sync += [self.done.eq(1), self.busy.eq(0)]
                         m.next = "IDLE"
                     with m.Else():
-                        m.d.sync += [ins.eq(nxt), unit_start.eq(1)]
+                        m.d.sync += [ins.eq(nxt), unit_start.eq(1), pl_issued.eq(0)]
                         m.next = "EXEC"
                 with m.Else():
                     m.d.comb += [fe_go.eq(fe_idle), fe_addr.eq(pc)]
@@ -304,6 +323,16 @@ class Accelerator(wiring.Component):
                 for unit in self.units.values():
                     done = done | unit.done
                     err = err | (unit.done & unit.error)
+                # GEMM preload: while a unit that neither writes memory nor reads it any more
+                # (RowUnit, TokenUnit: their records are in, the next instruction is
+                # prefetched) runs, a checked GEMM that reads B from memory starts its load.
+                off_mem = 0
+                for op in self._UNIT_OPS["row"] + self._UNIT_OPS["token"]:
+                    off_mem = off_mem | (ins.op == op)
+                nxt_bbuf = nxt.flags[Flag.B_BUF.bit_length() - 1]
+                with m.If(off_mem & ~unit_start & ~done & fe_ready & (nxt_code == 0)
+                          & (nxt.op == Op.GEMM) & ~nxt_bbuf & ~pl_issued):
+                    m.d.sync += [pl_pulse.eq(1), pl_issued.eq(1)]
                 with m.If(done):
                     m.d.sync += self.op.eq(0)
                     with m.If(err):
@@ -315,9 +344,18 @@ class Accelerator(wiring.Component):
                         m.next = "FETCH"
             with m.State("FAIL"):
                 m.d.comb += fe_flush.eq(1)
-                m.d.sync += [self.error.eq(1), self.done.eq(1), self.busy.eq(0),
-                             self.error_code.eq(code), self.error_index.eq(self.index)]
-                m.next = "IDLE"
+                with m.If(pl_issued):
+                    # A preloaded GEMM runs to its end without writing a buffer (its engine
+                    # command and read bursts complete) before the program ends.
+                    m.d.sync += [abort.eq(1), pl_issued.eq(0)]
+                    m.next = "ABORT"
+                with m.Else():
+                    m.d.sync += [self.error.eq(1), self.done.eq(1), self.busy.eq(0),
+                                 self.error_code.eq(code), self.error_index.eq(self.index)]
+                    m.next = "IDLE"
+            with m.State("ABORT"):
+                with m.If(gemm.done):
+                    m.next = "FAIL"
         return m
 
 

@@ -5,14 +5,14 @@ and its on-chip buffers (``rtl.ports.exec_signature``) and implements the GEMM i
 ``docs/isa.md`` bit-exactly as ``golden.executor`` does (``docs/exec/exec_gemm.md``):
 
 * **Command.** ``m, k, n``, ``load_weights = 1`` and the mode flags go to the engine's ``cmd``
-  in the ``start`` cycle.
+  in the ``start`` cycle (or the ``preload`` cycle, below).
 * **Weights.** Dense: one read burst of ``weight_words(k, n) * cols`` bytes at ``addr``; every
   memory beat (``cols`` bytes) is one ``w`` beat. ``SPARSE``: one burst of ``imm`` bytes at
   ``addr`` whose beats feed the engine's sparse decoder (``cw``). ``B_BUF``: ``w`` beats come
   from bank operand ``b`` through a word reader (:class:`WordReader`, read port ``rd1``), one
   word per beat; ``B_BUF | B_T``: through a transposing reader (:class:`TransposeReader`).
 * **Epilogue.** One read burst of ``7 * cols`` bytes per column tile at ``addr2``, issued right
-  after the weight burst; the seven beats of a tile's record (bias i32, mult u16, shift u8, each
+  before the weight burst; the seven beats of a tile's record (bias i32, mult u16, shift u8, each
   ``cols`` wide) are collected in a shift register and handed over as one ``ep`` beat.
 * **Activations.** A transposing reader on ``rd0`` turns ``rows`` words of one channel group of
   bank operand ``a`` (ACT, or PROB with ``A_U8``) into the engine's column beats.
@@ -29,6 +29,19 @@ exact model. The readers never starve the array once the weights are in (they ru
 cycle with ``rows <= cols``), except for a single column tile (``n <= cols``) with ``k`` not a
 multiple of ``cols``, where the transposing reader needs ``rows`` reads per channel group; the
 model covers that case too.
+
+Preload. The load phase (the engine command, the record and weight bursts, the engine taking
+them) needs nothing but the instruction and the memory's read channels, so the controller may
+start it early: a ``preload`` pulse with the instruction on ``preload_instr`` (while the
+shared ``instr`` still holds the running row unit's instruction) begins it, and the
+instruction proper begins at its ``start``. The unit keeps its own copy of the instruction,
+latched at ``preload`` (or at ``start`` when not preloaded). Until ``start`` the A reader, the
+B readers and the output writes stay idle (the buffer ports belong to the running unit) and
+``done``/``error`` stay low; a malformed stream found meanwhile is reported with ``done`` after
+``start``. ``abort`` in place of ``start`` (the program failed before the GEMM's turn) runs
+the preloaded instruction to its end with every buffer write suppressed, so that the engine
+finishes its command and every beat of the bursts is taken. :func:`cycles` with ``head=h``
+counts a GEMM preloaded ``h`` cycles before its ``start``.
 
 Errors: a corrupt compressed stream (the engine's decoder raises ``error`` after draining the
 stream to its ``last`` beat) or a command the engine rejects. The unit then drains every beat
@@ -47,7 +60,13 @@ from golden.isa import Flag
 from .checks import check_config, check_width, validating
 from .fixedpoint_ops import div_const, mod_const
 from .gemm import GemmEngine, command_layout
-from .ports import buf_read_signature, exec_signature, mem_beat_bytes, word_bits
+from .ports import (
+    buf_read_signature,
+    exec_signature,
+    instr_layout,
+    mem_beat_bytes,
+    word_bits,
+)
 
 __all__ = ["EP_BEATS", "GemmUnit", "TransposeReader", "WordReader", "cycles"]
 
@@ -284,9 +303,19 @@ class GemmUnit(wiring.Component):
 
     Members
     -------
-    start, instr, done, error, mem, rd0, rd1, wr, score_wr, score_rd :
+    start, instr, done, error, mem_busy, mem, rd0, rd1, wr, score_wr, score_rd :
         ``rtl.ports.exec_signature(cfg)``. ``rd0`` reads ``A``, ``rd1`` reads ``B`` (``B_BUF``),
         ``wr`` writes the result; the score ports and the memory write channels stay idle.
+        ``mem_busy`` is high from the cycle after ``preload`` (or ``start``).
+    preload : In(1)
+        Pulse while idle: take ``preload_instr`` and begin its load phase (engine command,
+        record and weight bursts); its ``start`` follows at least one cycle later, with the
+        same instruction on ``instr``. ``start`` in the same cycle wins.
+    preload_instr : In(instr_layout())
+        The instruction to preload (sampled with ``preload``).
+    abort : In(1)
+        Pulse instead of ``start`` after a ``preload``: run the instruction to ``done``
+        without writing any buffer (``error`` may come with that ``done``).
 
     Data movement and order: see the module docstring. Throughput: one weight beat per cycle
     from memory or from the bank, one activation beat and one output write per cycle, so the
@@ -298,7 +327,11 @@ class GemmUnit(wiring.Component):
         with validating(self):
             check_config(cfg)
         self._cfg = cfg
-        super().__init__(exec_signature(cfg))
+        super().__init__(dict(exec_signature(cfg).members) | {
+            "preload": In(1),
+            "preload_instr": In(instr_layout()),
+            "abort": In(1),
+        })
 
     @property
     def config(self) -> AccelConfig:
@@ -318,51 +351,82 @@ class GemmUnit(wiring.Component):
         m.submodules.bt_reader = btr = TransposeReader(cfg, C, cfg.weight_width)
         m.submodules.b_reader = brd = WordReader(cfg, cfg.weight_width)
 
-        ins = self.instr
-        flags = ins.flags
-        f_sparse = flags[Flag.SPARSE.bit_length() - 1]
-        f_bbuf = flags[Flag.B_BUF.bit_length() - 1]
-        f_bt = flags[Flag.B_T.bit_length() - 1]
-        f_au8 = flags[Flag.A_U8.bit_length() - 1]
-        f_out16 = flags[Flag.OUT16.bit_length() - 1]
+        # ---- the instruction: a copy latched when the unit takes it ----------------------------
+        # ``go``: the command and the read bursts begin (``preload``, or ``start`` while idle);
+        # ``begin``: the instruction proper (``start``, or ``abort`` of a preloaded one), from
+        # which the A reader runs and the results are written. ``src`` is the instruction taken
+        # at ``go``, ``li`` its latched copy (valid from the cycle after ``go``) and ``cur`` the
+        # instruction at ``begin`` (``instr`` when it coincides with ``go``).
+        running = Signal()        # between go and done
+        started = Signal()        # between begin and done
+        mute = Signal()           # begun by ``abort``: no buffer write
+        go = ~running & (self.start | self.preload)
+        begin = ~started & (self.start | (self.abort & running))
+        src = Signal(instr_layout())
+        li = Signal(instr_layout())
+        cur = Signal(instr_layout())
+        with m.If(self.start):
+            m.d.comb += src.eq(self.instr)
+        with m.Else():
+            m.d.comb += src.eq(self.preload_instr)
+        with m.If(running):
+            m.d.comb += cur.eq(li)
+        with m.Else():
+            m.d.comb += cur.eq(self.instr)
+        with m.If(go):
+            m.d.sync += li.eq(src)
 
-        # ---- per-instruction values, registered in the start cycle -------------------------
+        def flag(ins, f):
+            return ins.flags[f.bit_length() - 1]
+
+        f_sparse, f_bbuf, f_bt = (flag(li, f) for f in (Flag.SPARSE, Flag.B_BUF, Flag.B_T))
+
+        # ---- per-instruction values, registered at ``go`` ----------------------------------
         # m, k, n at the widths validation allows (the byte-count multiplier stays small).
         dims = command_layout(cfg).members
-        i_m, i_k, i_n = (ins[f][:dims[f].width] for f in ("m", "k", "n"))
-        nt_now = div_const(i_n + (C - 1), C)
+        s_n = src.n[:dims["n"].width]
+        nt_now = div_const(s_n + (C - 1), C)
         nt = Signal(range(ntmax + 1))
+        nt_cur = Mux(running, nt, nt_now)   # ceil(n / cols) of ``cur`` at ``begin``
         w_bytes = Signal(32)
         ep_bytes = Signal(range(EP_BEATS * C * ntmax + 1))
         last_n = Signal(range(C + 1))       # bytes in the last beat of the sparse burst
-        word_a = div_const(ins.a.col, C)
-        word_b = div_const(ins.b.col, C)
-        word_d = div_const(ins.dst.col, C)
+        word_d = div_const(li.dst.col, C)
+        # The weight burst's length, from the latched copy: its command follows the records'
+        # (two cycles after ``go`` at the earliest).
+        m.d.sync += w_bytes.eq(Mux(f_sparse, li.imm, li.k[:dims["k"].width] * nt * C))
 
-        running = Signal()        # between start and done
         in_run = Signal()         # the engine has the command
         in_error = Signal()       # the engine reported an error: drain the memory
         clear = Signal()
         out_last = Signal()       # the last output row is written in this cycle
         outs_done = Signal()      # every output row has been written
+        with m.If(begin):
+            m.d.sync += [started.eq(1), mute.eq(~self.start)]
 
         # ---- control --------------------------------------------------------------------------
         cmd = eng.cmd.payload
-        m.d.comb += [cmd.m.eq(ins.m), cmd.k.eq(ins.k), cmd.n.eq(ins.n), cmd.load_weights.eq(1),
-                     cmd.sparse.eq(f_sparse), cmd.a_unsigned.eq(f_au8), cmd.out16.eq(f_out16)]
+        cmd_src = Signal(instr_layout())
+        with m.If(running):
+            m.d.comb += cmd_src.eq(li)
+        with m.Else():
+            m.d.comb += cmd_src.eq(src)
+        m.d.comb += [cmd.m.eq(cmd_src.m), cmd.k.eq(cmd_src.k), cmd.n.eq(cmd_src.n),
+                     cmd.load_weights.eq(1), cmd.sparse.eq(flag(cmd_src, Flag.SPARSE)),
+                     cmd.a_unsigned.eq(flag(cmd_src, Flag.A_U8)),
+                     cmd.out16.eq(flag(cmd_src, Flag.OUT16))]
 
         bursts_left = Signal(2)   # read bursts whose last beat has not been taken
         issue_done = Signal()     # every read command has been accepted
+        finish = [running.eq(0), started.eq(0), mute.eq(0)]
         with m.FSM(name="ctrl"):
             with m.State("IDLE"):
-                m.d.comb += eng.cmd.valid.eq(self.start)
-                with m.If(self.start):
+                m.d.comb += eng.cmd.valid.eq(go)
+                with m.If(go):
                     m.d.sync += [nt.eq(nt_now), ep_bytes.eq(nt_now * (EP_BEATS * C)),
-                                 w_bytes.eq(Mux(f_sparse, ins.imm, i_k * nt_now * C)),
-                                 last_n.eq(mod_const(ins.imm - 1, C) + 1),
-                                 bursts_left.eq(Mux(f_bbuf, 1, 2)), running.eq(1)]
-                    m.d.comb += [ard.start.eq(1), btr.start.eq(f_bbuf & f_bt),
-                                 brd.start.eq(f_bbuf & ~f_bt)]
+                                 last_n.eq(mod_const(src.imm - 1, C) + 1),
+                                 bursts_left.eq(Mux(flag(src, Flag.B_BUF), 1, 2)),
+                                 running.eq(1)]
                     with m.If(eng.cmd.ready):
                         m.next = "RUN"
                     with m.Else():
@@ -379,7 +443,7 @@ class GemmUnit(wiring.Component):
                 with m.If(fin & ~eng.loading & ~eng.error):
                     # The last row is written at the end of this cycle (or was).
                     m.d.comb += [self.done.eq(1), clear.eq(1)]
-                    m.d.sync += [running.eq(0), outs_done.eq(0)]
+                    m.d.sync += [outs_done.eq(0)] + finish
                     m.next = "IDLE"
                 with m.Elif(~eng.busy & eng.error):
                     m.d.sync += outs_done.eq(0)
@@ -387,21 +451,28 @@ class GemmUnit(wiring.Component):
                 with m.Elif(out_last):
                     m.d.sync += outs_done.eq(1)
             with m.State("ERROR"):
+                # A defect found during a preload is reported once the instruction has begun.
                 m.d.comb += in_error.eq(1)
-                with m.If(issue_done & (bursts_left == 0)):
+                with m.If(started & issue_done & (bursts_left == 0)):
                     m.d.comb += [self.done.eq(1), self.error.eq(1), clear.eq(1)]
-                    m.d.sync += running.eq(0)
+                    m.d.sync += finish
                     m.next = "IDLE"
         m.d.comb += [ard.clear.eq(clear), btr.clear.eq(clear), brd.clear.eq(clear)]
+        m.d.comb += [ard.start.eq(begin), btr.start.eq(begin & flag(cur, Flag.B_BUF)
+                                                     & flag(cur, Flag.B_T)),
+                     brd.start.eq(begin & flag(cur, Flag.B_BUF) & ~flag(cur, Flag.B_T))]
 
         # ---- readers: A from bank a (rd0), B from bank b (rd1) -----------------------------
+        # Their parameters are sampled at ``begin``.
+        c_m = cur.m[:dims["m"].width]
         for rdr in (ard, btr, brd):
-            m.d.comb += [rdr.k.eq(ins.k)]
-        m.d.comb += [ard.buf.eq(ins.a.buf), ard.row.eq(ins.a.row), ard.word.eq(word_a),
-                     ard.tiles.eq(div_const(i_m + (R - 1), R))]
+            m.d.comb += [rdr.k.eq(cur.k)]
+        m.d.comb += [ard.buf.eq(cur.a.buf), ard.row.eq(cur.a.row),
+                     ard.word.eq(div_const(cur.a.col, C)),
+                     ard.tiles.eq(div_const(c_m + (R - 1), R))]
         for rdr in (btr, brd):
-            m.d.comb += [rdr.buf.eq(ins.b.buf), rdr.row.eq(ins.b.row), rdr.word.eq(word_b),
-                         rdr.tiles.eq(nt_now)]
+            m.d.comb += [rdr.buf.eq(cur.b.buf), rdr.row.eq(cur.b.row),
+                         rdr.word.eq(div_const(cur.b.col, C)), rdr.tiles.eq(nt_cur)]
         wiring.connect(m, ard.rd, wiring.flipped(self.rd0))
         for name in ("en", "buf", "row", "word"):
             m.d.comb += getattr(self.rd1, name).eq(getattr(btr.rd, name)
@@ -415,18 +486,18 @@ class GemmUnit(wiring.Component):
         rq = self.mem.rcmd
         with m.FSM(name="rq"):
             with m.State("IDLE"):
-                m.d.comb += issue_done.eq(~self.start)
-                with m.If(self.start):
+                m.d.comb += issue_done.eq(~go)
+                with m.If(go):
                     m.next = "FIRST"
             with m.State("FIRST"):
-                m.d.comb += [rq.valid.eq(1), rq.payload.addr.eq(ins.addr2),
+                m.d.comb += [rq.valid.eq(1), rq.payload.addr.eq(li.addr2),
                              rq.payload.bytes.eq(ep_bytes)]
                 with m.If(rq.ready & f_bbuf):
                     m.next = "IDLE"
                 with m.Elif(rq.ready):
                     m.next = "SECOND"
             with m.State("SECOND"):
-                m.d.comb += [rq.valid.eq(1), rq.payload.addr.eq(ins.addr),
+                m.d.comb += [rq.valid.eq(1), rq.payload.addr.eq(li.addr),
                              rq.payload.bytes.eq(w_bytes)]
                 with m.If(rq.ready):
                     m.next = "IDLE"
@@ -437,7 +508,7 @@ class GemmUnit(wiring.Component):
         in_ep = Signal()          # the epilogue burst is being received
         ep_cnt = Signal(range(EP_BEATS))
         ep_hold = Signal(8 * B * (EP_BEATS - 1))
-        with m.If(self.start):
+        with m.If(go):
             m.d.sync += [in_ep.eq(1), ep_cnt.eq(0)]
         with m.If(rdata.valid & rdata.ready & rdata.payload.last):
             m.d.sync += [bursts_left.eq(bursts_left - 1), in_ep.eq(0)]
@@ -487,27 +558,29 @@ class GemmUnit(wiring.Component):
         o_cols_left = Signal(range(dmax + 1))
         o_rows_left = Signal(range(cfg.max_tokens + 1))
         o_rv_m1 = Mux(o_rows_left < R, o_rows_left - 1, R - 1)
-        m.d.comb += o.ready.eq(in_run)
-        with m.If(o.valid & in_run):
-            m.d.comb += [self.wr.en.eq(1), self.wr.buf.eq(ins.dst.buf),
-                         self.wr.row.eq(o_row), self.wr.word.eq(o_word)]
-            for c in range(C):
-                m.d.comb += [self.wr.mask[c].eq(o_cols_left > c),
-                             self.wr.data[c].eq(o.payload[c])]
+        # The engine's first row needs activations, which the A reader sends from ``begin``.
+        m.d.comb += o.ready.eq(in_run & started)
+        with m.If(o.valid & o.ready):
+            with m.If(~mute):
+                m.d.comb += [self.wr.en.eq(1), self.wr.buf.eq(li.dst.buf),
+                             self.wr.row.eq(o_row), self.wr.word.eq(o_word)]
+                for c in range(C):
+                    m.d.comb += [self.wr.mask[c].eq(o_cols_left > c),
+                                 self.wr.data[c].eq(o.payload[c])]
             m.d.sync += [o_r.eq(o_r + 1), o_row.eq(o_row + 1)]
             with m.If(o_r == o_rv_m1):
                 m.d.sync += [o_r.eq(0), o_row.eq(o_base), o_word.eq(o_word + 1),
                              o_cols_left.eq(o_cols_left - C), o_tj_left.eq(o_tj_left - 1)]
                 with m.If(o_tj_left == 1):
                     m.d.sync += [o_base.eq(o_base + R), o_row.eq(o_base + R),
-                                 o_word.eq(word_d), o_cols_left.eq(ins.n),
+                                 o_word.eq(word_d), o_cols_left.eq(li.n),
                                  o_tj_left.eq(nt), o_rows_left.eq(o_rows_left - R)]
                     with m.If(o_rows_left <= R):
                         m.d.comb += out_last.eq(1)
-        with m.If(self.start):
-            m.d.sync += [o_row.eq(ins.dst.row), o_base.eq(ins.dst.row), o_r.eq(0),
-                         o_word.eq(word_d), o_tj_left.eq(nt_now), o_cols_left.eq(ins.n),
-                         o_rows_left.eq(ins.m)]
+        with m.If(begin):
+            m.d.sync += [o_row.eq(cur.dst.row), o_base.eq(cur.dst.row), o_r.eq(0),
+                         o_word.eq(div_const(cur.dst.col, C)), o_tj_left.eq(nt_cur),
+                         o_cols_left.eq(cur.n), o_rows_left.eq(cur.m)]
         return m
 
 
@@ -534,11 +607,16 @@ class _TransposeTiming:
         return self.prev
 
 
-def cycles(cfg: AccelConfig, instr, mem_latency: int = 2, compressed=None) -> int:
+def cycles(cfg: AccelConfig, instr, mem_latency: int = 2, compressed=None, *,
+           head: int = 0) -> int:
     """Cycles of one GEMM instruction on :class:`GemmUnit`, from ``start`` (cycle 0) to
     ``done`` inclusive, as ``sim.instr.run_instr`` counts them with no stalls and a memory of
     first-beat latency ``mem_latency`` (``sim.memory.MemoryModel``: a burst's first beat comes
     ``mem_latency`` cycles after its command, or right after the previous burst).
+
+    ``head``: the instruction was preloaded ``head`` cycles before ``start`` (0: not
+    preloaded). The command, the records and the weights then run from the ``preload`` cycle,
+    the activation reader from ``start``; the engine (idle at ``preload``) does the rest.
 
     The engine's tile schedule is :mod:`sim.perf`'s (``_tiles``, the recurrence behind
     :func:`~sim.perf.gemm_cycles` and :func:`~sim.perf.sparse_gemm_cycles`), fed with the
@@ -554,6 +632,10 @@ def cycles(cfg: AccelConfig, instr, mem_latency: int = 2, compressed=None) -> in
 
     if not isinstance(instr, Instr):
         raise TypeError(f"instr must be a golden.isa.Instr, not {instr!r}")
+    if not isinstance(head, int) or isinstance(head, bool):
+        raise TypeError(f"head must be an integer, not {head!r}")
+    if head < 0:
+        raise ValueError(f"head must be non-negative, not {head}")
     R, C = cfg.rows, cfg.cols
     L = max(1, mem_latency)
     f = Flag(instr.flags)
@@ -563,6 +645,7 @@ def cycles(cfg: AccelConfig, instr, mem_latency: int = 2, compressed=None) -> in
     latency = engine_latency(cfg)
     macs = m * k * n
     lengths = [k] * nt
+    # Times from the cycle of ``go`` (``preload``, or ``start`` when not preloaded).
     # The epilogue burst (command in cycle 1): a record's last beat waits for the engine,
     # which takes records from cycle S + 1.
     t = None
@@ -592,8 +675,9 @@ def cycles(cfg: AccelConfig, instr, mem_latency: int = 2, compressed=None) -> in
         else:                        # memory beats from w_first, taken from cycle S + 1
             w_last = [max(w_first, S + 1) + (tj + 1) * k - 1 for tj in range(nt)]
         ready = tile_ready_dense(w_last, ep_taken)
-    at = _TransposeTiming(R, C, k, first_read=1)
+    at = _TransposeTiming(R, C, k, first_read=head + 1)      # started with ``start``
     g = _tiles(cfg, m, k, lengths, S, ready, latency, macs, a_supply=at.tile)
     last = g.setup + g.load + g.compute      # the last reduction step issued
     rows_last = m - (ceil_div(m, R) - 1) * R
-    return last + latency + rows_last - 1    # the last row is written in the done cycle
+    # The last row is written in the done cycle.
+    return last + latency + rows_last - 1 - head

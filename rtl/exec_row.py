@@ -1,34 +1,34 @@
 """Row execution unit: SOFTMAX, GELU, LAYERNORM and ADD (``docs/exec/exec_row.md``).
 
 :class:`RowUnit` runs the four opcodes whose work is a pass over rows of an on-chip buffer,
-wrapping the existing streaming units: :class:`rtl.softmax.Softmax` and
-:class:`rtl.layernorm.LayerNorm` take one element per cycle, :class:`rtl.gelu.Gelu` and
-:class:`rtl.add.ResidualAdd` one word (``cols`` elements) per cycle. Everything is shared
-between the four paths:
+wrapping the existing streaming units: :class:`rtl.softmax.Softmax`,
+:class:`rtl.layernorm.LayerNorm`, :class:`rtl.gelu.Gelu` and :class:`rtl.add.ResidualAdd` each
+take one word (``cols`` elements) per cycle. Everything is shared between the four paths:
 
 * **record reader**: GELU, LAYERNORM and ADD read their parameter record (``docs/isa.md``) as
   one memory burst, issued in the ``start`` cycle. A byte gearbox (``B + 15`` bytes, ``B`` the
   beat width) turns the beats into fields whatever the record's length and the beat width:
   the header (16 bytes for GELU, 8 for LAYERNORM and ADD) in one pop, then LayerNorm's
   gammas (:func:`gamma_group` per pop) and betas (one per pop). Gammas wait in a small memory
-  until their betas arrive; each beta then writes one entry of LayerNorm's parameter memory.
+  until their betas arrive; each beta then writes one entry of LayerNorm's parameter memory
+  (word and lane counters beside the channel counter, no division).
 * **row reader**: walks the source rows word by word (``rd0``, and ``rd1`` for ADD's second
   operand at the same position), starting in the ``start`` cycle. A buffer read port holds its
   data until the next read, so the read port itself is the one-word stage between the buffer
   and the consumer: the next word is read in the cycle the current one is consumed.
-* **serializer** (SOFTMAX, LAYERNORM): hands the held word's lanes to the element unit one per
-  cycle, ``last`` on a row's final element; a row of ``n`` elements uses ``ceil(n / cols)``
-  words, the last one partly.
-* **writer**: takes the unit's output (words from GELU/ADD, elements from softmax/LayerNorm,
-  deserialized into words) and writes it to the destination rows; the last word of a row has a
-  lane mask. For SOFTMAX with ``SCORE`` it also writes row 0 of the result into SCORE row
-  ``imm`` through ``score_wr``, one element per cycle as it is produced.
+  The row-wise units (softmax, LayerNorm) take the held word itself with the lane ``count``
+  (a row of ``n`` elements uses ``ceil(n / cols)`` words, the last one partly) and ``last``.
+* **writer**: takes the unit's output words and writes them to the destination rows; the last
+  word of a row has a lane mask. For SOFTMAX with ``SCORE`` the words of result row 0 also
+  enter a FIFO, from which a serializer writes them into SCORE row ``imm`` through
+  ``score_wr``, one element per cycle, while the other rows stream on.
 
-The element units are fed back to back across rows: their row buffers let them load the next
-row while they reduce and emit the previous ones. For GELU/ADD the first word is read in the
-``start`` cycle and waits on the read port until the header has been popped. LayerNorm's rows
-start streaming at once; only the last element of the first row waits until every
-gamma/beta has been written (the unit's emitter reads them after that row's reduction).
+The row-buffered units (softmax, LayerNorm) are fed back to back across rows: their row
+buffers let them load the next rows while they reduce and emit the previous ones. For GELU/ADD
+the first word is read in the ``start`` cycle and waits on the read port until the header has
+been popped. LayerNorm's rows start streaming at once; only the last word of the first row
+waits until every gamma/beta has been written (the unit's emitter reads them after that row's
+reduction).
 
 Errors (``error`` in the ``done`` cycle): the ``error`` outputs of the wrapped units (cleared at
 ``start``), and a record field outside its unit's range (the cases where
@@ -48,33 +48,31 @@ finish about ``n / G`` cycles after the first row has been loaded.
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import data, memory, wiring
+from amaranth.lib import data, fifo, memory, wiring
 from amaranth.utils import ceil_log2
 
 from golden.config import AccelConfig
 from golden.gelu import MAX_IN_BITS
 from golden.isa import ADD_RECORD_BYTES, GELU_RECORD_BYTES, LN_HEADER_BYTES, Flag, Op
 from golden.layernorm import SHIFT_MAX
-from golden.softmax import FACTOR_BITS
 
 from .add import ResidualAdd
 from .checks import check_config, validating
 from .gelu import Gelu
-from .layernorm import BANKS as LN_BANKS
-from .layernorm import LayerNorm, reducer_cycles
+from .layernorm import LayerNorm, ln_output_cycles, reducer_cycles, stats_stages
 from .ports import (
-    LANE_BITS,
     exec_signature,
     mem_beat_bytes,
     word_bits,
 )
-from .softmax import BANKS as SOFTMAX_BANKS
-from .softmax import Softmax
+from .softmax import Softmax, sm_output_cycles
 
 __all__ = ["HEADER_MAX", "RowUnit", "cycles", "gamma_group"]
 
 #: Pipeline latencies of the word units (``Gelu.latency``, ``ResidualAdd.latency``).
 GELU_LATENCY, ADD_LATENCY = 6, 3
+#: Cycles from a word's write into the score FIFO to its first element on ``score_wr``.
+SCORE_FIFO_LATENCY = 2
 #: Longest header popped from the gearbox at once (the GELU record).
 HEADER_MAX = max(GELU_RECORD_BYTES, LN_HEADER_BYTES, ADD_RECORD_BYTES)
 
@@ -116,20 +114,25 @@ class RowUnit(wiring.Component):
         ADD, ``score_wr`` by SOFTMAX with ``SCORE``; ``score_rd`` and the memory write
         channels stay idle).
 
-    Throughput: GELU/ADD one word per cycle, SOFTMAX/LAYERNORM one element per cycle (rows
-    shorter than the softmax divider's 16 cycles or LayerNorm's reducer cycles are paced by
-    those).
+    Throughput: one word per cycle (softmax rows shorter than 3 words, or LayerNorm rows
+    shorter than ``w_min`` words below, are paced by their dividers/reducers and row buffers).
 
     Cycles from ``start`` to ``done`` with no stalls and memory latency ``L`` (``L' = max(1,
     L)``, ``B = cols`` bytes per beat), exactly :func:`cycles`:
 
     * GELU / ADD: ``L' + ceil(R / B) + m * ceil(n / cols) + latency`` with ``R`` = 16 / 8
       record bytes and ``latency`` = 6 / 3;
-    * SOFTMAX: ``2n + 34 + m * n`` for ``n >= 16``, ``3n + 34 + 16 (m - 1)`` for ``n <= 15``;
-    * LAYERNORM: ``P + 11 + m * max(n, RC) + min(n, RC)`` with ``RC`` the reducer's cycles
-      per row (26) and ``P = L' + max(ceil((8 + 6n) / B), ceil(8 / B) + ceil(n / G) + n)``
-      the last record pop (power-of-two ``B >= 4``, ``n`` outside ``RC - 1 .. RC + 2``); the
-      other cases are recurrences over the rows (``docs/exec/exec_row.md``).
+    * SOFTMAX (``w = ceil(n / cols)`` words a row): ``(m + 2) w + latency`` for ``w >= 3``,
+      ``latency`` = ``Softmax.latency`` (30 for ``cols`` 3..8); with ``SCORE`` at least
+      ``2w + latency + n + 2`` (row 0 leaves its FIFO one element per cycle); shorter rows
+      follow the recurrences of :func:`rtl.softmax.sm_output_cycles`;
+    * LAYERNORM (``w = ceil(n / cols)`` words a row): ``max(w, P + 1) + S + RC + 11 + m * w``
+      with ``S`` = ``LayerNorm.stats_stages`` (3), ``RC`` = ``LayerNorm.reducer_cycles`` (25)
+      and ``P = L' + max(ceil((8 + 6n) / B), ceil(8 / B) + ceil(n / G) + n)`` the last
+      record pop (power-of-two ``B >= 4``), for rows of ``w >= w_min = max(ceil(RC / K),
+      ceil((S + RC + 4) / (banks - 2)))`` words (``K`` reducers; 8 on ``tiny``, 16 on
+      ``default``); shorter rows follow the recurrences of
+      :func:`rtl.layernorm.ln_output_cycles` (``docs/exec/exec_row.md``).
     """
 
     def __init__(self, cfg: AccelConfig):
@@ -155,8 +158,9 @@ class RowUnit(wiring.Component):
         m.submodules.add = ad = ResidualAdd(cfg, lanes=C)
         # the timing model of cycles() relies on these
         assert (ge.latency, ad.latency) == (GELU_LATENCY, ADD_LATENCY)
-        assert ln.reducer_cycles == ln_reducer_cycles(cfg) and ln.latency == ln.reducer_cycles + 10
-        assert sm.latency == 19 + FACTOR_BITS
+        assert ln.reducer_cycles == ln_reducer_cycles(cfg)
+        assert ln.latency == stats_stages(cfg) + ln.reducer_cycles + 11
+        assert sm.latency == sm_output_cycles(cfg, 1, 1)[0][0] - 2
 
         is_sm = Signal()
         is_ge = Signal()
@@ -164,9 +168,6 @@ class RowUnit(wiring.Component):
         is_ad = Signal()
         m.d.comb += [is_sm.eq(ins.op == Op.SOFTMAX), is_ge.eq(ins.op == Op.GELU),
                      is_ln.eq(ins.op == Op.LAYERNORM), is_ad.eq(ins.op == Op.ADD)]
-        elem = Signal()                 # element path (softmax, LayerNorm), else word path
-        m.d.comb += elem.eq(is_sm | is_ln)
-
         busy = Signal()
         run = Signal()                  # the start cycle or later, until done
         done = Signal()
@@ -296,17 +297,23 @@ class RowUnit(wiring.Component):
                 m.d.sync += [phase.eq(PH_BETA), pc.eq(0)]
         pc_last = pc == n - 1
         p_valid = Signal()
-        p_addr = Signal.like(ln.param.payload.addr)
+        p_word = Signal.like(ln.param.payload.word)     # channel pc = pc_word * C + pc_lane
+        p_lane = Signal.like(ln.param.payload.lane)
+        pc_word = Signal.like(p_word)
+        pc_lane = Signal(range(C))
         p_beta = Signal(signed(32))
-        p_lane = Signal(range(G))
+        p_glane = Signal(range(G))
         m.d.sync += p_valid.eq(pop & (phase == PH_BETA))
         with m.If(pop & (phase == PH_BETA)):
-            m.d.sync += [p_addr.eq(pc), p_beta.eq(field(0, 4, True)), p_lane.eq(pc[:log_g]),
-                         pc.eq(Mux(pc_last, 0, pc + 1))]
+            m.d.sync += [p_word.eq(pc_word), p_lane.eq(pc_lane), p_beta.eq(field(0, 4, True)),
+                         p_glane.eq(pc[:log_g]), pc.eq(Mux(pc_last, 0, pc + 1)),
+                         pc_lane.eq(Mux(pc_lane == C - 1, 0, pc_lane + 1)),
+                         pc_word.eq(pc_word + (pc_lane == C - 1))]
             with m.If(pc_last):
-                m.d.sync += [phase.eq(PH_DONE), params_ok.eq(1)]
-        m.d.comb += [ln.param.valid.eq(p_valid), ln.param.payload.addr.eq(p_addr),
-                     ln.param.payload.gamma.eq(g_rd.data[p_lane]),
+                m.d.sync += [phase.eq(PH_DONE), params_ok.eq(1), pc_word.eq(0), pc_lane.eq(0)]
+        m.d.comb += [ln.param.valid.eq(p_valid), ln.param.payload.word.eq(p_word),
+                     ln.param.payload.lane.eq(p_lane),
+                     ln.param.payload.gamma.eq(g_rd.data[p_glane]),
                      ln.param.payload.beta.eq(p_beta)]
 
         # ------------------------------------------------------------ row reader
@@ -344,60 +351,52 @@ class RowUnit(wiring.Component):
         with m.Elif(slot):
             m.d.sync += hv.eq(0)
 
-        # word path: GELU, ADD
+        # word path: GELU, ADD, LAYERNORM (whose row's last word waits for the parameters)
         w_valid = hv & cmd_ok
         for k in range(C):
             m.d.comb += [ge.i.payload[k].eq(self.rd0.data[k]),
+                         ln.i.payload.data[k].eq(self.rd0.data[k]),
                          ad.a.payload[k].eq(self.rd0.data[k]),
                          ad.b.payload[k].eq(self.rd1.data[k])]
         m.d.comb += [ge.i.valid.eq(w_valid & is_ge), ad.a.valid.eq(w_valid & is_ad),
-                     ad.b.valid.eq(w_valid & is_ad)]
+                     ad.b.valid.eq(w_valid & is_ad),
+                     ln.i.valid.eq(hv & is_ln & (params_ok | ~h_rowend)),
+                     ln.i.payload.count.eq(h_lastlane + 1), ln.i.payload.last.eq(h_rowend)]
 
-        # element path: the serializer
-        s_lane = Signal(range(C))
-        s_data = Signal(signed(LANE_BITS))
-        s_last = Signal()
-        s_ready = Signal()
-        m.d.comb += [s_data.eq(self.rd0.data[s_lane]), s_last.eq(h_rowend & (s_lane == h_lastlane))]
-        m.d.comb += [sm.i.payload.data.eq(s_data), sm.i.payload.last.eq(s_last),
-                     ln.i.payload.data.eq(s_data), ln.i.payload.last.eq(s_last),
-                     sm.i.valid.eq(hv & is_sm),
-                     ln.i.valid.eq(hv & is_ln & (params_ok | ~s_last)),
-                     s_ready.eq(Mux(is_sm, sm.i.ready & sm.i.valid, ln.i.ready & ln.i.valid))]
-        with m.If(s_ready):
-            m.d.sync += s_lane.eq(Mux(s_lane == h_lastlane, 0, s_lane + 1))
-        m.d.comb += slot.eq(Mux(elem, s_ready & (s_lane == h_lastlane),
-                                Mux(is_ge, ge.i.valid & ge.i.ready, ad.a.valid & ad.a.ready)))
+        # softmax: the held word with its lane count, as LayerNorm
+        for k in range(C):
+            m.d.comb += sm.i.payload.data[k].eq(self.rd0.data[k])
+        m.d.comb += [sm.i.valid.eq(hv & is_sm), sm.i.payload.count.eq(h_lastlane + 1),
+                     sm.i.payload.last.eq(h_rowend)]
+        with m.If(is_sm):
+            m.d.comb += slot.eq(sm.i.valid & sm.i.ready)
+        with m.Elif(is_ge):
+            m.d.comb += slot.eq(ge.i.valid & ge.i.ready)
+        with m.Elif(is_ln):
+            m.d.comb += slot.eq(ln.i.valid & ln.i.ready)
+        with m.Else():
+            m.d.comb += slot.eq(ad.a.valid & ad.a.ready)
 
         # ------------------------------------------------------------ writer
         m.d.comb += [sm.o.ready.eq(1), ln.o.ready.eq(1), ge.o.ready.eq(1), ad.o.ready.eq(1)]
         w_row = Signal(range(1 << 12))
         w_word = Signal(wb)
         w_off = Signal(n_w + 1)
-        w_lane = Signal(range(C))
-        e_valid = Signal()
-        e_data = Signal(signed(LANE_BITS))
-        m.d.comb += [e_valid.eq(Mux(is_sm, sm.o.valid, ln.o.valid)),
-                     e_data.eq(Mux(is_sm, sm.o.payload.data, ln.o.payload.data))]
-        acc = Signal.like(self.wr.data)
         w_last_word = w_off + C >= n
-        e_word_end = (w_lane == C - 1) | (w_off + w_lane + 1 == n)
         w_adv = Signal()                # a word is written this cycle
         w_data = Signal.like(self.wr.data)
         w_mask = Signal(C)
-        with m.If(elem):
-            m.d.comb += [w_adv.eq(busy & e_valid & e_word_end),
-                         w_mask.eq(Cat(Const(1) if k == 0 else w_lane >= k for k in range(C)))]
-            with m.If(e_valid):
-                m.d.sync += [acc[w_lane].eq(e_data),
-                             w_lane.eq(Mux(e_word_end, 0, w_lane + 1))]
-            for k in range(C):
-                m.d.comb += w_data[k].eq(Mux(w_lane == k, e_data, acc[k]))
-        with m.Else():
-            m.d.comb += [w_adv.eq(busy & Mux(is_ge, ge.o.valid, ad.o.valid)),
-                         w_mask.eq(Cat((w_off + k < n) for k in range(C)))]
-            for k in range(C):
-                m.d.comb += w_data[k].eq(Mux(is_ge, ge.o.payload[k], ad.o.payload[k]))
+        m.d.comb += [w_adv.eq(busy & Mux(is_sm, sm.o.valid,
+                                         Mux(is_ge, ge.o.valid,
+                                             Mux(is_ln, ln.o.valid, ad.o.valid)))),
+                     w_mask.eq(Cat((w_off + k < n) for k in range(C)))]
+        for k in range(C):
+            m.d.comb += w_data[k].eq(Mux(is_sm, sm.o.payload.data[k],
+                                         Mux(is_ge, ge.o.payload[k],
+                                             Mux(is_ln, ln.o.payload.data[k], ad.o.payload[k]))))
+        w_fin = Signal()                # every word has been written
+        w_done = Signal()
+        m.d.comb += w_done.eq(w_fin | (w_adv & w_last_word & (w_row == ins.m - 1)))
         with m.If(w_adv):
             m.d.comb += [self.wr.en.eq(1), self.wr.buf.eq(ins.dst.buf),
                          self.wr.row.eq(ins.dst.row + w_row),
@@ -406,14 +405,35 @@ class RowUnit(wiring.Component):
             with m.If(w_last_word):
                 m.d.sync += [w_word.eq(0), w_off.eq(0), w_row.eq(w_row + 1)]
                 with m.If(w_row == ins.m - 1):
-                    m.d.comb += done.eq(1)
+                    m.d.sync += w_fin.eq(1)
             with m.Else():
                 m.d.sync += [w_word.eq(w_word + 1), w_off.eq(w_off + C)]
 
-        # SOFTMAX with SCORE: row 0 of the result into SCORE row imm
-        with m.If(busy & is_sm & (ins.flags & int(Flag.SCORE)).any() & (w_row == 0) & e_valid):
-            m.d.comb += [self.score_wr.en.eq(1), self.score_wr.token.eq(w_off + w_lane),
-                         self.score_wr.head.eq(ins.imm), self.score_wr.data.eq(e_data)]
+        # SOFTMAX with SCORE: row 0 of the result into SCORE row imm, one lane per cycle from
+        # a FIFO of row 0's words (the other rows stream on meanwhile)
+        score = Signal()
+        m.d.comb += score.eq(is_sm & (ins.flags & int(Flag.SCORE)).any())
+        m.submodules.score_words = sq = fifo.SyncFIFOBuffered(
+            width=len(sm.o.payload.data.as_value()), depth=-(-cfg.max_tokens // C))
+        m.d.comb += [sq.w_data.eq(sm.o.payload.data.as_value()),
+                     sq.w_en.eq(w_adv & score & (w_row == 0))]
+        sq_word = data.View(sm.o.payload.data.shape(), sq.r_data)
+        sc_lane = Signal(range(C))
+        sc_off = Signal(n_w + 1)
+        sc_fin = Signal()               # row 0 is in SCORE
+        sc_end = Signal()               # the last element of row 0 goes out this cycle
+        sc_go = Signal()
+        sc_word_end = (sc_lane == C - 1) | sc_end
+        m.d.comb += [sc_go.eq(busy & score & sq.r_rdy), sc_end.eq(sc_off + sc_lane + 1 == n),
+                     sq.r_en.eq(sc_go & sc_word_end)]
+        with m.If(sc_go):
+            m.d.comb += [self.score_wr.en.eq(1), self.score_wr.token.eq(sc_off + sc_lane),
+                         self.score_wr.head.eq(ins.imm), self.score_wr.data.eq(sq_word[sc_lane])]
+            m.d.sync += [sc_lane.eq(Mux(sc_word_end, 0, sc_lane + 1)),
+                         sc_off.eq(Mux(sc_word_end, sc_off + C, sc_off))]
+            with m.If(sc_end):
+                m.d.sync += sc_fin.eq(1)
+        m.d.comb += done.eq(busy & w_done & (~score | sc_fin | (sc_go & sc_end)))
 
         # ------------------------------------------------------------ done
         unit_err = Mux(is_sm, sm.error, 0) | Mux(is_ln, ln.error, 0) | Mux(is_ad, ad.error, 0)
@@ -422,8 +442,8 @@ class RowUnit(wiring.Component):
             # back to the idle state: every counter and flag at its initial value
             m.d.sync += [sent.eq(0), gb_cnt.eq(0), gb_data.eq(0), phase.eq(PH_HDR), pc.eq(0),
                          cmd_ok.eq(0), params_ok.eq(0), err.eq(0), r_row.eq(0), r_word.eq(0),
-                         r_off.eq(0), r_end.eq(0), hv.eq(0), s_lane.eq(0), w_row.eq(0),
-                         w_word.eq(0), w_off.eq(0), w_lane.eq(0)]
+                         r_off.eq(0), r_end.eq(0), hv.eq(0), w_row.eq(0), w_word.eq(0),
+                         w_off.eq(0), w_fin.eq(0), sc_lane.eq(0), sc_off.eq(0), sc_fin.eq(0)]
         return m
 
 
@@ -457,27 +477,6 @@ def _record_pops(cfg: AccelConfig, op: int, n: int, mem_latency: int) -> tuple[i
         t += 1
 
 
-def _element_rows(m: int, n: int, last, banks: int, reduce) -> int:
-    """Cycle of the last output of ``m`` rows of ``n`` elements through a row-buffered unit
-    (``rtl.rowbuffer``) fed from cycle 1 at one element per cycle: ``last(r, a)`` is the cycle
-    row ``r``'s last element is accepted when its first is accepted at ``a``;
-    ``reduce(ready)`` the cycle the emitter's descriptor FIFO offers the row, given the cycle
-    the loader's FIFO offers it (the reduction engines' recurrences live in ``reduce``)."""
-    end, freed, emit = [], [], []
-    for r in range(m):
-        a = 1 if r == 0 else end[-1] + 1
-        if r >= banks:
-            a = max(a, freed[r - banks] + 1)
-        e = last(r, a)
-        end.append(e)
-        q = reduce(e + 2)
-        if emit:
-            q = max(q, emit[-1] + n)
-        emit.append(q)
-        freed.append(q + n)
-    return emit[-1] + n + 7
-
-
 def cycles(cfg: AccelConfig, instr, mem_latency: int = 2) -> int:
     """Exact cycles ``sim.instr.run_instr`` measures for ``instr`` on :class:`RowUnit` with no
     stalls and the memory model's first-beat latency ``mem_latency`` (``docs/exec/exec_row.md``
@@ -489,22 +488,11 @@ def cycles(cfg: AccelConfig, instr, mem_latency: int = 2) -> int:
         latency = GELU_LATENCY if op == Op.GELU else ADD_LATENCY
         return header + m * -(-n // C) + latency
     if op == Op.SOFTMAX:
-        sums, divs = [], []
-
-        def softmax_reduce(ready):
-            p = ready if not sums else max(ready, sums[-1] + n)
-            sums.append(p)
-            d = p + n + 7 if not divs else max(p + n + 7, divs[-1] + FACTOR_BITS + 1)
-            divs.append(d)
-            return d + FACTOR_BITS + 3
-        return _element_rows(m, n, lambda r, a: a + n - 1, SOFTMAX_BANKS, softmax_reduce)
+        out = sm_output_cycles(cfg, m, -(-n // C), start=1)
+        if instr.flags & Flag.SCORE:
+            # row 0 leaves the score FIFO one element per cycle, SCORE_FIFO_LATENCY cycles
+            # after its first word was written
+            return max(out[-1][1], out[0][0] + SCORE_FIFO_LATENCY + n - 1)
+        return out[-1][1]
     _, last_pop = _record_pops(cfg, op, n, mem_latency)
-    rc = ln_reducer_cycles(cfg)
-    idle = []
-
-    def ln_reduce(ready):
-        i = ready if not idle else max(ready, idle[-1] + rc)
-        idle.append(i)
-        return i + rc + 1
-    return _element_rows(m, n, lambda r, a: max(a + n - 1, last_pop + 1) if r == 0
-                         else a + n - 1, LN_BANKS, ln_reduce)
+    return ln_output_cycles(cfg, m, -(-n // C), start=1, first_end=last_pop + 1)[-1][1]

@@ -165,9 +165,10 @@ def exec_signature(cfg: AccelConfig) -> wiring.Signature:
     defect while running (e.g. a corrupt compressed weight stream). A unit never hangs on a
     well-formed instruction that the controller has validated.
 
-    ``mem_busy`` is high from the cycle after ``start`` for as long as the unit may still issue
-    a read command or take a read beat (``rdata.ready``) for the instruction; once it falls the
-    unit leaves the memory's read channels alone until its next ``start``, so the controller
+    ``mem_busy`` is high from the cycle after ``start`` (:class:`rtl.exec_gemm.GemmUnit`: after
+    its ``preload`` when preloaded) for as long as the unit may still issue a read command or
+    take a read beat (``rdata.ready``) for the instruction; once it falls the unit leaves the
+    memory's read channels alone until its next ``start`` (or ``preload``), so the controller
     may fetch the next instruction while the unit computes. It is 0 while idle.
     """
     return wiring.Signature({

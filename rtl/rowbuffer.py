@@ -2,7 +2,7 @@
 
 :class:`rtl.softmax.Softmax` and :class:`rtl.layernorm.LayerNorm` both need a whole row before
 their first output, so each keeps ``banks`` row buffers of ``max_len`` words in one memory (bank
-``b``, element ``j`` at word ``b * max_len + j``) and lets a loader, the engines that reduce a
+``b``, beat ``j`` at word ``b * max_len + j``) and lets a loader, the engines that reduce a
 row and the emitter work on different banks at once. :func:`row_loader` is that loader, shared
 so that both units frame rows, count free banks and reject malformed rows the same way:
 
@@ -14,9 +14,14 @@ so that both units frame rows, count free banks and reject malformed rows the sa
   ``error_clear``; a new error wins over a clear in the same cycle), the beats up to and
   including the next ``last`` are accepted and dropped, and nothing is handed on for that row.
 
+A beat is one memory word of ``cols`` elements (both units are word-wide); rows end with a
+partly used word. Such a unit passes ``last_over``,
+true when a row's last beat at the last word position holds more elements than the row may
+still take; that row is malformed too.
+
 :func:`row_reader` is the other side, used by every engine that walks a loaded row again (the
 softmax summer and emitter, the LayerNorm emitter): it takes a row descriptor (its length and
-statistics) from the previous engine's FIFO, reads the row's elements from its bank one per
+statistics) from the previous engine's FIFO, reads the row's words from its bank one per
 enabled cycle, and takes the next descriptor in the cycle of the last read, so rows follow each
 other with no gap. Each reader visits the banks in the same ring order as the loader.
 
@@ -56,7 +61,7 @@ class RowLoader:
     bank : Signal
         Bank being filled.
     idx : Signal
-        Position of the current beat in its row (0 for the first element).
+        Position of the current beat (word) in its row (0 for the first).
     length : Value
         ``idx + 1``: the row length when the current beat ends the row.
     first : Value
@@ -78,7 +83,7 @@ class RowLoader:
     row_freed: Signal
 
 
-def row_loader(m, i, wr, *, banks: int, max_len: int, error, error_clear,
+def row_loader(m, i, wr, *, banks: int, max_len: int, error, error_clear, last_over=None,
                prefix: str = "l") -> RowLoader:
     """Add a row loader to module ``m``.
 
@@ -94,11 +99,14 @@ def row_loader(m, i, wr, *, banks: int, max_len: int, error, error_clear,
         Number of row buffers and the longest row.
     error, error_clear : Signal
         The parent's sticky ``error`` output (driven here) and its clear input.
+    last_over : Value or None
+        Optional: the current beat, if it is a row's last at word ``max_len - 1``, holds too
+        many elements (the row is dropped with ``error``, as a row of too many beats).
     prefix : str
         Prefix of the loader's signal names.
 
     Latency: a beat is written in the cycle of its handshake; ``row_end`` is asserted in that
-    cycle. Throughput: one element per cycle while a bank is free. Stalls: ``i.ready`` is low
+    cycle. Throughput: one beat per cycle while a bank is free. Stalls: ``i.ready`` is low
     while all banks are occupied (never while discarding a malformed row).
     """
     occupied = Signal(range(banks + 1), name=f"{prefix}_occupied")
@@ -121,6 +129,9 @@ def row_loader(m, i, wr, *, banks: int, max_len: int, error, error_clear,
     with m.If(i.valid & i.ready):
         with m.If(discard), m.If(beat.last):
             m.d.sync += discard.eq(0)
+        if last_over is not None:
+            with m.Elif(beat.last & (idx == max_len - 1) & last_over):
+                m.d.sync += [error.eq(1), idx.eq(0)]
         with m.Elif(beat.last):
             m.d.comb += [wr.en.eq(1), row_end.eq(1)]
             m.d.sync += [idx.eq(0), bank.eq(next_bank(bank, banks))]
@@ -143,13 +154,13 @@ class RowReader:
     active : Signal
         A row is being read.
     bank, idx : Signal
-        Bank and element of the read issued this cycle (if ``issue``).
+        Bank and word of the read issued this cycle (if ``issue``).
     desc : Signal
         Descriptor of the row being read.
     issue : Signal
         Comb: a read is issued this cycle (its data is on the port in the next cycle).
     last : Signal
-        Comb: ``idx`` is the row's last element.
+        Comb: ``idx`` is the row's last word.
     pop : Signal
         Comb: the next descriptor is taken from the FIFO this cycle.
     """
@@ -164,7 +175,7 @@ class RowReader:
 
 
 def row_reader(m, q, rd, desc_layout, *, banks: int, max_len: int, en=1, row_freed=None,
-               prefix: str) -> RowReader:
+               length=None, prefix: str) -> RowReader:
     """Add a row reader to module ``m``.
 
     Parameters
@@ -176,16 +187,20 @@ def row_reader(m, q, rd, desc_layout, *, banks: int, max_len: int, en=1, row_fre
     rd : memory read port
         Port of the row memory; the reader drives its ``addr`` and ``en``.
     desc_layout : data.StructLayout
+        Row descriptor.
     banks, max_len : int
         As for :func:`row_loader`.
     en : Value
         Advance enable (the downstream pipeline's, for a reader that can be stalled).
     row_freed : Signal or None
-        If given, driven high when the last element of a row is read (the bank is free).
+        If given, driven high when the last word of a row is read (the bank is free).
+    length : callable or None
+        The row length in memory words as a function of the descriptor (default its ``len``
+        field).
     prefix : str
         Prefix of the reader's signal names.
 
-    Latency: one cycle from ``issue`` to the data on ``rd.data``. Throughput: one element per
+    Latency: one cycle from ``issue`` to the data on ``rd.data``. Throughput: one word per
     enabled cycle, including across rows. Stalls: nothing advances while ``en`` is low.
     """
     active = Signal(name=f"{prefix}_active")
@@ -196,7 +211,7 @@ def row_reader(m, q, rd, desc_layout, *, banks: int, max_len: int, en=1, row_fre
     last = Signal(name=f"{prefix}_last")
     pop = Signal(name=f"{prefix}_pop")
     m.d.comb += [
-        issue.eq(active & en), last.eq(idx == desc.len - 1),
+        issue.eq(active & en), last.eq(idx == (desc.len if length is None else length(desc)) - 1),
         pop.eq(q.r_rdy & en & (~active | last)), q.r_en.eq(pop),
         rd.addr.eq(bank * max_len + idx), rd.en.eq(en),
     ]

@@ -43,6 +43,7 @@ class InstrTiming:
     instr: Instr
     fetch: int      # cycles from the end of the previous instruction to the unit's start
     exec: int       # cycles in the execution unit
+    head: int = 0   # a preloaded GEMM: cycles from its preload to its start (0: none)
 
     @property
     def total(self) -> int:
@@ -107,19 +108,27 @@ def run_program(cfg: AccelConfig, program, image: bytes, *, accel=None, rng=None
         await ctx.tick()
         ctx.set(dut.start, 0)
         idx, t0, t_start = 0, 0, None
+        preload = dut.units["gemm"].preload
+        t_preload = None        # ``cycles`` in the cycle of the next GEMM's preload
         while True:
-            cond = dut.done | (dut.index != idx)
+            cond = dut.done | (dut.index != idx) | preload
             if t_start is None:
                 cond = cond | (dut.op != 0)
             # Values sampled at the clock edge where ``cond`` holds (before the edge).
-            done, index, op, cyc = await ctx.tick().sample(
-                dut.done, dut.index, dut.op, dut.cycles).until(cond)
+            done, index, op, cyc, pl = await ctx.tick().sample(
+                dut.done, dut.index, dut.op, dut.cycles, preload).until(cond)
+            if pl:
+                t_preload = cyc
             if op != 0 and t_start is None:
-                t_start = cyc
+                t_start = cyc   # the cycle after the unit's start
             if index != idx or done:
                 if t_start is not None and idx < len(program):
                     ins = program[idx]
-                    res.timings.append(InstrTiming(idx, ins, t_start - t0, cyc - t_start))
+                    head = 0
+                    if t_preload is not None and ins.op == Op.GEMM:
+                        head, t_preload = t_start - 1 - t_preload, None
+                    res.timings.append(InstrTiming(idx, ins, t_start - t0, cyc - t_start,
+                                                   head))
                     if snapshot and not (done and ctx.get(dut.error)):
                         res.outputs[idx] = _region(ctx, cfg, dut.buffers, ins)
                 t0, t_start, idx = cyc, None, index

@@ -15,8 +15,10 @@ compared with the float function in output LSBs and in real units:
 Throughput (RTL, Amaranth simulator): ``--rows`` back-to-back rows (softmax: rows of
 ``min(max_tokens, 256)`` logits; LayerNorm: rows of ``max_dim`` channels) or ``--elements``
 elements (GELU, sigmoid), output always ready. ``cycles`` runs from the first
-input handshake to the last output beat; ``ideal_cycles`` is the element count (one element per
-cycle); the per-row figures are the steady-state spacing of row starts at the output.
+input handshake to the last output beat; ``ideal_cycles`` is the beat count (one word of
+``cols`` values per cycle for the word-wide softmax and LayerNorm, one element for GELU and
+sigmoid); the per-row
+figures are the steady-state spacing of row starts at the output.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from rtl.layernorm import LayerNorm
 from rtl.sigmoid import Sigmoid
 from rtl.softmax import Softmax
 
-from .nonlinear import lane_beats, load_ln_params, row_beats, run_timed
+from .nonlinear import lane_beats, load_ln_params, run_timed, word_beats
 
 HELP = "softmax / GELU / LayerNorm / sigmoid: accuracy vs torch and RTL cycles vs ideal"
 FUNCTIONS = ("softmax", "gelu", "layernorm", "sigmoid")
@@ -182,8 +184,13 @@ def softmax_rtl(cfg, rng, rows):
     data = _softmax_rows(rng, n, rows)
     dut = Softmax(cfg)
     expected = [int(v) for r in data for v in softmax_row(r)]
-    ok, _, stamps = _timed_run(dut, row_beats(data), expected, lambda p: [int(p.data)])
-    return {"bit_exact": ok, **_row_figures(stamps, n, rows, 2 * n + dut.latency)}
+    w = -(-n // dut.lanes)
+    ok, _, stamps = _timed_run(dut, word_beats(data, dut.lanes), expected,
+                               lambda q: [int(q.data[k]) for k in range(int(q.count))])
+    res = {"bit_exact": ok, **_row_figures(stamps, w, rows, 2 * w + dut.latency)}
+    res.update(row_length=n, lanes=dut.lanes, words_per_row=w, dividers=dut.dividers,
+               row_buffers=dut.banks)
+    return res
 
 
 def layernorm_rtl(cfg, rng, rows):
@@ -195,10 +202,13 @@ def layernorm_rtl(cfg, rng, rows):
     async def setup(ctx):
         await load_ln_params(ctx, dut, p)
 
-    ok, _, stamps = _timed_run(dut, row_beats(data), expected, lambda p: [int(p.data)],
+    w = -(-d // dut.lanes)
+    ok, _, stamps = _timed_run(dut, word_beats(data, dut.lanes), expected,
+                               lambda q: [int(q.data[k]) for k in range(int(q.count))],
                                setup=setup)
-    res = {"bit_exact": ok, **_row_figures(stamps, d, rows, d + dut.latency)}
-    res["reducer_cycles_per_row"] = dut.reducer_cycles
+    res = {"bit_exact": ok, **_row_figures(stamps, w, rows, w + dut.latency)}
+    res.update(row_length=d, lanes=dut.lanes, words_per_row=w, reducers=dut.reducers,
+               reducer_cycles_per_row=dut.reducer_cycles, row_buffers=dut.banks)
     return res
 
 

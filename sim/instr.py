@@ -91,9 +91,12 @@ def golden_instr(cfg: AccelConfig, ins: Instr, memory, bufs=None):
 
 
 def run_instr(cfg: AccelConfig, unit, ins: Instr, memory, bufs=None, *, rng=None,
-              stall: float = 0.0, latency: int = 2, max_cycles: int = 200_000, vcd=None):
+              stall: float = 0.0, latency: int = 2, max_cycles: int = 200_000, vcd=None,
+              head: int = 0):
     """Run ``ins`` on ``unit`` (a fresh execution-unit instance): returns a dict with
-    ``memory`` (bytearray), ``buffers``, ``cycles`` (``start`` to ``done``) and ``error``."""
+    ``memory`` (bytearray), ``buffers``, ``cycles`` (``start`` to ``done``) and ``error``.
+    ``head``: preload the instruction that many cycles before ``start``
+    (:func:`execute_on_unit`)."""
     from rtl.ports import mem_beat_bytes
     mem = bytearray(memory)
     h = UnitHarness(cfg, unit, bufs)
@@ -102,7 +105,7 @@ def run_instr(cfg: AccelConfig, unit, ins: Instr, memory, bufs=None, *, rng=None
     res = {}
 
     async def bench(ctx):
-        res["error"], res["cycles"] = await execute_on_unit(ctx, unit, ins)
+        res["error"], res["cycles"] = await execute_on_unit(ctx, unit, ins, head=head)
         await ctx.tick()
         res["buffers"] = read_buffers(ctx, cfg, h.buffers)
 
@@ -112,24 +115,55 @@ def run_instr(cfg: AccelConfig, unit, ins: Instr, memory, bufs=None, *, rng=None
     return res
 
 
-async def execute_on_unit(ctx, unit, ins) -> tuple[bool, int]:
+async def execute_on_unit(ctx, unit, ins, *, head: int = 0) -> tuple[bool, int]:
     """In a testbench: put ``ins`` on ``unit.instr``, pulse ``start`` and wait for ``done``;
     returns ``(error, cycles)``, ``cycles`` counted from ``start`` to ``done`` inclusive.
 
+    ``head > 0`` (a unit with ``preload``, :class:`rtl.exec_gemm.GemmUnit`): ``ins`` is first
+    given on ``preload_instr`` with a ``preload`` pulse, ``head`` cycles before ``start``;
+    meanwhile ``instr`` holds another instruction (its bitwise complement, as the controller's
+    shared register holds the running instruction), and the unit must keep its buffer ports
+    at zero and raise neither ``done`` nor ``error``.
+
     Checks the ``mem_busy`` contract on the way (``rtl.ports.exec_signature``): from the first
-    cycle after ``start`` in which ``mem_busy`` is low, the unit issues no read command and
-    takes no read beat until ``done``."""
-    ctx.set(unit.instr.as_value(), int.from_bytes(ins.encode(), "little"))
+    cycle after ``start`` (or ``preload``) in which ``mem_busy`` is low, the unit issues no
+    read command and takes no read beat until ``done``."""
+    from amaranth.hdl import Value
+    if not isinstance(head, int) or isinstance(head, bool):
+        raise TypeError(f"head must be an integer, not {head!r}")
+    if head < 0:
+        raise ValueError(f"head must be non-negative, not {head}")
+    word = int.from_bytes(ins.encode(), "little")
+    off = False
+
+    def check_mem(when):
+        nonlocal off
+        off = off or not ctx.get(unit.mem_busy)
+        if off and (ctx.get(unit.mem.rcmd.valid) or ctx.get(unit.mem.rdata.ready)):
+            raise AssertionError(f"{ins.name}: read channel used {when} after mem_busy fell")
+
+    if head:
+        ports = [(path, v) for path, mb, v in unit.signature.flatten(unit)
+                 if path[0] in ("rd0", "rd1", "wr", "score_wr", "score_rd")
+                 and mb.flow.name == "Out"]
+        ctx.set(unit.instr.as_value(), ~word & ((1 << 256) - 1))
+        ctx.set(unit.preload_instr.as_value(), word)
+        ctx.set(unit.preload, 1)
+        await ctx.tick()
+        ctx.set(unit.preload, 0)
+        for cycle in range(1, head):
+            check_mem(f"{cycle} cycles after preload")
+            for path, v in ports:
+                assert ctx.get(Value.cast(v)) == 0, f"{path} driven during preload"
+            assert not ctx.get(unit.done) and not ctx.get(unit.error), "done during preload"
+            await ctx.tick()
+    ctx.set(unit.instr.as_value(), word)
     ctx.set(unit.start, 1)
     await ctx.tick()
     ctx.set(unit.start, 0)
     cycles = 1
-    off = False
     while True:
-        off = off or not ctx.get(unit.mem_busy)
-        if off and (ctx.get(unit.mem.rcmd.valid) or ctx.get(unit.mem.rdata.ready)):
-            raise AssertionError(f"{ins.name}: read channel used in cycle {cycles} after "
-                                 "mem_busy fell")
+        check_mem(f"in cycle {cycles}")
         if ctx.get(unit.done):
             return bool(ctx.get(unit.error)), cycles
         await ctx.tick()

@@ -1,6 +1,7 @@
-"""Harness for the nonlinear units: :class:`rtl.softmax.Softmax`, :class:`rtl.layernorm.LayerNorm`
-(row-wise, ``last``-framed element streams) and :class:`rtl.gelu.Gelu`,
-:class:`rtl.sigmoid.Sigmoid` (element-wise, ``lanes`` values per beat).
+"""Harness for the nonlinear units: :class:`rtl.softmax.Softmax` and
+:class:`rtl.layernorm.LayerNorm` (row-wise, a ``last``-framed stream of words of ``cols``
+values, ``count`` used) and :class:`rtl.gelu.Gelu`, :class:`rtl.sigmoid.Sigmoid`
+(element-wise, ``lanes`` values per beat).
 
 Two ways of driving a unit:
 
@@ -20,13 +21,41 @@ import numpy as np
 
 from .streams import run_simulation, stream_recv, stream_send
 
-__all__ = ["row_beats", "lane_beats", "load_ln_params", "run_rows", "run_lanes",
-           "recv_and_clear_error", "timed", "run_timed", "first_output"]
+__all__ = ["row_beats", "word_beats", "unpack_words", "lane_beats", "load_ln_params", "run_rows",
+           "run_lanes", "recv_and_clear_error", "timed", "run_timed", "first_output"]
 
 
 def row_beats(rows):
     """``{"data", "last"}`` beats of the given rows, ``last`` on each row's final element."""
     return [{"data": int(v), "last": int(i == len(r) - 1)} for r in rows for i, v in enumerate(r)]
+
+
+def word_beats(rows, lanes):
+    """``{"data", "count", "last"}`` beats of the given rows in words of ``lanes`` channels:
+    the last word of a row zero-padded, ``count`` its channels, ``last`` on it."""
+    beats = []
+    for r in rows:
+        for j in range(0, len(r), lanes):
+            part = [int(v) for v in r[j:j + lanes]]
+            beats.append({"data": part + [0] * (lanes - len(part)), "count": len(part),
+                          "last": int(j + lanes >= len(r))})
+    return beats
+
+
+def unpack_words(payloads):
+    """Elements and per-element ``last`` flags of word beats (the used lanes of each)."""
+    data, last = [], []
+    for p in payloads:
+        count = int(p.count)
+        data += [int(p.data[k]) for k in range(count)]
+        last += [0] * (count - 1) + [int(p.last)]
+    return data, last
+
+
+def _word_lanes(dut):
+    """``cols`` of a word-wide row unit (payload with a ``count`` field), else None."""
+    layout = dut.i.payload.shape()
+    return layout["data"].shape.length if "count" in layout.members else None
 
 
 def lane_beats(values, lanes):
@@ -36,24 +65,28 @@ def lane_beats(values, lanes):
 
 async def load_ln_params(ctx, dut, p):
     """Set a LayerNorm's ``cmd`` from :class:`golden.layernorm.LnParams` ``p`` and write its
-    ``gamma``/``beta`` entries through the parameter port, one per cycle."""
+    ``gamma``/``beta`` entries through the parameter port (channel ``k`` at word
+    ``k // lanes``, lane ``k % lanes``), one per cycle."""
     ctx.set(dut.cmd, {"mult": p.mult, "shift": p.shift, "eps": p.eps_int})
     for k in range(len(p.gamma)):
         ctx.set(dut.param.valid, 1)
-        ctx.set(dut.param.payload, {"addr": k, "gamma": int(p.gamma[k]), "beta": int(p.beta[k])})
+        ctx.set(dut.param.payload, {"word": k // dut.lanes, "lane": k % dut.lanes,
+                                    "gamma": int(p.gamma[k]), "beta": int(p.beta[k])})
         await ctx.tick()
     ctx.set(dut.param.valid, 0)
 
 
 def run_rows(dut, rows, rng, stall=0.3, *, setup=None, expected_rows=None, slack=400):
-    """Stream ``rows`` through a row-wise unit with random stalls on both sides.
+    """Stream ``rows`` through a row-wise unit with random stalls on both sides (elements, or
+    words for a word-wide unit).
 
     Receives as many elements as ``expected_rows`` hold (default ``rows``). Returns the output
-    ``(data, last)`` lists.
+    ``(data, last)`` lists, one entry per element.
     """
-    beats = row_beats(rows)
+    lanes = _word_lanes(dut)
+    beats = row_beats(rows) if lanes is None else word_beats(rows, lanes)
     expected_rows = rows if expected_rows is None else expected_rows
-    count = sum(len(r) for r in expected_rows)
+    count = sum(len(r) if lanes is None else -(-len(r) // lanes) for r in expected_rows)
 
     async def send(ctx):
         if setup is not None:
@@ -64,6 +97,8 @@ def run_rows(dut, rows, rng, stall=0.3, *, setup=None, expected_rows=None, slack
         return await stream_recv(ctx, dut.o, count, rng=rng, stall=stall, convert=False)
 
     _, out = run_simulation(dut, [send, recv], max_cycles=12 * len(beats) + slack)
+    if lanes is not None:
+        return unpack_words(out)
     return [int(o.data) for o in out], [int(o.last) for o in out]
 
 
@@ -85,7 +120,8 @@ def run_lanes(dut, values, rng, stall=0.3, *, setup=None):
 
 
 async def recv_and_clear_error(ctx, dut, count, *, rng=None, stall=0.0):
-    """Receive ``count`` data values, then read the sticky ``error`` flag and clear it.
+    """Receive ``count`` beats, then read the sticky ``error`` flag and clear it (the data: one
+    value per element, the used lanes of words for a word-wide unit).
 
     Returns ``(data, error before clearing, error after clearing)``.
     """
@@ -94,7 +130,8 @@ async def recv_and_clear_error(ctx, dut, count, *, rng=None, stall=0.0):
     ctx.set(dut.error_clear, 1)
     await ctx.tick()
     ctx.set(dut.error_clear, 0)
-    return [int(o.data) for o in out], err, ctx.get(dut.error)
+    data = unpack_words(out)[0] if _word_lanes(dut) else [int(o.data) for o in out]
+    return data, err, ctx.get(dut.error)
 
 
 async def timed(ctx, dut, beats, count, read=None):

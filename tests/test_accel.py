@@ -8,6 +8,7 @@ from golden.config import PRESETS
 from golden.executor import execute, first_mismatch
 from golden.isa import Buf, Flag, Instr, Op, Operand, ProgramError, validate_program
 from golden.vit import forward_int
+from rtl import exec_gemm
 from rtl.accel import (
     DISPATCH_CYCLES,
     Accelerator,
@@ -54,6 +55,24 @@ def test_tiny_vit_bit_exact_end_to_end(tiny_model):
         assert t.fetch == want, (t.index, t.fetch, want)
     halt = run.cycles - sum(t.total for t in run.timings)   # HALT, prefetched during STORE
     assert DISPATCH_CYCLES <= halt < fetch_cycles(TINY, 3)
+    # GEMM preload: a GEMM that reads B from memory and follows a row or token unit starts its
+    # load while that unit runs; every GEMM takes exactly the cycles of its model for the
+    # measured head start (0: not preloaded).
+    preloaded = []
+    for prev, t in zip(run.timings, run.timings[1:]):
+        if t.instr.op != Op.GEMM:
+            assert t.head == 0
+            continue
+        follows = prev.instr.op in (Op.LAYERNORM, Op.GELU, Op.ADD, Op.SOFTMAX, Op.TOKEN_SELECT)
+        assert (t.head > 0) == (follows and not t.instr.flags & Flag.B_BUF), t.index
+        stream = None
+        if t.instr.flags & Flag.SPARSE:
+            stream = bytes(mem[t.instr.addr:t.instr.addr + t.instr.imm])
+        assert t.exec == exec_gemm.cycles(TINY, t.instr, 3, stream, head=t.head), t.index
+        if t.head:
+            preloaded.append(compiled.labels[t.index])
+            assert t.exec < exec_gemm.cycles(TINY, t.instr, 3, stream)
+    assert preloaded == ["b0.qkv", "b0.fc1", "b0.fc2", "b1.qkv", "b1.fc1", "b1.fc2", "head.0"]
 
 
 def _bad(program, index, **change):
@@ -143,6 +162,68 @@ def test_program_after_a_runtime_error_starts_clean(tiny_model):
     err, code, _, cycles, ops = seen["second"]
     assert (err, code, ops) == (0, 0, set())
     assert cycles < 2 * fetch_cycles(TINY, 3)     # at most the voided fetch, then its own
+
+
+def test_row_unit_error_during_gemm_preload(tiny_model):
+    """b0.ln1 fails (a LayerNorm shift above 62, a RUNTIME error of the RowUnit) while b0.qkv
+    preloads: the GEMM runs to its end without writing a buffer and drains its bursts before
+    the program ends (at b0.ln1, RUNTIME); a second program on the same accelerator, with the
+    record repaired, preloads b0.qkv and is bit-exact."""
+    from rtl.ports import mem_beat_bytes
+    from sim.accel import _region, place_program
+    from sim.memory import MemoryModel
+    from sim.streams import run_simulation
+    q, compiled = tiny_model
+    ln = compiled.labels.index("b0.ln1")
+    assert compiled.program[ln + 1].op == Op.GEMM
+    image = compiled.memory_with_input(_images(q, 1, seed=3)[0])
+    prog = compiled.program[:ln + 2] + [Instr(Op.HALT)]
+    gold = execute(prog, image, TINY)
+    shift_at = compiled.program[ln].addr + 2               # LayerNorm record: mult, shift, ...
+    bad = bytearray(image)
+    bad[shift_at] = 63
+    with pytest.raises(ProgramError) as exc:
+        execute(prog, bad, TINY)
+    assert exc.value.index == ln and exc.value.field == "data"
+    mem, addr, size = place_program(bad, prog)
+    dut = Accelerator(TINY)
+    gemm = dut.units["gemm"]
+    model = MemoryModel(dut.mem, mem_beat_bytes(TINY), mem, latency=3)
+    seen = {}
+
+    async def bench(ctx):
+        for name in ("first", "second"):
+            ctx.set(dut.prog_addr, addr)
+            ctx.set(dut.prog_len, len(prog))
+            ctx.set(dut.mem_size, size)
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            events, preloaded = [], False
+            while not ctx.get(dut.done):
+                preloaded = preloaded or ctx.get(gemm.preload)
+                if preloaded and not ctx.get(gemm.start):
+                    assert not (name == "first" and ctx.get(gemm.wr.en)), "aborted GEMM wrote"
+                if ctx.get(gemm.done):
+                    events.append(("gemm done", ctx.get(dut.index)))
+                if ctx.get(gemm.abort):
+                    events.append(("abort", ctx.get(dut.index)))
+                await ctx.tick()
+            assert not ctx.get(gemm.mem_busy) and not ctx.get(dut.mem.rdata.valid)
+            seen[name] = (ctx.get(dut.error), ctx.get(dut.error_code),
+                          ctx.get(dut.error_index), preloaded, events)
+            if name == "second":
+                seen["qkv"] = _region(ctx, TINY, dut.buffers, prog[ln + 1])
+            await ctx.tick()
+            mem[shift_at] = image[shift_at]                 # repair the record
+
+    run_simulation(dut, [bench], max_cycles=200_000, background=model.processes())
+    err, code, index, preloaded, events = seen["first"]
+    assert (err, code, index, preloaded) == (1, ErrorCode.RUNTIME, ln, True)
+    assert events[-2:] == [("abort", ln), ("gemm done", ln)]
+    err, code, _, preloaded, _ = seen["second"]
+    assert (err, code, preloaded) == (0, 0, True)
+    assert np.array_equal(seen["qkv"], gold.trace[ln + 1].output)
 
 
 def test_memory_stalls_keep_results(tiny_model):

@@ -316,6 +316,138 @@ def test_random_with_stalls(seed, tiny):
            latency=int(rng.integers(1, 7)))
 
 
+# ---- preload: the load phase ahead of start -------------------------------------------------
+
+def _sparse_case(rng, m=9, kind="balanced"):
+    w, pattern = _pattern(rng, kind)
+    n, k = w.shape
+    stream = encode(w, pattern)
+    ins, mem = _gemm(TINY_CFG, rng, m, k, n, Flag.SPARSE, compressed=stream, a=(ACT3, 2, 32),
+                     dst=(ACT3, 14, 0))
+    return ins, mem, stream
+
+
+TINY_CFG = PRESETS["tiny"]
+
+
+# Heads: none, the shortest, during the records, during the weights, everything loaded.
+@pytest.mark.parametrize("head", [0, 1, 9, 60, 700])
+@pytest.mark.parametrize("kind", ["dense", "sparse", "small"])
+def test_preload_cycles(kind, head, tiny, rng):
+    """A GEMM preloaded ``head`` cycles before ``start`` (``instr`` holds another instruction
+    meanwhile, the buffer ports stay idle): bit-exact, and ``cycles(..., head=h)`` equals the
+    simulation from ``start`` to ``done``."""
+    stream, latency = None, 2
+    if kind == "dense":
+        ins, mem = _gemm(tiny, rng, 17, 32, 24, a=(ACT0, 0, 32), dst=(ACT2, 1, 0))
+    elif kind == "sparse":
+        ins, mem, stream = _sparse_case(rng, 11, "hierarchical")
+    else:                                   # n < cols, short last channel group
+        ins, mem = _gemm(tiny, rng, 13, 9, 3, a=(ACT1, 19, 84), dst=(ACT0, 0, 92))
+        latency = 5
+    res = check_instr(tiny, GemmUnit(tiny), ins, mem, _bufs(tiny, rng), rng=rng,
+                      latency=latency, head=head)
+    want = cycles(tiny, ins, latency, stream, head=head)
+    assert res["cycles"] == want
+    assert res["model"].reads == 2
+    if head:
+        assert want < cycles(tiny, ins, latency, stream)
+    if head == 700:                         # everything loaded: the activations' pace only
+        assert want == cycles(tiny, ins, latency, stream, head=5000)
+
+
+def test_preload_b_from_bank(tiny, rng):
+    """The unit also preloads a ``B_BUF | B_T`` GEMM (records only; B streams from the bank
+    from ``start``), though the controller does not."""
+    ins, mem = _gemm(tiny, rng, 17, 16, 17, Flag.B_BUF | Flag.B_T, b=(ACT0, 0, 32))
+    for head in (3, 40):
+        res = check_instr(tiny, GemmUnit(tiny), ins, mem, _bufs(tiny, rng), rng=rng, head=head)
+        assert res["cycles"] == cycles(tiny, ins, 2, head=head)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_preload_with_stalls(seed, tiny):
+    """Random stalls on every memory channel, a random head start: bit-exact."""
+    rng = np.random.default_rng(100 + seed)
+    if seed % 2:
+        ins, mem, _ = _sparse_case(rng, int(rng.integers(1, 18)))
+    else:
+        ins, mem = _gemm(tiny, rng, int(rng.integers(1, 33)), int(rng.integers(1, 33)),
+                         int(rng.integers(1, 33)), a=(ACT1, 0, 0), dst=(ACT2, 0, 8))
+    check_instr(tiny, GemmUnit(tiny), ins, mem, _bufs(tiny, rng), rng=rng,
+                stall=0.2 + 0.2 * rng.random(), latency=int(rng.integers(1, 6)),
+                head=int(rng.integers(1, 400)))
+
+
+@pytest.mark.parametrize("kind, head", [("magic", 200), ("trailing", 600), ("index", 3)])
+def test_preload_corrupt_stream_reported_after_start(kind, head, tiny, rng):
+    """A malformed stream found during the preload is reported at the instruction itself:
+    ``done`` with ``error`` only after ``start``, every beat taken, nothing written."""
+    stream, n, k = _corrupt(rng, kind)
+    ins, mem = _gemm(tiny, rng, 9, k, n, Flag.SPARSE, compressed=stream)
+    bufs = _bufs(tiny, rng)
+    res = run_instr(tiny, GemmUnit(tiny), ins, mem, bufs, rng=rng, latency=3, head=head)
+    assert res["error"]
+    assert res["model"].reads == 2
+    if kind == "magic":
+        assert res["cycles"] == 1             # found long before start: done at once
+    for b, x in bufs.items():
+        assert np.array_equal(res["buffers"][b], x), Buf(b).name
+
+
+@pytest.mark.parametrize("kind, head, stall", [("dense", 30, 0.0), ("dense", 400, 0.3),
+                                               ("corrupt", 100, 0.0), ("sparse", 5, 0.2)])
+def test_abort_after_preload(kind, head, stall, tiny, rng):
+    """``abort`` instead of ``start`` (the program failed while the GEMM preloaded): the unit
+    runs to ``done`` without a single buffer write, takes every beat of its bursts, and the
+    next (preloaded) GEMM on the unit is exact."""
+    cfg = tiny
+    unit = GemmUnit(cfg)
+    bufs = _bufs(cfg, rng)
+    if kind == "dense":
+        ins1, mem1 = _gemm(cfg, rng, 17, 32, 24, dst=(ACT1, 0, 0))
+    elif kind == "sparse":
+        ins1, mem1, _ = _sparse_case(rng)
+    else:
+        stream, n, k = _corrupt(rng, "magic")
+        ins1, mem1 = _gemm(cfg, rng, 9, k, n, Flag.SPARSE, compressed=stream)
+    ins2, mem2 = _gemm(cfg, rng, 7, 11, 9, a=(ACT0, 2, 4), dst=(ACT3, 3, 8), lead=len(mem1))
+    mem = bytearray(mem2)
+    mem[:len(mem1)] = mem1
+    _, g_bufs, _ = golden_instr(cfg, ins2, mem, bufs)
+    h = UnitHarness(cfg, unit, bufs)
+    model = MemoryModel(unit.mem, mem_beat_bytes(cfg), mem, rng=rng, stall=stall)
+    seen = {}
+
+    async def bench(ctx):
+        ctx.set(unit.preload_instr.as_value(), int.from_bytes(ins1.encode(), "little"))
+        ctx.set(unit.preload, 1)
+        await ctx.tick()
+        ctx.set(unit.preload, 0)
+        for _ in range(head):
+            await ctx.tick()
+        ctx.set(unit.abort, 1)
+        await ctx.tick()
+        ctx.set(unit.abort, 0)
+        writes = 0
+        while not ctx.get(unit.done):
+            writes += ctx.get(unit.wr.en)
+            await ctx.tick()
+        seen["writes"] = writes + ctx.get(unit.wr.en)
+        await ctx.tick()
+        assert not ctx.get(unit.mem.rdata.valid), "a beat was left behind"
+        assert not ctx.get(unit.mem_busy)
+        seen["error"] = (await execute_on_unit(ctx, unit, ins2, head=4))[0]
+        await ctx.tick()
+        seen["buffers"] = read_buffers(ctx, cfg, h.buffers)
+
+    run_simulation(h, [bench], max_cycles=20_000, background=model.processes())
+    assert seen["writes"] == 0 and not seen["error"]
+    assert model.reads == 4
+    for b in g_bufs:
+        assert np.array_equal(seen["buffers"][b], g_bufs[b]), Buf(b).name
+
+
 # ---- cycles, bus rule, back to back, construction --------------------------------------------
 
 def test_cycles_values(tiny):
@@ -334,6 +466,16 @@ def test_cycles_values(tiny):
         cycles(tiny, ins(4, 8, 8, Flag.SPARSE))
     with pytest.raises(TypeError, match="instr must be a golden.isa.Instr"):
         cycles(tiny, "GEMM")
+    with pytest.raises(ValueError, match="head must be non-negative, not -1"):
+        cycles(tiny, ins(1, 1, 1), head=-1)
+    with pytest.raises(TypeError, match="head must be an integer, not 2.5"):
+        cycles(tiny, ins(1, 1, 1), head=2.5)
+    # Preloaded h cycles ahead: the loads run h cycles earlier. With everything loaded the
+    # first tile row waits only for its activations (the A reader's 4 reads from cycle 1, its
+    # 32 beats in cycles 6 .. 37): first step in 39, last in 38 + 5 * 24 * 32 = 3878, + 22.
+    assert cycles(tiny, ins(17, 32, 96), head=1) == 4064
+    assert cycles(tiny, ins(17, 32, 96), head=170) == 3900
+    assert cycles(tiny, ins(17, 32, 96), head=10_000) == 3900
 
 
 @pytest.mark.parametrize("stall", [0.0, 0.3])

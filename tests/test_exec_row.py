@@ -28,7 +28,9 @@ from golden.isa import (
 )
 from golden.layernorm import ln_params
 from rtl.exec_row import RowUnit, cycles, ln_reducer_cycles
+from rtl.layernorm import ln_banks, ln_reducers, stats_stages
 from rtl.ports import mem_beat_bytes
+from rtl.softmax import DIVIDER_CYCLES, max_stages, sum_stages
 from sim.instr import UnitHarness, check_instr, empty_buffers, execute_on_unit, read_buffers
 from sim.memory import MemoryModel
 from sim.streams import run_simulation
@@ -269,11 +271,22 @@ def test_word_widths(cols, stall, rng):
 @pytest.mark.parametrize("ins", [
     Instr(Op.ADD, 0, m=17, n=32, dst=Operand(Buf.ACT2), a=Operand(Buf.ACT0), b=Operand(Buf.ACT1)),
     Instr(Op.LAYERNORM, 0, m=17, n=32, dst=Operand(Buf.ACT1), a=Operand(Buf.ACT0)),
+    Instr(Op.LAYERNORM, 0, m=10, n=32, dst=Operand(Buf.ACT1), a=Operand(Buf.ACT0)),
+    Instr(Op.LAYERNORM, 0, m=1, n=32, dst=Operand(Buf.ACT1), a=Operand(Buf.ACT0)),
+    Instr(Op.LAYERNORM, 0, m=9, n=13, dst=Operand(Buf.ACT1), a=Operand(Buf.ACT0)),
+    Instr(Op.LAYERNORM, 0, m=32, n=5, dst=Operand(Buf.ACT1), a=Operand(Buf.ACT0)),
     Instr(Op.SOFTMAX, Flag.SCORE, m=17, n=17, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT)),
     Instr(Op.SOFTMAX, 0, m=10, n=10, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT)),
-], ids=lambda ins: f"{ins.name}-{ins.m}x{ins.n}")
+    Instr(Op.SOFTMAX, Flag.SCORE, m=10, n=10, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT)),
+    Instr(Op.SOFTMAX, 0, m=17, n=17, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT)),
+    Instr(Op.SOFTMAX, Flag.SCORE, m=1, n=32, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT)),
+    Instr(Op.SOFTMAX, 0, m=1, n=32, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT)),
+    Instr(Op.SOFTMAX, Flag.SCORE, m=20, n=13, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT)),
+    Instr(Op.SOFTMAX, 0, m=30, n=2, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT)),
+], ids=lambda ins: f"{ins.name}-{ins.m}x{ins.n}{'-score' if ins.flags else ''}")
 def test_cycles_of_tiny_model_shapes(ins, rng):
-    """The tiny model's shapes, simulated: exactly :func:`cycles`."""
+    """The tiny model's shapes (and short LayerNorm rows, paced by the reducers and row
+    buffers), simulated: exactly :func:`cycles`."""
     cfg = TINY
     mem = memory_with([(0, ln_record(rng, ins.n) if ins.op == Op.LAYERNORM else
                         gelu_record() if ins.op == Op.GELU else pack_add(AddParams(3, 5, 2)))])
@@ -294,22 +307,43 @@ def test_cycles_closed_forms():
                           lat) == lp + 2 + words + 3
             assert cycles(cfg, Instr(Op.GELU, 0, m=m, n=n, dst=d, a=a), lat) \
                 == lp + 4 + words + 6
-        # LayerNorm: the record's last pop P, then the rows (paced by the reducer, rc)
-        rc = ln_reducer_cycles(cfg)
-        assert rc == 26
-        # Rows of rc - 1 .. rc + 2 channels need the recurrence (loader, reducer and emitter
-        # hand-offs interleave); docs/exec/exec_row.md states the closed form outside them.
-        for n in (*range(1, rc - 1), *range(rc + 3, 33)):
+        # LayerNorm: the record's last pop P, then the rows at one word per cycle (w words
+        # a row) once the K reducers (K w >= RC) and the B row buffers ((B - 2) w >= S + RC +
+        # 4) keep up: w >= 8; shorter rows are paced by them (the recurrence of
+        # docs/exec/exec_row.md).
+        rc, s = ln_reducer_cycles(cfg), stats_stages(cfg)
+        k, b = ln_reducers(cfg), ln_banks(cfg)
+        assert (rc, s, k, b) == (25, 3, 4, 6)
+        w_min = max(-(-rc // k), -(-(s + rc + 4) // (b - 2)))
+        assert w_min == 8
+        for n in range(1, 33):
+            w = -(-n // cfg.cols)
             p = lp + max(-(-(8 + 6 * n) // 4), 2 + -(-n // 2) + n)
             for m in (1, 2, 3, 5, 17, 64):
                 ln = Instr(Op.LAYERNORM, 0, m=m, n=n, dst=d, a=a)
-                assert cycles(cfg, ln, lat) == p + 11 + m * max(n, rc) + min(n, rc), (m, n)
+                closed = max(w, p + 1) + s + rc + 11 + m * w
+                if w >= w_min:
+                    assert cycles(cfg, ln, lat) == closed, (m, n)
+                else:
+                    assert cycles(cfg, ln, lat) >= closed, (m, n)
+    lat = max_stages(cfg) + sum_stages(cfg) + DIVIDER_CYCLES + 12
+    assert lat == 30
     for m in range(1, 65):
         for n in range(1, 65):
+            w = -(-n // cfg.cols)
             sm = Instr(Op.SOFTMAX, 0, m=m, n=n, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT))
-            # back to back after the first row's fill; short rows paced by the divider
-            expect = 2 * n + 34 + m * n if n >= 16 else 3 * n + 34 + 16 * (m - 1)
-            assert cycles(cfg, sm, 2) == expect
+            sc = Instr(Op.SOFTMAX, Flag.SCORE, m=m, n=n, dst=Operand(Buf.PROB),
+                       a=Operand(Buf.LOGIT))
+            # back to back after the first row's fill (one word per cycle from rows of 3
+            # words); SCORE: row 0 leaves its FIFO one element per cycle
+            expect = (m + 2) * w + lat
+            score = max(expect, 2 * w + lat + n + 2)
+            if w >= 3:
+                assert cycles(cfg, sm, 2) == expect, (m, n)
+                assert cycles(cfg, sc, 2) == score, (m, n)
+            else:
+                assert cycles(cfg, sm, 2) >= expect, (m, n)
+                assert cycles(cfg, sc, 2) >= score, (m, n)
 
 
 # -- errors ------------------------------------------------------------------------------------

@@ -4,17 +4,27 @@ import numpy as np
 import pytest
 import torch
 
-from golden.config import AccelConfig
+from golden.config import PRESETS, AccelConfig
 from golden.layernorm import LnParams, isqrt, layernorm_int, layernorm_row, ln_params, var_bits
-from rtl.layernorm import LayerNorm
+from rtl.layernorm import (
+    LayerNorm,
+    ln_banks,
+    ln_output_cycles,
+    ln_reducers,
+    ln_words,
+    reducer_cycles,
+    stats_stages,
+)
 from sim.nonlinear import (
     load_ln_params,
     recv_and_clear_error,
     row_beats,
     run_rows,
     run_timed,
+    unpack_words,
+    word_beats,
 )
-from sim.streams import run_simulation, stream_send
+from sim.streams import run_simulation, stream_recv, stream_send
 
 # -- golden ----------------------------------------------------------------------------------
 
@@ -91,7 +101,7 @@ def test_rtl_bad_parameters():
 
 def _check(dut, rows, p, rng, stall=0.3):
     data, last = run_rows(dut, rows, rng, stall, setup=lambda ctx: load_ln_params(ctx, dut, p),
-                          slack=600)
+                          slack=600 + 12 * len(p.gamma))
     assert data == [int(v) for r in rows for v in layernorm_row(r, p)]
     assert last == [b["last"] for b in row_beats(rows)]
 
@@ -152,8 +162,9 @@ def test_rtl_overlong_row_raises_error(tiny, rng):
     p = _params(tiny, rng)
     dut = LayerNorm(tiny)
     good1, bad, good2 = (rng.integers(-100, 100, size=n) for n in (9, d + 3, d))
-    beats = row_beats([good1, bad, good2])
+    beats = word_beats([good1, bad, good2], dut.lanes)
     expect = [int(v) for r in (good1, good2) for v in layernorm_row(r, p)]
+    words = ln_words(tiny) + 3          # the two good rows' words
 
     async def send(ctx):
         await load_ln_params(ctx, dut, p)
@@ -161,24 +172,118 @@ def test_rtl_overlong_row_raises_error(tiny, rng):
         await stream_send(ctx, dut.i, beats, rng=rng, stall=0.2)
 
     async def recv(ctx):
-        return await recv_and_clear_error(ctx, dut, len(expect), rng=rng, stall=0.2)
+        return await recv_and_clear_error(ctx, dut, words, rng=rng, stall=0.2)
 
     _, (out, err, cleared) = run_simulation(dut, [send, recv], max_cycles=3000)
     assert out == expect
     assert err == 1 and cleared == 0
 
 
-@pytest.mark.parametrize("n", [32, 5])
+def test_geometry_of_presets():
+    """Lanes, reducers and row buffers derived from the configuration (rows of ``max_dim``
+    channels at one word per cycle)."""
+    tiny, default = PRESETS["tiny"], PRESETS["default"]
+    assert [reducer_cycles(c) for c in (tiny, default)] == [25, 25]
+    assert (ln_words(tiny), ln_reducers(tiny), ln_banks(tiny), stats_stages(tiny)) == (8, 4, 6, 3)
+    assert (ln_words(default), ln_reducers(default), ln_banks(default),
+            stats_stages(default)) == (24, 2, 4, 3)
+    one = tiny.replace(max_dim=1)
+    assert (ln_words(one), ln_reducers(one), ln_banks(one)) == (1, 4, 8)
+    wide = tiny.replace(max_dim=4096, cols=1)
+    assert (ln_reducers(wide), ln_banks(wide), stats_stages(wide)) == (1, 3, 2)
+    assert stats_stages(tiny.replace(cols=16)) == 4 and stats_stages(tiny.replace(cols=8)) == 3
+
+
+@pytest.mark.parametrize("n", [32, 29, 5])
 def test_rtl_latency_and_throughput(tiny, rng, n):
     p = _params(tiny, rng)
     dut = LayerNorm(tiny)
-    rows = [rng.integers(-100, 100, size=n) for _ in range(5)]
-    _, stamps = run_timed(dut, row_beats(rows), setup=lambda ctx: load_ln_params(ctx, dut, p),
-                          max_cycles=3000)
-    assert dut.var_width == var_bits(8, 32) == 49 and dut.reducer_cycles == 26
-    assert stamps[0] == n + dut.latency
-    period = max(n, dut.reducer_cycles)
-    assert stamps[-1] - stamps[0] == (len(rows) - 1) * period + n - 1
+    rows = [rng.integers(-100, 100, size=n) for _ in range(9)]
+    outs, stamps = run_timed(dut, word_beats(rows, dut.lanes),
+                             setup=lambda ctx: load_ln_params(ctx, dut, p), max_cycles=3000,
+                             read=lambda q: [q])
+    assert unpack_words(outs)[0] == [int(v) for r in rows for v in layernorm_row(r, p)]
+    assert dut.var_width == var_bits(8, 32) == 49 and dut.reducer_cycles == 25
+    assert dut.latency == dut.stats_stages + dut.reducer_cycles + 11 == 39
+    w = -(-n // dut.lanes)
+    assert stamps[0] == w + dut.latency
+    model = ln_output_cycles(tiny, len(rows), w)
+    assert stamps[::w] == [f for f, _ in model] and stamps[w - 1::w] == [e for _, e in model]
+    if w * dut.reducers >= dut.reducer_cycles:
+        # rows back to back, one word per cycle
+        assert stamps == list(range(stamps[0], stamps[0] + w * len(rows)))
+    else:
+        # short rows: paced by the reducers (`reducers` rows per reducer_cycles cycles) and
+        # the row buffers
+        assert stamps[-1] - stamps[0] > w * len(rows)
+
+
+@pytest.mark.parametrize("max_dim", [30, 31])
+def test_rtl_overlong_last_word_raises_error(tiny, rng, max_dim):
+    """``max_dim`` not a multiple of ``cols``: a row whose last word holds more channels than
+    fit is as malformed as a row of too many words; both are dropped with ``error``."""
+    cfg = tiny.replace(max_dim=max_dim)
+    p = _params(cfg, rng)
+    dut = LayerNorm(cfg)
+    good = [rng.integers(-100, 100, size=n) for n in (max_dim, 3, max_dim - 1)]
+    rows = [good[0], rng.integers(-100, 100, size=max_dim + 1), good[1],
+            rng.integers(-100, 100, size=32 + 2), good[2]]
+    expect = [int(v) for r in good for v in layernorm_row(r, p)]
+    words = sum(-(-len(r) // dut.lanes) for r in good)
+
+    async def send(ctx):
+        await load_ln_params(ctx, dut, p)
+        await stream_send(ctx, dut.i, word_beats(rows, dut.lanes), rng=rng, stall=0.2)
+
+    async def recv(ctx):
+        return await recv_and_clear_error(ctx, dut, words, rng=rng, stall=0.2)
+
+    _, (out, err, cleared) = run_simulation(dut, [send, recv], max_cycles=3000)
+    assert out == expect
+    assert err == 1 and cleared == 0
+
+
+def test_rtl_ignores_unused_lanes(tiny, rng):
+    """Lanes past ``count`` in a row's last word (random here) do not enter the statistics."""
+    p = _params(tiny, rng)
+    dut = LayerNorm(tiny)
+    rows = [rng.integers(-128, 128, size=n) for n in (5, 31, 2, 17)]
+    beats = word_beats(rows, dut.lanes)
+    for b in beats:
+        b["data"][b["count"]:] = [int(v) for v in rng.integers(-128, 128,
+                                                                dut.lanes - b["count"])]
+
+    async def send(ctx):
+        await load_ln_params(ctx, dut, p)
+        await stream_send(ctx, dut.i, beats, rng=rng, stall=0.3)
+
+    async def recv(ctx):
+        return await stream_recv(ctx, dut.o, len(beats), rng=rng, stall=0.3, convert=False)
+
+    _, out = run_simulation(dut, [send, recv], max_cycles=3000)
+    data, last = unpack_words(out)
+    assert data == [int(v) for r in rows for v in layernorm_row(r, p)]
+    assert last == [b["last"] for b in row_beats(rows)]
+
+
+@pytest.mark.parametrize("cols,max_dim", [(1, 12), (3, 13), (8, 20), (16, 40)])
+def test_rtl_word_widths(rng, cols, max_dim):
+    """Other word widths: one channel per word, words of 3 (rows end anywhere in a word),
+    8 and 16 channels (three and four levels of the statistics adder trees)."""
+    cfg = AccelConfig(rows=2, cols=cols, max_tokens=8, max_dim=max_dim, max_hidden=64,
+                      name=f"cols{cols}")
+    p = _params(cfg, rng)
+    rows = [rng.integers(-128, 128, size=n) for n in rng.integers(1, max_dim + 1, 7)]
+    rows += [np.full(max_dim, -128), [127]]
+    _check(LayerNorm(cfg), rows, p, rng)
+
+
+def test_rtl_default_preset(rng):
+    """``default``: words of 8 channels, rows of up to 192 channels, two reducers."""
+    cfg = PRESETS["default"]
+    p = _params(cfg, rng)
+    rows = [rng.integers(-128, 128, size=n) for n in (192, 191, 7, 192, 100)]
+    _check(LayerNorm(cfg), rows, p, rng, stall=0.2)
 
 
 def test_rtl_emits_verilog(tiny):

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from amaranth.lib import data
 
 from golden.config import AccelConfig
 from golden.softmax import (
@@ -8,13 +9,25 @@ from golden.softmax import (
     LN2_Q,
     ND_MAX,
     RECIP,
+    RECIP_BITS,
     RECIP_SHIFT,
     exp_int,
     softmax_int,
     softmax_row,
+    sum_bits,
 )
-from rtl.softmax import Softmax
-from sim.nonlinear import recv_and_clear_error, row_beats, run_rows, run_timed
+from rtl.softmax import (
+    DIVIDER_CYCLES,
+    DIVIDERS,
+    FULL_RATE_WORDS,
+    Divider,
+    Softmax,
+    max_stages,
+    sm_banks,
+    sm_output_cycles,
+    sm_words,
+)
+from sim.nonlinear import recv_and_clear_error, row_beats, run_rows, run_timed, word_beats
 from sim.streams import run_simulation, stream_send
 
 # -- golden ----------------------------------------------------------------------------------
@@ -79,6 +92,25 @@ def _check(dut, rows, rng, stall=0.3):
     assert last == [b["last"] for b in row_beats(rows)]
 
 
+def _words(cfg, n):
+    return -(-n // cfg.cols)
+
+
+def _timed(cfg, rows):
+    """Rows back to back, output always ready: (outputs, first and last word cycle per row)."""
+    dut = Softmax(cfg)
+    outs, stamps = run_timed(dut, word_beats(rows, cfg.cols),
+                             read=lambda p: [int(p.data[k]) for k in range(int(p.count))],
+                             max_cycles=5000)
+    assert outs == [int(v) for r in rows for v in softmax_row(r)]
+    spans, j = [], 0
+    for r in rows:
+        w = _words(cfg, len(r))
+        spans.append((stamps[j], stamps[j + w - 1]))
+        j += w
+    return dut, spans
+
+
 def test_rtl_random_rows(tiny, rng):
     dut = Softmax(tiny)
     rows = [rng.integers(-3000, 3000, size=n) for n in rng.integers(1, tiny.max_tokens + 1, 8)]
@@ -89,6 +121,8 @@ def test_rtl_edge_rows(tiny, rng):
     t = tiny.max_tokens
     one_hot = np.full(t, -32768)
     one_hot[5] = 32767
+    ties = np.full(t - 3, -700)
+    ties[[0, 9, t - 4]] = 2000                   # three tied maxima, in different words
     rows = [
         np.full(t, 1234),                        # all equal, max length
         one_hot,                                 # one dominant element, most negative others
@@ -98,9 +132,23 @@ def test_rtl_edge_rows(tiny, rng):
         np.array([32767, -32768] * (t // 2)),    # extreme spread
         rng.integers(-32768, 32768, size=t),     # full range
         np.arange(t) * 30 - 500,                 # monotone
+        ties,
+        np.arange(tiny.cols + 1)[::-1] * -200,   # cols + 1: a last word of one element
+        np.full(tiny.cols, -32768),              # one full word
     ]
     _check(dut := Softmax(tiny), rows, rng)
-    assert dut.max_tokens == t
+    assert dut.max_tokens == t and dut.lanes == tiny.cols
+
+
+@pytest.mark.parametrize("cols", [1, 3, 8, 16])
+def test_rtl_word_widths(tiny, rng, cols):
+    """Other word widths (rows not a multiple of ``cols``, rows of one word and of many),
+    random stalls on both streams."""
+    cfg = tiny.replace(cols=cols)
+    lengths = [1, cols, cols + 1, 2 * cols + 1, cfg.max_tokens, 17, 10, 5]
+    rows = [rng.integers(-4000, 4000, size=n) for n in lengths if n <= cfg.max_tokens]
+    rows.append(np.full(min(cols + 2, cfg.max_tokens), 77))
+    _check(Softmax(cfg), rows, rng, stall=0.4)
 
 
 def test_rtl_no_stalls_and_heavy_stalls(tiny, rng):
@@ -109,60 +157,107 @@ def test_rtl_no_stalls_and_heavy_stalls(tiny, rng):
     _check(Softmax(tiny), rows, rng, stall=0.6)
 
 
-def test_rtl_overlong_row_raises_error(tiny, rng):
-    t = tiny.max_tokens
-    dut = Softmax(tiny)
+@pytest.mark.parametrize("cols,max_tokens", [(4, 32), (3, 32)])
+def test_rtl_overlong_row_raises_error(tiny, rng, cols, max_tokens):
+    """A row of too many words, and (``max_tokens`` not a multiple of ``cols``) a row whose
+    last word holds too many elements: ``error``, the row dropped, the next rows intact."""
+    cfg = tiny.replace(cols=cols, max_tokens=max_tokens)
+    t = cfg.max_tokens
+    dut = Softmax(cfg)
     good1 = rng.integers(-500, 500, size=7)
     bad = rng.integers(-500, 500, size=t + 5)
     good2 = rng.integers(-500, 500, size=t)
-    beats = row_beats([good1, bad, good2])
-    expect = [int(v) for r in (good1, good2) for v in softmax_row(r)]
+    rows = [good1, bad, good2]
+    if t % cols:
+        rows += [rng.integers(-500, 500, size=t + 1), rng.integers(-500, 500, size=5)]
+    beats = word_beats(rows, cols)
+    good = [r for r in rows if len(r) <= t]
+    expect = [int(v) for r in good for v in softmax_row(r)]
 
     async def send(ctx):
         assert not ctx.get(dut.error)
         await stream_send(ctx, dut.i, beats, rng=rng, stall=0.2)
 
     async def recv(ctx):
-        return await recv_and_clear_error(ctx, dut, len(expect), rng=rng, stall=0.2)
+        return await recv_and_clear_error(ctx, dut, sum(_words(cfg, len(r)) for r in good),
+                                          rng=rng, stall=0.2)
 
     _, (out, err, cleared) = run_simulation(dut, [send, recv], max_cycles=3000)
-    assert out == expect          # the malformed row is dropped, the next one is intact
+    assert out == expect          # the malformed rows are dropped, the next ones are intact
     assert err == 1 and cleared == 0
 
 
 def test_rtl_latency_and_throughput(tiny, rng):
-    dut = Softmax(tiny)
     n = tiny.max_tokens
-    rows = [rng.integers(-1000, 1000, size=n) for _ in range(6)]
-    beats = row_beats(rows)
-    _, stamps = run_timed(dut, beats, max_cycles=2000)
-    # first output: 2n + latency cycles after the first input handshake
-    assert stamps[0] == 2 * n + dut.latency == 2 * n + 34
-    # steady state: one element per cycle, no gaps between rows
-    assert stamps[-1] - stamps[0] == len(beats) - 1
+    w = _words(tiny, n)
+    dut, spans = _timed(tiny, [rng.integers(-1000, 1000, size=n) for _ in range(6)])
+    # first output word: 2w + latency cycles after the first input handshake
+    assert dut.latency == dut.max_stages + dut.sum_stages + DIVIDER_CYCLES + 12 == 30
+    assert spans[0][0] == 2 * w + dut.latency
+    # steady state: one word per cycle, no gaps between rows
+    assert spans[-1][1] - spans[0][0] == 6 * w - 1
 
 
-@pytest.mark.parametrize("n", [16, 17, 26])
-def test_rtl_full_rate_from_16_elements(tiny, rng, n):
-    """Six row buffers keep rows of 16+ elements back to back (a row holds its buffer for
-    about 3n + 27 cycles)."""
-    dut = Softmax(tiny)
-    rows = [rng.integers(-1000, 1000, size=n) for _ in range(12)]
-    beats = row_beats(rows)
-    _, stamps = run_timed(dut, beats, max_cycles=3000)
-    assert stamps[0] == 2 * n + dut.latency
-    assert stamps[-1] - stamps[0] == len(beats) - 1
+@pytest.mark.parametrize("cols,m,n", [
+    (4, 17, 17), (4, 10, 10), (4, 1, 32), (4, 12, 13), (4, 20, 5), (4, 24, 1), (4, 20, 9),
+    (1, 17, 17), (1, 10, 10), (3, 17, 17), (3, 9, 10), (8, 17, 17), (8, 10, 10),
+    (8, 12, 32), (16, 17, 17), (16, 12, 3),
+])
+def test_rtl_output_cycles_exact(tiny, rng, cols, m, n):
+    """Every row's first and last output word exactly at :func:`sm_output_cycles`; rows of
+    at least ``FULL_RATE_WORDS`` words stream back to back at one word per cycle."""
+    cfg = tiny.replace(cols=cols)
+    rows = [rng.integers(-2000, 2000, size=n) for _ in range(m)]
+    dut, spans = _timed(cfg, rows)
+    w = _words(cfg, n)
+    assert spans == sm_output_cycles(cfg, m, w)
+    assert spans[0][0] == 2 * w + dut.latency
+    if w >= FULL_RATE_WORDS:
+        assert spans[-1][1] - spans[0][0] == m * w - 1
 
 
-@pytest.mark.parametrize("n", [1, 5, 16])
-def test_rtl_latency_short_rows(tiny, rng, n):
-    dut = Softmax(tiny)
-    rows = [rng.integers(-1000, 1000, size=n) for _ in range(4)]
-    beats = row_beats(rows)
-    _, stamps = run_timed(dut, beats, max_cycles=2000)
-    assert stamps[0] == 2 * n + dut.latency
-    # rows shorter than FACTOR_BITS + 1 are paced by the divider: one row per 16 cycles at most
-    assert stamps[-1] - stamps[0] <= (len(rows) - 1) * max(n, 16) + n - 1
+def test_rtl_sizing():
+    """Dividers and row buffers cover rows of FULL_RATE_WORDS words: K dividers take a row
+    each per DIVIDER_CYCLES, a row holds its buffer for 3 w + hold cycles."""
+    assert (DIVIDER_CYCLES, DIVIDERS, FULL_RATE_WORDS) == (10, 4, 3)
+    assert DIVIDERS * FULL_RATE_WORDS >= DIVIDER_CYCLES
+    for cols, banks in ((1, 10), (4, 11), (8, 11), (16, 16)):
+        cfg = AccelConfig(rows=4, cols=cols, max_tokens=32, max_dim=32, max_hidden=64)
+        assert sm_banks(cfg) == banks and sm_words(cfg) == -(-32 // cols)
+        assert max_stages(cfg) == 1 + (cols > 2) + (cols > 8)
+
+
+def test_divider(rng):
+    """floor(2**32 / sum) for sums from E_MAX to the largest row sum; one row per
+    DIVIDER_CYCLES cycles, offered DIVIDER_CYCLES - 1 cycles after it is taken."""
+    sw = sum_bits(197)
+    dut = Divider(sw, data.StructLayout({"n": 8}))
+    sums = [E_MAX, E_MAX + 1, 2 * E_MAX, (1 << sw) - 1, E_MAX * 197,
+            *map(int, rng.integers(E_MAX, E_MAX * 197, 40))]
+
+    async def bench(ctx):
+        ctx.set(dut.o.ready, 1)
+        taken, offered, out = [], [], []
+        cycle, k = 0, 0
+        while len(out) < len(sums):
+            ctx.set(dut.i.valid, k < len(sums))
+            if k < len(sums):
+                ctx.set(dut.i.payload, {"sum": sums[k], "tag": {"n": k}})
+            took = k < len(sums) and ctx.get(dut.i.ready)
+            if ctx.get(dut.o.valid):
+                out.append((int(ctx.get(dut.o.payload.factor)), int(ctx.get(dut.o.payload.tag.n))))
+                offered.append(cycle)
+            if took:
+                taken.append(cycle)
+                k += 1
+            await ctx.tick()
+            cycle += 1
+        return taken, offered, out
+
+    (taken, offered, out), = run_simulation(dut, [bench], max_cycles=2000)
+    assert out == [((1 << RECIP_BITS) // s, j) for j, s in enumerate(sums)]
+    assert [o - t for t, o in zip(taken, offered)] == [DIVIDER_CYCLES - 1] * len(sums)
+    assert all(b - a == DIVIDER_CYCLES for a, b in zip(taken, taken[1:]))
 
 
 def test_rtl_emits_verilog(tiny):
