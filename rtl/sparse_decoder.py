@@ -379,7 +379,10 @@ class SparseDecoder(wiring.Component):
         mask = Signal(MAX_MASK_BITS)
         mbyte = Signal(range(MAX_MASK_BITS // 8 + 1))
         pcnt = Signal(range(MAX_MASK_BITS + 1))  # kept columns of the mask bytes before mlast
-        mlast = Signal(range(9))                # kept columns of the last mask byte read
+        # Kept columns of the last mask byte read, registered as the counts of its two nibbles
+        # (one LUT each from the byte) and added where they are used.
+        mlast_lo, mlast_hi = Signal(range(5)), Signal(range(5))
+        mlast = mlast_lo + mlast_hi
         mfound = Signal()                       # the mask's first kept column is found
         mfirst = Signal(ceil_log2(MAX_MASK_BITS))  # ... its offset
         mrest = Signal(MAX_MASK_BITS)           # the mask without it
@@ -530,9 +533,9 @@ class SparseDecoder(wiring.Component):
             return Array([Const((i & -i).bit_length() - 1 if i else 0, 3)
                           for i in range(256)])[v]
 
-        def popcount8(v):
-            """Set bits of a byte: a 256-entry table (an 8-input function per result bit)."""
-            return Array([Const(bin(i).count("1"), 4) for i in range(256)])[v]
+        def popcount4(v):
+            """Set bits of a nibble: a 16-entry table (one LUT per result bit)."""
+            return Array([Const(bin(i).count("1"), 3) for i in range(16)])[v]
 
         def thermometer(v):
             """The ``v`` low bits set (all of them from ``MAX_MASK_BITS`` on)."""
@@ -613,7 +616,7 @@ class SparseDecoder(wiring.Component):
             """A value check of this state: whether the state applied it and whether it failed
             are registered, then combined into ``lerr`` (two cycles after the check). ``cond``
             may be a list of conditions (the check fails if any does), each registered on its
-            own: a wide compare is registered as halves."""
+            own (the OR follows the registers); a wide compare is registered as halves."""
             now = Signal()
             m.d.comb += now.eq(1)
             checks.append((now, cond if isinstance(cond, list) else [cond]))
@@ -681,7 +684,7 @@ class SparseDecoder(wiring.Component):
             m.d.comb += ent_wr.en.eq(1)
             m.d.sync += [e_w.eq(e_w + 1), ncols_r.eq(hcols)]
             vbits = Mux(idx_last, vb_last, vb_full)
-            check((mask == 0) | ((mask & ~vbits) != 0))
+            check([mask == 0, (mask & ~vbits) != 0])
         m.d.sync += rinit.eq(0)
         with m.If(st2_v):
             m.d.sync += cols_r.eq(cols_r + Mux(hier, ncols_r, Mux(pl_last, lastw, bc)))
@@ -697,7 +700,7 @@ class SparseDecoder(wiring.Component):
         # and at most the kept blocks left (``left`` went negative otherwise).
         m.d.sync += cnt_chk.eq(0)
         with m.If(cnt_chk):
-            check((cnt_r > nbc) | left[-1])
+            check([cnt_r > nbc, left[-1]])
             # Balanced: every block-row keeps as many blocks as the first.
             with m.If(first_chk):
                 m.d.sync += first_cnt.eq(cnt_r)
@@ -724,19 +727,19 @@ class SparseDecoder(wiring.Component):
                 with m.If(need(2)):
                     m.d.sync += [hier.eq(buf[8]), bal.eq(buf[9])]
                     goto("BR")
-                    check((u8 != _VERSION) | (buf[10:16] != 0))
+                    check([u8 != _VERSION, buf[10:16] != 0])
                 late_error()
             with m.State("BR"):
                 with m.If(need(2)):
                     m.d.sync += [br.eq(u16), rem.eq(u16), rem_gt.eq(u16 > C)]
                     goto("BC")
-                    check((u16 == 0) | (u16 > _MAX_BLOCK))
+                    check([u16 == 0, u16 > _MAX_BLOCK])
                 late_error()
             with m.State("BC"):
                 with m.If(need(2)):
                     m.d.sync += bc.eq(u16)
                     goto("RESERVED")
-                    check((u16 == 0) | (u16 > _MAX_BLOCK) | (hier & (u16 > MAX_MASK_BITS)))
+                    check([u16 == 0, u16 > _MAX_BLOCK, hier & (u16 > MAX_MASK_BITS)])
                 late_error()
             with m.State("RESERVED"):
                 m.d.sync += [vb_full.eq(thermometer(bc[:6])),
@@ -826,7 +829,7 @@ class SparseDecoder(wiring.Component):
             def index_fields():
                 m.d.sync += [idx.eq(u16), e.eq(e + 1), el.eq(el - 1), e_fin.eq(el == 1),
                              cur_last.eq(e_fin)]
-                check((u16 >= nbc) | ((e != 0) & (u16 <= idx)))
+                check([u16 >= nbc, (e != 0) & (u16 <= idx)])
                 return u16[:iw] == nbcm1
 
             # The index list: plain (INDEX, the entry is stored with its index) and
@@ -845,15 +848,16 @@ class SparseDecoder(wiring.Component):
             with m.State("HINDEX"):
                 with m.If(need(2)):
                     is_last = index_fields()
-                    m.d.sync += [mask.eq(0), mbyte.eq(0), pcnt.eq(0), mlast.eq(0),
-                                 mfound.eq(0), mfirst.eq(0), mrest.eq(0),
+                    m.d.sync += [mask.eq(0), mbyte.eq(0), pcnt.eq(0), mlast_lo.eq(0),
+                                 mlast_hi.eq(0), mfound.eq(0), mfirst.eq(0), mrest.eq(0),
                                  m_fin.eq(mask_bytes == 1), idx_last.eq(is_last)]
                     goto("MASK")
                 late_error()
             with m.State("MASK"):
                 with m.If(need(1)):
                     m.d.sync += [mbyte.eq(mbyte + 1), m_fin.eq(mbyte + 2 == mask_bytes),
-                                 pcnt.eq(pcnt + mlast), mlast.eq(popcount8(u8)),
+                                 pcnt.eq(pcnt + mlast), mlast_lo.eq(popcount4(u8[:4])),
+                                 mlast_hi.eq(popcount4(u8[4:])),
                                  mrest.eq(mrest | (Mux(mfound, u8, drop_low8(u8))
                                                    << (mbyte * 8))[:MAX_MASK_BITS]),
                                  mask.eq(mask | (u8 << (mbyte * 8))[:MAX_MASK_BITS])]
