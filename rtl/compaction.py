@@ -8,6 +8,7 @@ activation buffers that its parent owns,
   destination buffer (rows ``0, 1, 2, ...``), and
 * accumulates the pruned rows, weighted by their scores, into an internal accumulator buffer;
   after the last token it computes the reciprocal of the total weight with a restoring divider
+  (two quotient bits per cycle)
   and writes the requantized package token as the last destination row
   (:func:`golden.token_prune.merge_package`, bit-exact).
 
@@ -32,8 +33,9 @@ that other units also use, with no extra copy; the parent instantiates the
 (destination) to :attr:`TokenCompaction.src` / :attr:`TokenCompaction.dst`.
 
 Cycles without stalls, ``N`` rows (CLS and ``N - 1`` candidates), ``p`` of them pruned:
-``N * segs + 2`` for copying and accumulating, plus, if ``p > 0``, ``mult_width + segs + 1``
-for the divider (``mult_width`` steps) and the package row (:meth:`TokenCompaction.cycles`). The
+``N * segs + 2`` for copying and accumulating, plus, if ``p > 0``,
+``ceil(mult_width / 2) + segs + 1`` for the divider (:func:`divider_cycles`: ``mult_width``
+restoring steps, two per cycle) and the package row (:meth:`TokenCompaction.cycles`). The
 ideal, one segment per cycle through the buffer port, is
 ``N * segs`` (+ ``segs`` for the package row).
 """
@@ -47,15 +49,21 @@ from amaranth.utils import bits_for, ceil_log2
 
 from golden.config import AccelConfig
 from golden.isa import Buf, buffers
-from rtl.topk import PROB_BITS, ClsScore, TopK, token_layout
+from rtl.topk import PROB_BITS, ClsScore, TopK, scan_words, token_layout
 
 from .checks import check_config, check_width, validating
 
 __all__ = ["MAX_STRIDE", "TokenCompaction", "TokenPrune", "bank_stride", "check_stride",
-           "row_stride"]
+           "divider_cycles", "row_stride"]
 
 #: Largest row stride (words) :class:`TokenCompaction` accepts.
 MAX_STRIDE = 1 << 16
+
+
+def divider_cycles(mult_width: int) -> int:
+    """Cycles of the package token's reciprocal divider: ``mult_width`` quotient bits, two per
+    cycle, ``ceil(mult_width / 2)``."""
+    return (mult_width + 1) // 2
 
 
 def row_stride(cfg: AccelConfig) -> int:
@@ -172,7 +180,7 @@ class TokenCompaction(wiring.Component):
         """Cycles from ``start`` to ``done`` without stalls (``n_rows`` includes CLS)."""
         total = n_rows * segs + 2
         if pruned:
-            total += self.cfg.mult_width + segs + 1
+            total += divider_cycles(self.cfg.mult_width) + segs + 1
         return total
 
     def elaborate(self, platform):
@@ -315,14 +323,25 @@ class TokenCompaction(wiring.Component):
                         m.next = "DIVIDE"
 
             with m.State("DIVIDE"):
+                # two restoring steps per cycle (one in the last cycle if mult_width is odd)
                 m.d.comb += self.busy.eq(1)
-                ge = rem >= total_w
-                m.d.sync += [
-                    quo.eq(Cat(ge, quo[:-1])),
-                    rem.eq(Mux(ge, rem - total_w, rem) << 1),
-                    step.eq(step + 1),
+                ge1 = Signal()
+                rem1 = Signal(len(rem))
+                ge2 = Signal()
+                m.d.comb += [
+                    ge1.eq(rem >= total_w),
+                    rem1.eq(Mux(ge1, rem - total_w, rem) << 1),
+                    ge2.eq(rem1 >= total_w),
                 ]
                 with m.If(step == mw - 1):
+                    m.d.sync += [quo.eq(Cat(ge1, quo[:-1])), rem.eq(rem1)]
+                with m.Else():
+                    m.d.sync += [
+                        quo.eq(Cat(ge2, ge1, quo[:-2])),
+                        rem.eq(Mux(ge2, rem1 - total_w, rem1) << 1),
+                        step.eq(step + 2),
+                    ]
+                with m.If(step >= mw - 2):
                     m.d.sync += pkg_seg.eq(0)
                     m.next = "PACKAGE"
 
@@ -373,9 +392,10 @@ class TokenPrune(wiring.Component):
 
     Throughput and stalls: one probability beat per cycle while loading, one row segment per
     cycle while compacting; stalls on ``probs`` delay the run. Without stalls a run takes
-    :meth:`cycles` ``= (N - 1) (1 + segs) + 2**score_width + 5`` cycles from ``start`` to
-    ``done``, plus ``mult_width + segs + 1`` if any token is pruned (when
-    ``segs <= N + 2**score_width``, so that the CLS row is copied while the scores load).
+    :meth:`cycles` ``= (N - 1) (1 + segs) + scan_words + 5`` cycles from ``start`` to
+    ``done`` (``scan_words = 2**score_width / scan_lanes``, :func:`rtl.topk.scan_words`), plus
+    ``ceil(mult_width / 2) + segs + 1`` if any token is pruned (when
+    ``segs <= N + scan_words``, so that the CLS row is copied while the scores load).
     """
 
     def __init__(self, cfg: AccelConfig, heads: int, stride=None):
@@ -409,9 +429,9 @@ class TokenPrune(wiring.Component):
 
     def cycles(self, n_tokens: int, segs: int, pruned: int) -> int:
         """Cycles from ``start`` to ``done`` without stalls."""
-        total = (n_tokens - 1) * (1 + segs) + (1 << self.cfg.score_width) + 5
+        total = (n_tokens - 1) * (1 + segs) + scan_words(self.cfg.score_width) + 5
         if pruned:
-            total += self.cfg.mult_width + segs + 1
+            total += divider_cycles(self.cfg.mult_width) + segs + 1
         return total
 
     def ideal_cycles(self, n_tokens: int, segs: int, pruned: int) -> int:

@@ -28,18 +28,19 @@ TokenCompaction``) and adapts its ports to the accelerator's buses (``rtl.ports`
 
 Data movement order (:class:`rtl.compaction.TokenPrune`): the CLS row is copied while the
 ``m - 1`` scores load into the top-k selector (one per cycle); the selector then scans its
-``2**score_width``-bin histogram and emits one keep decision per token, at the pace of the
-compaction, which copies each kept row (``segs = ceil(n / cols)`` words, one per cycle) and
-accumulates each pruned one; finally a ``mult_width``-step divider and ``segs`` cycles write the
-package token.
+``2**score_width``-bin histogram (``scan_words = 2**score_width / scan_lanes`` words of 8 bins,
+one word per cycle, :func:`rtl.topk.scan_words`) and emits one keep decision per token, at the
+pace of the compaction, which copies each kept row (``segs = ceil(n / cols)`` words, one per
+cycle) and accumulates each pruned one; finally a divider (``mult_width`` quotient bits, two per
+cycle) and ``segs`` cycles write the package token.
 
 Cycles (``done`` comes this many cycles after ``start``, as ``sim.instr.run_instr`` counts
 them; there is no memory traffic, so they do not depend on memory latency or stalls),
 :func:`cycles`, with ``segs = ceil(n / cols)``::
 
-    (m - 1) * (segs + 1) + 2**score_width + 7
-        + (mult_width + segs + 1 if imm < m - 1 else 0)     package token
-        + max(0, segs - m - 2**score_width - 3)             CLS row longer than the score phase
+    (m - 1) * (segs + 1) + scan_words + 7
+        + (ceil(mult_width / 2) + segs + 1 if imm < m - 1 else 0)   package token
+        + max(0, segs - m - scan_words - 3)                         CLS row past the scores
 
 The last term is zero for every preset (the CLS row is copied while the scores load and the
 histogram is scanned). This is :meth:`TokenPrune.cycles` plus 2: the ``start`` cycle (the
@@ -47,8 +48,8 @@ pruning unit is started from registered operands in the next one) and the score 
 the first probability beat. Against the ideal ``(m - 1) * (segs + 1) (+ segs)`` (one score,
 then one word per cycle) the overhead is the selector's histogram scan and the package token's
 divider, both fixed per instruction. The tiny model's selection (``tiny`` preset, ``m = 17``,
-``n = 32``, ``imm = 8``) takes 432 cycles; DeiT-Tiny's on the ``default`` preset (``m = 197``,
-``n = 192``, ``imm = 138``) 5204.
+``n = 32``, ``imm = 8``) takes 200 cycles; DeiT-Tiny's on the ``default`` preset (``m = 197``,
+``n = 192``, ``imm = 138``) 4972.
 
 Error: ``error`` is raised (with ``done`` in the cycle after ``start``, nothing read or
 written) by an instruction that :func:`golden.isa.validate_instr` would reject in a way the unit
@@ -65,7 +66,8 @@ from amaranth.utils import bits_for, ceil_log2
 
 from golden.config import AccelConfig
 from golden.isa import Instr
-from rtl.compaction import TokenPrune, row_stride
+from rtl.compaction import TokenPrune, divider_cycles, row_stride
+from rtl.topk import scan_words
 
 from .checks import check_config, validating
 from .fixedpoint_ops import div_const
@@ -85,10 +87,11 @@ def cycles(cfg: AccelConfig, instr: Instr, mem_latency: int = 2) -> int:
     does not matter: the unit does not use the memory port); see the module docstring."""
     m, keep = instr.m, instr.imm
     segs = -(-instr.n // cfg.cols)
-    total = (m - 1) * (segs + 1) + (1 << cfg.score_width) + 7
-    total += max(0, segs - m - (1 << cfg.score_width) - 3)
+    words = scan_words(cfg.score_width)
+    total = (m - 1) * (segs + 1) + words + 7
+    total += max(0, segs - m - words - 3)
     if keep < m - 1:
-        total += cfg.mult_width + segs + 1
+        total += divider_cycles(cfg.mult_width) + segs + 1
     return total
 
 

@@ -8,20 +8,33 @@ index.
 Algorithm (three phases, one memory access per cycle each):
 
 1. **Load** (``n`` cycles): one score per cycle is written to a score memory and counted in a
-   ``2**score_width``-bin histogram (read-modify-write pipelined over two cycles; the read port
-   is transparent to the write port, which forwards a count written in the same cycle).
-2. **Scan** (``2**score_width + 1`` cycles): the histogram is read from the top bin down,
-   accumulating the number of scores above the current bin; the first bin at which that count
-   reaches ``k`` is the threshold ``T``, and ``ties = k - count(> T)`` scores equal to ``T`` are
-   kept. Every bin is cleared as it is read, so the next run starts from an empty histogram.
+   ``2**score_width``-bin histogram, stored as :func:`scan_words` words of :func:`scan_lanes`
+   counts (:data:`SCAN_LANES` = 8 bins per word, or all bins if there are fewer). The word of
+   the score's bin is read, and written back the next cycle with that bin's lane incremented;
+   the read port is transparent to the write port, which forwards a word written in the same
+   cycle, so a run of scores in the same word counts correctly at full rate.
+2. **Scan** (``2**score_width / scan_lanes + 1`` cycles, 33 for 8-bit scores): the histogram
+   is read one word per cycle from the top word down and each word is cleared as it is read, so
+   the next run starts from an empty histogram. Two pipeline stages per word: stage 1 registers
+   the word's suffix sums (``suffix[j]`` = count of lanes ``>= j``, a log-depth scan of three
+   adder levels for 8 lanes); stage 2 forms every ``rem - suffix[j]`` in parallel, with
+   ``rem = k - count(above the word)``: the highest lane with ``suffix[j] >= rem`` holds the
+   threshold ``T``, and ``ties = rem - suffix[j + 1]`` scores equal to ``T`` are kept (one
+   subtraction, a priority select and a multiplexer deep); if no lane reaches ``rem``, ``rem``
+   drops by the word's total. Stage 2 of the last word runs in the first emit cycle,
+   before the first keep decision needs ``T``.
 3. **Emit** (``n`` cycles): the scores are read back in index order; token ``i`` is kept if
    ``s_i > T``, or ``s_i == T`` while the tie budget lasts (lower index wins).
 
-Without stalls a run takes ``2 n + 2**score_width + 3`` cycles from ``start`` to ``done``
-(:meth:`TopK.cycles`), 771 for ``n = 196``, ``score_width = 8``. The trade-off against a sorting
-network or a k-deep insertion queue: cost independent of ``k``, one adder and two small memories
-instead of ``O(k)`` comparators, at the price of the fixed ``2**score_width`` scan, which is why
-``score_width`` stays small (8 bits: softmax probabilities are 8-bit).
+Without stalls a run takes ``2 n + 2**score_width / scan_lanes + 3`` cycles from ``start`` to
+``done`` (:meth:`TopK.cycles`), 427 for ``n = 196``, ``score_width = 8``. The trade-off against
+a sorting network or a k-deep insertion queue: cost independent of ``k``, a few adders and
+comparators and two small memories instead of ``O(k)`` comparators, at the price of the fixed
+histogram scan, which is why ``score_width`` stays small (8 bits: softmax probabilities are
+8-bit). Reading 8 bins per cycle divides the scan by 8 for 8 lane adders and subtractors and
+a wider (``8 * bits_for(max_tokens)``-bit), shallower histogram memory; each scan stage is a
+few ``bits_for(max_tokens)``-bit carry chains deep (stage 1: three adder levels; stage 2: one
+subtraction, a priority select and a multiplexer).
 
 :class:`ClsScore` turns the CLS-row probabilities of every head into the score
 (:func:`golden.token_prune.cls_scores`).
@@ -29,7 +42,7 @@ instead of ``O(k)`` comparators, at the price of the fixed ``2**score_width`` sc
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for, ceil_log2
@@ -38,10 +51,24 @@ from golden.config import AccelConfig
 
 from .checks import check_config, check_width, validating
 
-__all__ = ["PROB_BITS", "ClsScore", "TopK", "token_layout"]
+__all__ = ["PROB_BITS", "SCAN_LANES", "ClsScore", "TopK", "scan_lanes", "scan_words",
+           "token_layout"]
 
 #: Width of one softmax probability (unsigned, scale 2**-8); equals golden.token_prune.PROB_BITS.
 PROB_BITS = 8
+
+#: Histogram bins per word, read and accumulated in one scan cycle (a power of two).
+SCAN_LANES = 8
+
+
+def scan_lanes(score_width: int) -> int:
+    """Bins per histogram word: :data:`SCAN_LANES`, or all ``2**score_width`` bins if fewer."""
+    return min(SCAN_LANES, 1 << score_width)
+
+
+def scan_words(score_width: int) -> int:
+    """Histogram words, ``2**score_width / scan_lanes``: the scan phase reads one per cycle."""
+    return (1 << score_width) // scan_lanes(score_width)
 
 
 def token_layout(max_tokens: int, score_width: int) -> data.StructLayout:
@@ -90,9 +117,10 @@ class TopK(wiring.Component):
         cleared by the next ``start``.
 
     Latency, throughput and stalls: one score per cycle in, one token per cycle out. Without
-    stalls a run takes :meth:`cycles` ``(n) = 2 n + 2**score_width + 3`` cycles from ``start``
-    to ``done``; the first output beat is valid :attr:`latency` ``= 2**score_width + 3``
-    cycles after the last score is accepted. A stalled input (``valid`` low) or output
+    stalls a run takes :meth:`cycles` ``(n) = 2 n + scan_words + 3`` cycles from ``start``
+    to ``done`` (``scan_words = 2**score_width / scan_lanes``, 32 for 8-bit scores); the first
+    output beat is valid :attr:`latency` ``= scan_words + 3`` cycles after the last score is
+    accepted. A stalled input (``valid`` low) or output
     (``ready`` low) delays the run by the stalled cycles and loses nothing.
     """
 
@@ -105,6 +133,10 @@ class TopK(wiring.Component):
         self.kept_only = kept_only
         self.score_width = cfg.score_width
         self.max_tokens = cfg.max_tokens
+        #: histogram bins read per scan cycle (one histogram word)
+        self.scan_lanes = scan_lanes(cfg.score_width)
+        #: histogram words, one scan cycle each
+        self.scan_words = scan_words(cfg.score_width)
         cnt = unsigned(bits_for(cfg.max_tokens))
         super().__init__({
             "start": In(1),
@@ -121,21 +153,24 @@ class TopK(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from the last accepted score to the first valid output beat."""
-        return (1 << self.score_width) + 3
+        return self.scan_words + 3
 
     def cycles(self, n: int) -> int:
         """Cycles from ``start`` to ``done`` for ``n`` scores without stalls."""
-        return 2 * n + (1 << self.score_width) + 3
+        return 2 * n + self.scan_words + 3
 
     def elaborate(self, platform):
         m = Module()
         sw = self.score_width
-        bins = 1 << sw
+        lanes = self.scan_lanes
+        words = self.scan_words
+        lane_bits = ceil_log2(lanes)
         cnt_shape = unsigned(bits_for(self.max_tokens))
 
         m.submodules.scores = scores = memory.Memory(
             shape=unsigned(sw), depth=self.max_tokens, init=[])
-        m.submodules.hist = hist = memory.Memory(shape=cnt_shape, depth=bins, init=[])
+        m.submodules.hist = hist = memory.Memory(
+            shape=data.ArrayLayout(cnt_shape, lanes), depth=words, init=[])
         s_wr = scores.write_port()
         s_rd = scores.read_port()
         h_wr = hist.write_port()
@@ -144,31 +179,61 @@ class TopK(wiring.Component):
         n = Signal(cnt_shape)
         k = Signal(cnt_shape)
         count = Signal(cnt_shape)        # scores loaded / tokens emitted
-        above = Signal(cnt_shape)        # scores above the bin being scanned
+        rem = Signal(cnt_shape)          # k - (scores above the words scanned so far)
         thresh = Signal(sw)
         ties = Signal(cnt_shape)         # scores equal to thresh still to keep
         kept = Signal(cnt_shape)
         found = Signal()
-        inc_valid = Signal()             # load stage 1: increment bin inc_bin
-        inc_bin = Signal(sw)
-        scan_valid = Signal()            # scan stage: h_rd.data is the count of bin scan_bin
-        scan_bin = Signal(sw)
-        scan_addr = Signal(sw)
+        inc_valid = Signal()             # load stage 1: increment lane inc_lane of word inc_word
+        inc_word = Signal(sw - lane_bits)
+        inc_lane = Signal(lane_bits)
+        scan_valid = Signal()            # scan stage 1: h_rd.data is word scan_word
+        scan_word = Signal(sw - lane_bits)
+        scan_addr = Signal(sw - lane_bits)
+        sum_valid = Signal()             # scan stage 2: suffix sums of word sum_word
+        sum_word = Signal(sw - lane_bits)
+        suffix = Signal(data.ArrayLayout(cnt_shape, lanes))   # suffix[j]: count of lanes >= j
         o_valid = Signal()               # emit output register
         o_index = Signal(cnt_shape)
 
-        m.d.sync += [self.done.eq(0), inc_valid.eq(0), scan_valid.eq(0)]
+        m.d.sync += [self.done.eq(0), inc_valid.eq(0), scan_valid.eq(0), sum_valid.eq(0)]
 
+        # load stage 1: write the word back with one lane incremented
         with m.If(inc_valid):
-            m.d.comb += [h_wr.addr.eq(inc_bin), h_wr.data.eq(h_rd.data + 1), h_wr.en.eq(1)]
+            m.d.comb += [h_wr.addr.eq(inc_word), h_wr.en.eq(1)]
+            for j in range(lanes):
+                m.d.comb += h_wr.data[j].eq(h_rd.data[j] + (inc_lane == j))
+
+        # scan stage 1: clear the word just read, register its suffix sums (log-depth scan)
         with m.If(scan_valid):
-            total = above + h_rd.data
-            m.d.comb += [h_wr.addr.eq(scan_bin), h_wr.data.eq(0), h_wr.en.eq(1)]
-            with m.If(~found):
-                with m.If(total >= k):
-                    m.d.sync += [found.eq(1), thresh.eq(scan_bin), ties.eq(k - above)]
-                with m.Else():
-                    m.d.sync += above.eq(total)
+            m.d.comb += [h_wr.addr.eq(scan_word), h_wr.data.eq(0), h_wr.en.eq(1)]
+            level = [h_rd.data[j] for j in range(lanes)]
+            dist = 1
+            while dist < lanes:
+                level = [level[j] + level[j + dist] if j + dist < lanes else level[j]
+                         for j in range(lanes)]
+                dist *= 2
+            m.d.sync += [sum_valid.eq(1), sum_word.eq(scan_word)]
+            m.d.sync += [suffix[j].eq(level[j]) for j in range(lanes)]
+
+        # scan stage 2: the threshold lane is the highest j with suffix[j] >= rem; all the
+        # differences rem - suffix[j] are formed in parallel, then one is selected
+        with m.If(sum_valid & ~found):
+            diff = [Signal(signed(cnt_shape.width + 1), name=f"diff_{j}")
+                    for j in range(lanes + 1)]
+            m.d.comb += [diff[j].eq(rem - suffix[j]) for j in range(lanes)]
+            m.d.comb += diff[lanes].eq(rem)                     # suffix[lanes] = 0
+            reach = [diff[j] <= 0 for j in range(lanes + 1)]   # reach[lanes] is 0: rem >= 1
+            hit_lane = Signal(lane_bits)
+            hit_ties = Signal(cnt_shape)          # rem - suffix[hit_lane + 1]
+            for j in range(lanes):
+                with m.If(reach[j] & ~reach[j + 1]):
+                    m.d.comb += [hit_lane.eq(j), hit_ties.eq(diff[j + 1])]
+            with m.If(reach[0]):
+                m.d.sync += [found.eq(1), thresh.eq(Cat(hit_lane, sum_word)),
+                             ties.eq(hit_ties)]
+            with m.Else():
+                m.d.sync += rem.eq(diff[0])
 
         with m.FSM(name="fsm"):
             with m.State("IDLE"), m.If(self.start):
@@ -176,7 +241,7 @@ class TopK(wiring.Component):
                        | (self.k > self.n))
                 m.d.sync += [
                     self.error.eq(bad), n.eq(self.n), k.eq(self.k), count.eq(0),
-                    above.eq(0), found.eq(0), kept.eq(0), scan_addr.eq(bins - 1),
+                    rem.eq(self.k), found.eq(0), kept.eq(0), scan_addr.eq(words - 1),
                     self.mask.eq(0),
                 ]
                 with m.If(~bad):
@@ -188,9 +253,10 @@ class TopK(wiring.Component):
                     self.busy.eq(1),
                     self.i.ready.eq(count != n),
                     s_wr.addr.eq(count), s_wr.data.eq(self.i.payload), s_wr.en.eq(accept),
-                    h_rd.addr.eq(self.i.payload),
+                    h_rd.addr.eq(self.i.payload[lane_bits:]),
                 ]
-                m.d.sync += [inc_valid.eq(accept), inc_bin.eq(self.i.payload)]
+                m.d.sync += [inc_valid.eq(accept), inc_word.eq(self.i.payload[lane_bits:]),
+                             inc_lane.eq(self.i.payload[:lane_bits])]
                 with m.If(accept):
                     m.d.sync += count.eq(count + 1)
                     with m.If(count == n - 1):
@@ -198,13 +264,15 @@ class TopK(wiring.Component):
 
             with m.State("SCAN"):
                 m.d.comb += [self.busy.eq(1), h_rd.addr.eq(scan_addr)]
-                m.d.sync += [scan_valid.eq(1), scan_bin.eq(scan_addr),
+                m.d.sync += [scan_valid.eq(1), scan_word.eq(scan_addr),
                              scan_addr.eq(scan_addr - 1)]
-                with m.If(scan_valid & (scan_bin == 0)):      # last bin is processed now
+                with m.If(scan_valid & (scan_word == 0)):     # last word is read now
                     m.d.sync += [scan_valid.eq(0), count.eq(0), o_valid.eq(0)]
                     m.next = "EMIT"
 
             with m.State("EMIT"):
+                # scan stage 2 decides on the last word in the first EMIT cycle, before the
+                # first beat (o_valid) needs thresh and ties
                 keep = Signal()
                 equal = s_rd.data == thresh
                 m.d.comb += [

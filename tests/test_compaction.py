@@ -5,7 +5,7 @@ import pytest
 
 from golden.config import AccelConfig
 from golden.token_prune import compact_tokens
-from rtl.compaction import TokenCompaction, TokenPrune, bank_stride, row_stride
+from rtl.compaction import TokenCompaction, TokenPrune, bank_stride, divider_cycles, row_stride
 from sim.streams import run_simulation, stream_send
 from sim.token import (
     BufferHarness,
@@ -45,6 +45,26 @@ def test_random_masks(d, stall, rng):
     if stall == 0:
         segs = -(-d // cfg.cols)
         assert res["cycles"] == dut.cycles(n_tokens, segs, int((~mask).sum()))
+
+
+@pytest.mark.parametrize("mult_width", [2, 3, 4, 7, 15, 16])
+def test_divider_widths(mult_width, rng):
+    """The reciprocal divider (two quotient bits per cycle, one in the last cycle for an odd
+    ``mult_width``) against golden, with total weights from 1 to the largest."""
+    cfg = _cfg(mult_width=mult_width)
+    n_tokens = 12
+    for weights in (np.ones(n_tokens - 1, dtype=np.int64),
+                    np.full(n_tokens - 1, 255), rng.integers(0, 256, n_tokens - 1),
+                    rng.integers(0, 8, n_tokens - 1)):
+        x = rng.integers(-128, 128, (n_tokens, 8))
+        mask = rng.random(n_tokens - 1) < 0.4
+        mask[0] = False
+        res, dut = run_compaction(cfg, x, mask, weights)
+        out, weight = _expect(cfg, x, mask, weights)
+        assert not res["error"] and res["rows"] == len(out) and res["weight"] == weight
+        np.testing.assert_array_equal(res["out"], out)
+        assert res["cycles"] == dut.cycles(n_tokens, 2, int((~mask).sum()))
+    assert divider_cycles(mult_width) == (mult_width + 1) // 2
 
 
 @pytest.mark.parametrize("kind", ["keep_all", "keep_none", "zero_weights", "extremes",

@@ -6,7 +6,7 @@ import pytest
 from golden.config import AccelConfig
 from golden.token_prune import cls_scores
 from golden.topk import check_topk_args, topk_select, topk_threshold
-from rtl.topk import ClsScore, TopK
+from rtl.topk import SCAN_LANES, ClsScore, TopK, scan_lanes, scan_words
 from sim.streams import run_simulation, stream_recv, stream_send
 from sim.token import run_topk, start
 
@@ -89,7 +89,7 @@ def test_cycle_formula_and_latency(rng):
         beats, bits, cycles, err, dut = run_topk(cfg, scores, k)
         assert not err
         _check(cfg, scores, k, _beats(beats), bits)
-        assert cycles == dut.cycles(n) == 2 * n + 16 + 3
+        assert cycles == dut.cycles(n) == 2 * n + 16 // SCAN_LANES + 3
 
 
 def test_latency_measured(rng):
@@ -122,7 +122,7 @@ def test_latency_measured(rng):
                     ctx.set(dut.i.payload, int(scores[sent]))
 
     run_simulation(dut, [control], max_cycles=200)
-    assert marks["first_out"] - marks["last_in"] == dut.latency == 16 + 3
+    assert marks["first_out"] - marks["last_in"] == dut.latency == 16 // SCAN_LANES + 3
 
 
 @pytest.mark.parametrize("case", ["equal", "increasing", "decreasing", "random"])
@@ -172,6 +172,99 @@ def test_max_tokens_8bit_and_back_to_back(rng):
     run_simulation(dut, [bench], max_cycles=4000)
     for (scores, k), (beats, mask) in zip(runs, results):
         bits = [(mask >> i) & 1 for i in range(cfg.max_tokens)]
+        _check(cfg, scores, k, _beats(beats), bits)
+
+
+def test_scan_geometry():
+    assert SCAN_LANES == 8
+    assert [scan_lanes(w) for w in (1, 2, 3, 4, 8, 12)] == [2, 4, 8, 8, 8, 8]
+    assert [scan_words(w) for w in (1, 2, 3, 4, 8, 12)] == [1, 1, 1, 2, 32, 512]
+    _, _, cycles, _, dut = run_topk(_cfg(score_width=8), [200], 1)
+    assert (dut.scan_lanes, dut.scan_words, dut.latency, dut.cycles(196)) == (8, 32, 35, 427)
+    assert cycles == dut.cycles(1) == 37
+
+
+def _edge_runs(sw, max_tokens, rng):
+    """Selections exercising the word-wise scan: ties across and at word boundaries, the
+    threshold in the first and the last word, extreme k and n, scores at 0 and the top bin."""
+    top = (1 << sw) - 1
+    lanes = scan_lanes(sw)
+    mt = max_tokens
+    runs = [
+        (np.full(mt, top), 1), (np.full(mt, top), mt), (np.zeros(mt, dtype=int), mt - 1),
+        (np.zeros(mt, dtype=int), 1), (np.array([0]), 1), (np.array([top]), 1),
+        (np.array([top, 0]), 1), (np.array([0, top]), 1), (np.array([0, top]), 2),
+        (rng.integers(0, top + 1, mt), 1), (rng.integers(0, top + 1, mt), mt - 1),
+        (rng.integers(0, top + 1, mt), mt), (rng.integers(0, top + 1, mt), mt // 2),
+        (rng.integers(0, top + 1, 5), 3),
+    ]
+    if lanes <= top:                                 # scores on both sides of a word boundary
+        lo, hi = lanes - 1, lanes                    # last lane of word 0, first of word 1
+        runs += [
+            (rng.choice([lo, hi], mt), mt // 2),
+            (np.array([lo, hi, lo, hi, hi, lo, lo]), 4),     # all of hi plus one lo
+            (np.array([lo, hi, lo, hi, hi, lo, lo]), 3),     # exactly the hi ones
+            (np.array([lo, hi, lo, hi, hi, lo, lo]), 2),     # ties within hi
+            (np.array([hi - 1 + (i % 3) for i in range(mt)]), mt // 3),
+        ]
+    # the running count reaches k exactly at a lane / word end
+    s = rng.integers(0, top + 1, mt)
+    for k in sorted({1, int((s >= top).sum()) or 1, int((s >= lanes).sum()) or 1, mt}):
+        runs.append((s, k))
+    return runs
+
+
+@pytest.mark.parametrize("sw, max_tokens", [(1, 9), (2, 12), (3, 16), (4, 32), (5, 20),
+                                            (8, 40), (12, 24)])
+def test_word_scan_edges_back_to_back(sw, max_tokens, rng):
+    """Many selections in a row on one unit (the scan must leave the histogram empty), with
+    random valid/ready stalls on both streams, against golden.topk."""
+    cfg = _cfg(max_tokens=max_tokens, score_width=sw)
+    runs = _edge_runs(sw, max_tokens, rng)
+    for kept_only in (False, True):
+        dut = TopK(cfg, kept_only=kept_only)
+        results = []
+
+        async def bench(ctx, dut=dut, kept_only=kept_only, results=results):
+            for scores, k in runs:
+                await start(ctx, dut, n=len(scores), k=k)
+                await stream_send(ctx, dut.i, [int(x) for x in scores], rng=rng, stall=0.3)
+                beats = await stream_recv(ctx, dut.o, k if kept_only else len(scores),
+                                          rng=rng, stall=0.3)
+                while not ctx.get(dut.done):
+                    await ctx.tick()
+                results.append((beats, ctx.get(dut.mask)))
+                await ctx.tick()
+
+        run_simulation(dut, [bench], max_cycles=len(runs) * (4 * max_tokens + 600) * 3)
+        for (scores, k), (beats, mask) in zip(runs, results):
+            bits = [(mask >> i) & 1 for i in range(cfg.max_tokens)]
+            _check(cfg, scores, k, _beats(beats), bits, kept_only=kept_only)
+
+
+@pytest.mark.parametrize("sw", [1, 2, 3, 4, 8, 12])
+def test_cycles_exact_every_width(sw, rng):
+    cfg = _cfg(max_tokens=24, score_width=sw)
+    top = (1 << sw) - 1
+    for scores, k in [(rng.integers(0, top + 1, 24), 7), (np.full(24, top), 24),
+                      (np.array([0]), 1), (rng.integers(0, top + 1, 13), 13)]:
+        beats, bits, cycles, err, dut = run_topk(cfg, scores, k)
+        assert not err
+        _check(cfg, scores, k, _beats(beats), bits)
+        n = len(scores)
+        assert cycles == dut.cycles(n) == 2 * n + scan_words(sw) + 3
+
+
+def test_golden_fixed_seed_random_8bit(rng):
+    """Random 8-bit selections over narrow and wide score ranges (thresholds in many words)."""
+    cfg = _cfg(max_tokens=40, score_width=8)
+    for _ in range(24):
+        n = int(rng.integers(1, 41))
+        k = int(rng.integers(1, n + 1))
+        lo = int(rng.integers(0, 256))
+        scores = rng.integers(lo, min(256, lo + int(rng.choice([2, 9, 64, 256]))), n)
+        beats, bits, cycles, err, dut = run_topk(cfg, scores, k)
+        assert not err and cycles == dut.cycles(n)
         _check(cfg, scores, k, _beats(beats), bits)
 
 
