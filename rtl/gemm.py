@@ -126,7 +126,7 @@ __all__ = [
 
 FEED_STAGES = 2       # command issue -> operands at the array (buffer read, read register)
 EPILOGUE_FIXED_STAGES = 8   # row, parameter register, bias, round, 2 x shift, 2 x saturate
-FIFO_STAGES = 2       # SyncFIFOBuffered: write to readable
+FIFO_STAGES = 2       # output FIFO (rtl.ram.ReservedFIFO): write to readable
 SPARSE_EXTRA_STAGES = 2   # sparse commands: k-index buffer read and register before the A read
 
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -66,8 +66,8 @@ from golden.layernorm import (
 )
 
 from .checks import check_config, validating
-from .fixedpoint_ops import round_shift, saturate
-from .rowbuffer import next_bank, row_loader, row_reader
+from .fixedpoint_ops import restoring_divide_step, round_shift, saturate
+from .rowbuffer import next_bank, row_reader, word_row_loader
 
 __all__ = ["MAX_BANKS", "MAX_REDUCERS", "LayerNorm", "Reducer", "layernorm_cmd_layout",
            "layernorm_param_layout", "layernorm_row_layout", "ln_banks", "ln_output_cycles",
@@ -264,24 +264,7 @@ class Reducer(wiring.Component):
                         m.next = "IDLE"
                 with m.Else():
                     # Two quotient bits per cycle (one when a single bit is left).
-                    rem1 = Signal.like(r_rem)
-                    quo1 = Signal.like(r_quo)
-                    rem2 = Signal.like(r_rem)
-                    quo2 = Signal.like(r_quo)
-                    div1 = Signal.like(r_div)
-                    m.d.comb += div1.eq(r_div >> 1)
-                    for (ri, qi, di), (ro, qo) in (((r_rem, r_quo, r_div), (rem1, quo1)),
-                                                   ((rem1, quo1, div1), (rem2, quo2))):
-                        with m.If(ri >= di):
-                            m.d.comb += [ro.eq(ri - di), qo.eq(Cat(Const(1, 1), qi))]
-                        with m.Else():
-                            m.d.comb += [ro.eq(ri), qo.eq(Cat(Const(0, 1), qi))]
-                    with m.If(r_count == INV_BITS - 1):
-                        m.d.sync += [r_rem.eq(rem1), r_quo.eq(quo1), r_div.eq(div1),
-                                     r_count.eq(r_count + 1)]
-                    with m.Else():
-                        m.d.sync += [r_rem.eq(rem2), r_quo.eq(quo2), r_div.eq(r_div >> 2),
-                                     r_count.eq(r_count + 2)]
+                    restoring_divide_step(m, r_rem, r_quo, r_div, r_count, INV_BITS)
         return m
 
 
@@ -421,23 +404,14 @@ class LayerNorm(wiring.Component):
 
         # ---------------------------------------------------------------- loader
         beat = self.i.payload
-        last_over = None
-        if t % L:
-            last_over = beat.count > t - (W - 1) * L
-        loader = row_loader(m, self.i, wr, banks=banks, max_len=W, error=self.error,
-                            error_clear=self.error_clear, last_over=last_over)
         # statistics pipeline, always advancing: masked words, squares, adder trees, sums
-        a_v = Signal(name="st_a_valid")
-        a_first = Signal(name="st_a_first")
-        a_end = Signal(name="st_a_end")
+        loader, st_a = word_row_loader(m, self.i, wr, banks=banks, lanes=L, words=W, max_elems=t,
+                                       error=self.error, error_clear=self.error_clear,
+                                       shape=signed(w), pad=0, prefix="st")
+        a_v, a_first, a_end, a_x = st_a.valid, st_a.first, st_a.end, st_a.x
         a_tag = Signal(tag, name="st_a_tag")
-        a_x = [Signal(signed(w), name=f"st_a_x{k}") for k in range(L)]
-        m.d.sync += [a_v.eq(loader.advance | loader.row_end), a_first.eq(loader.first),
-                     a_end.eq(loader.row_end),
-                     a_tag.len.eq(loader.idx * L + beat.count),
+        m.d.sync += [a_tag.len.eq(loader.idx * L + beat.count),
                      a_tag.words.eq(loader.idx + 1), a_tag.count.eq(beat.count)]
-        for k in range(L):
-            m.d.sync += a_x[k].eq(Mux(~beat.last | (beat.count > k), beat.data[k], 0))
         b_x = [Signal(signed(w), name=f"st_b_x{k}") for k in range(L)]
         b_sq = [Signal(unsigned(2 * w), name=f"st_b_sq{k}") for k in range(L)]
         for k in range(L):

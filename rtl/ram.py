@@ -7,6 +7,9 @@ register), the read register is inside the RAM; otherwise it is a fabric registe
 synchronous read port. The latency is the same either way, so simulation (no platform) is
 cycle-exact with the synthesized design. ECP5 block RAM without its output register has a
 5.6-5.8 ns clock-to-output at speed grade 6, too slow for any logic after it at 150 MHz.
+
+:class:`ReservedFIFO` is a first-in first-out buffer for a writer that reserves room in
+advance (credits), so that the memory's write enable is the writer's valid bit alone.
 """
 
 from __future__ import annotations

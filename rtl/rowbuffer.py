@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from amaranth.hdl import Mux, Signal, Value
 from amaranth.utils import ceil_log2
 
-__all__ = ["RowLoader", "RowReader", "next_bank", "row_loader", "row_reader"]
+__all__ = ["RowLoader", "RowReader", "WordStage", "next_bank", "row_loader", "row_reader",
+           "word_row_loader"]
 
 
 def next_bank(bank, banks: int) -> Value:
@@ -143,6 +144,47 @@ def row_loader(m, i, wr, *, banks: int, max_len: int, error, error_clear, last_o
             m.d.sync += idx.eq(idx + 1)
     return RowLoader(bank=bank, idx=idx, length=idx + 1, first=idx == 0, advance=advance,
                      row_end=row_end, row_freed=row_freed)
+
+
+@dataclass(frozen=True, eq=False)
+class WordStage:
+    """The first stage behind a :func:`word_row_loader`, registered from the loaded beat.
+
+    Members
+    -------
+    valid, first, end : Signal
+        A word was loaded (or a row ended), it was a row's first word, it ended its row.
+    x : list of Signal
+        The word's lanes, those past ``count`` on a row's last word replaced by the pad value.
+    """
+
+    valid: Signal
+    first: Signal
+    end: Signal
+    x: list
+
+
+def word_row_loader(m, i, wr, *, banks: int, lanes: int, words: int, max_elems: int, error,
+                    error_clear, shape, pad: int, prefix: str):
+    """A :func:`row_loader` for beats of ``lanes`` elements (payload ``data``, ``count`` -- the
+    elements of a row's last word -- and ``last``), rows of at most ``max_elems`` elements in
+    ``words`` words, and the first, always-advancing stage behind it (:class:`WordStage`, its
+    lanes of ``shape`` with ``pad`` past ``count``). Returns ``(loader, stage)``."""
+    beat = i.payload
+    last_over = None
+    if max_elems % lanes:
+        last_over = beat.count > max_elems - (words - 1) * lanes
+    loader = row_loader(m, i, wr, banks=banks, max_len=words, error=error,
+                        error_clear=error_clear, last_over=last_over)
+    stage = WordStage(valid=Signal(name=f"{prefix}_a_valid"),
+                      first=Signal(name=f"{prefix}_a_first"),
+                      end=Signal(name=f"{prefix}_a_end"),
+                      x=[Signal(shape, name=f"{prefix}_a_x{k}") for k in range(lanes)])
+    m.d.sync += [stage.valid.eq(loader.advance | loader.row_end),
+                 stage.first.eq(loader.first), stage.end.eq(loader.row_end)]
+    for k in range(lanes):
+        m.d.sync += stage.x[k].eq(Mux(~beat.last | (beat.count > k), beat.data[k], pad))
+    return loader, stage
 
 
 @dataclass(frozen=True, eq=False)

@@ -68,8 +68,8 @@ from golden.softmax import (
 )
 
 from .checks import check_config, validating
-from .fixedpoint_ops import round_shift
-from .rowbuffer import next_bank, row_loader, row_reader
+from .fixedpoint_ops import restoring_divide_step, round_shift
+from .rowbuffer import next_bank, row_reader, word_row_loader
 
 __all__ = ["DIVIDERS", "DIVIDER_CYCLES", "EXP_STAGES", "FULL_RATE_WORDS", "MAX_BANKS",
            "Divider", "Softmax", "max_stages", "sm_banks", "sm_output_cycles", "sm_words",
@@ -297,24 +297,7 @@ class Divider(wiring.Component):
                     with m.If(self.o.ready):
                         m.next = "IDLE"
                 with m.Else():
-                    rem1 = Signal.like(rem)
-                    quo1 = Signal.like(quo)
-                    rem2 = Signal.like(rem)
-                    quo2 = Signal.like(quo)
-                    div1 = Signal.like(div)
-                    m.d.comb += div1.eq(div >> 1)
-                    for (ri, qi, di), (ro, qo) in (((rem, quo, div), (rem1, quo1)),
-                                                   ((rem1, quo1, div1), (rem2, quo2))):
-                        with m.If(ri >= di):
-                            m.d.comb += [ro.eq(ri - di), qo.eq(Cat(Const(1, 1), qi))]
-                        with m.Else():
-                            m.d.comb += [ro.eq(ri), qo.eq(Cat(Const(0, 1), qi))]
-                    with m.If(count == FACTOR_BITS - 1):
-                        m.d.sync += [rem.eq(rem1), quo.eq(quo1), div.eq(div1),
-                                     count.eq(count + 1)]
-                    with m.Else():
-                        m.d.sync += [rem.eq(rem2), quo.eq(quo2), div.eq(div >> 2),
-                                     count.eq(count + 2)]
+                    restoring_divide_step(m, rem, quo, div, count, FACTOR_BITS)
         return m
 
 
@@ -415,24 +398,15 @@ class Softmax(wiring.Component):
 
         # ---------------------------------------------------------------- loader
         beat = self.i.payload
-        last_over = None
-        if t % L:
-            last_over = beat.count > t - (W - 1) * L
-        loader = row_loader(m, self.i, wr, banks=banks, max_len=W, error=self.error,
-                            error_clear=self.error_clear, last_over=last_over)
         # maximum pipeline, always advancing: masked word, maximum tree, running maximum
-        a_v = Signal(name="mx_a_valid")
-        a_first = Signal(name="mx_a_first")
-        a_end = Signal(name="mx_a_end")
+        # (lanes past count hold the most negative value: they never win the maximum)
+        loader, mx_a = word_row_loader(m, self.i, wr, banks=banks, lanes=L, words=W, max_elems=t,
+                                       error=self.error, error_clear=self.error_clear,
+                                       shape=signed(IN_BITS), pad=-(1 << (IN_BITS - 1)),
+                                       prefix="mx")
+        a_v, a_first, a_end, a_x = mx_a.valid, mx_a.first, mx_a.end, mx_a.x
         a_tag = Signal(tag, name="mx_a_tag")
-        a_x = [Signal(signed(IN_BITS), name=f"mx_a_x{k}") for k in range(L)]
-        m.d.sync += [a_v.eq(loader.advance | loader.row_end), a_first.eq(loader.first),
-                     a_end.eq(loader.row_end), a_tag.words.eq(loader.idx + 1),
-                     a_tag.count.eq(beat.count)]
-        for k in range(L):
-            # lanes past count hold the most negative value: they never win the maximum
-            m.d.sync += a_x[k].eq(Mux(~beat.last | (beat.count > k), beat.data[k],
-                                      -(1 << (IN_BITS - 1))))
+        m.d.sync += [a_tag.words.eq(loader.idx + 1), a_tag.count.eq(beat.count)]
         tree_max, regs = _tree(m, a_x, lambda a, b: Mux(a >= b, a, b), "mx")
         assert 1 + regs == self.max_stages
         c_v = _delay(m, a_v, regs, "mx_valid")
