@@ -83,9 +83,9 @@ def summarize(compiled, run, trace) -> dict:
         "cycles": run.cycles,
         "macs": total_macs,
         "ideal_cycles": round(ideal, 1),
-        "utilization": round(ideal / run.cycles, 4) if run.cycles else 0.0,
+        "utilization": round(ideal / run.cycles, 6) if run.cycles else 0.0,
         "gemm_cycles": gemm["exec"],
-        "gemm_utilization": round(gemm["macs"] / acfg.pes / gemm["exec"], 4)
+        "gemm_utilization": round(gemm["macs"] / acfg.pes / gemm["exec"], 6)
         if gemm["exec"] else 0.0,
         "by_category": by_cat, "by_op": by_op, "by_layer": by_layer,
         "memory_read_bytes": run.read_bytes, "memory_write_bytes": run.write_bytes,
