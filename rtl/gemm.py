@@ -766,11 +766,13 @@ class GemmEngine(wiring.Component):
         m.d.sync += pipeline_empty.eq(fsm_ctrl.ongoing("IDLE") & ~in_flight)
         m.d.comb += self.busy.eq(~fsm_ctrl.ongoing("IDLE") | in_flight | (ofifo.w_level != 0))
         # The count of earlier busy cycles: a counter of the registered ``busy`` (its enable is
-        # a flip-flop, not the occupancy OR) plus that register.
+        # a flip-flop, not the occupancy OR) plus that register, selected between the counter
+        # and a copy kept one ahead (a mux, not an adder, on the output).
         busy_r = Signal()
         count = Signal.like(self.cycles)
+        count_p1 = Signal.like(self.cycles, init=1)
         m.d.sync += busy_r.eq(self.busy)
         with m.If(busy_r):
-            m.d.sync += count.eq(count + 1)
-        m.d.comb += self.cycles.eq(count + busy_r)
+            m.d.sync += [count.eq(count + 1), count_p1.eq(count_p1 + 1)]
+        m.d.comb += self.cycles.eq(Mux(busy_r, count_p1, count))
         return m
