@@ -48,6 +48,7 @@ the price is a reducer's registers and subtractors per instance, while the multi
 from __future__ import annotations
 
 import math
+import operator
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory, stream, wiring
@@ -67,7 +68,7 @@ from golden.layernorm import (
 
 from .checks import check_config, validating
 from .fixedpoint_ops import restoring_divide_step, round_shift, saturate
-from .rowbuffer import next_bank, row_reader, word_row_loader
+from .rowbuffer import delay, next_bank, pipelined_tree, row_reader, word_row_loader
 
 __all__ = ["MAX_BANKS", "MAX_REDUCERS", "LayerNorm", "Reducer", "layernorm_cmd_layout",
            "layernorm_param_layout", "layernorm_row_layout", "ln_banks", "ln_output_cycles",
@@ -268,24 +269,6 @@ class Reducer(wiring.Component):
         return m
 
 
-def _sum_tree(m, values, name):
-    """Sum of ``values`` as a tree of adders with a register after every second level (the
-    last level included when it is a second one). Returns ``(sum, registers on the path)``."""
-    level, regs = 0, 0
-    while len(values) > 1:
-        values = [values[j] + values[j + 1] if j + 1 < len(values) else values[j]
-                  for j in range(0, len(values), 2)]
-        level += 1
-        if level % 2 == 0:
-            staged = []
-            for j, v in enumerate(values):
-                r = Signal(v.shape(), name=f"{name}_t{level}_{j}")
-                m.d.sync += r.eq(v)
-                staged.append(r)
-            values, regs = staged, regs + 1
-    return values[0], regs
-
-
 class LayerNorm(wiring.Component):
     """Word-wide integer LayerNorm with per-channel affine and int8 requantized output.
 
@@ -416,20 +399,13 @@ class LayerNorm(wiring.Component):
         b_sq = [Signal(unsigned(2 * w), name=f"st_b_sq{k}") for k in range(L)]
         for k in range(L):
             m.d.sync += [b_x[k].eq(a_x[k]), b_sq[k].eq(a_x[k] * a_x[k])]
-        p1, regs = _sum_tree(m, b_x, "st_s1")
-        p2, _ = _sum_tree(m, b_sq, "st_s2")
+        p1, regs = pipelined_tree(m, b_x, operator.add, "st_s1")
+        p2, _ = pipelined_tree(m, b_sq, operator.add, "st_s2")
 
-        def delay(value, n, name):
-            for j in range(n):
-                r = Signal.like(value, name=f"{name}_{j}")
-                m.d.sync += r.eq(value)
-                value = r
-            return value
-
-        c_v = delay(a_v, 1 + regs, "st_valid")
-        c_first = delay(a_first, 1 + regs, "st_first")
-        c_end = delay(a_end, 1 + regs, "st_end")
-        c_tag = delay(a_tag, 1 + regs, "st_tag")
+        c_v = delay(m, a_v, 1 + regs, "st_valid")
+        c_first = delay(m, a_first, 1 + regs, "st_first")
+        c_end = delay(m, a_end, 1 + regs, "st_end")
+        c_tag = delay(m, a_tag, 1 + regs, "st_tag")
         assert 2 + regs == self.stats_stages
         acc1 = Signal(signed(s1_w))
         acc2 = Signal(unsigned(s2_w))

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 from amaranth.hdl import Mux, Signal, Value
 from amaranth.utils import ceil_log2
 
-__all__ = ["RowLoader", "RowReader", "WordStage", "next_bank", "row_loader", "row_reader",
-           "word_row_loader"]
+__all__ = ["RowLoader", "RowReader", "WordStage", "delay", "next_bank", "pipelined_tree",
+           "row_loader", "row_reader", "word_row_loader"]
 
 
 def next_bank(bank, banks: int) -> Value:
@@ -144,6 +144,34 @@ def row_loader(m, i, wr, *, banks: int, max_len: int, error, error_clear, last_o
             m.d.sync += idx.eq(idx + 1)
     return RowLoader(bank=bank, idx=idx, length=idx + 1, first=idx == 0, advance=advance,
                      row_end=row_end, row_freed=row_freed)
+
+
+def pipelined_tree(m, values, op, name):
+    """``values`` reduced by ``op`` (e.g. ``+``, a maximum) as a binary tree with a register
+    after every second level (the last level included when it is a second one). Returns
+    ``(result, registers on the path)``."""
+    level, regs = 0, 0
+    while len(values) > 1:
+        values = [op(values[j], values[j + 1]) if j + 1 < len(values) else values[j]
+                  for j in range(0, len(values), 2)]
+        level += 1
+        if level % 2 == 0:
+            staged = []
+            for j, v in enumerate(values):
+                r = Signal(v.shape(), name=f"{name}_t{level}_{j}")
+                m.d.sync += r.eq(v)
+                staged.append(r)
+            values, regs = staged, regs + 1
+    return values[0], regs
+
+
+def delay(m, value, n, name):
+    """``value`` through ``n`` registers (named ``name_0`` ..)."""
+    for j in range(n):
+        r = Signal.like(value, name=f"{name}_{j}")
+        m.d.sync += r.eq(value)
+        value = r
+    return value
 
 
 @dataclass(frozen=True, eq=False)

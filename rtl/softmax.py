@@ -69,7 +69,7 @@ from golden.softmax import (
 
 from .checks import check_config, validating
 from .fixedpoint_ops import restoring_divide_step, round_shift
-from .rowbuffer import next_bank, row_reader, word_row_loader
+from .rowbuffer import delay, next_bank, pipelined_tree, row_reader, word_row_loader
 
 __all__ = ["DIVIDERS", "DIVIDER_CYCLES", "EXP_STAGES", "FULL_RATE_WORDS", "MAX_BANKS",
            "Divider", "Softmax", "max_stages", "sm_banks", "sm_output_cycles", "sm_words",
@@ -216,32 +216,6 @@ def _exp_lanes(m, prefix, en, xs, mx, valid, tags, masked=None):
     for k in range(1, EXP_STAGES + 1):
         vals = stage_tags(k, vals)
     return es, vals.pop("v"), vals
-
-
-def _tree(m, values, op, name):
-    """``values`` reduced by ``op`` as a tree with a register after every second level.
-    Returns ``(result, registers on the path)``."""
-    level, regs = 0, 0
-    while len(values) > 1:
-        values = [op(values[j], values[j + 1]) if j + 1 < len(values) else values[j]
-                  for j in range(0, len(values), 2)]
-        level += 1
-        if level % 2 == 0:
-            staged = []
-            for j, v in enumerate(values):
-                r = Signal(v.shape(), name=f"{name}_t{level}_{j}")
-                m.d.sync += r.eq(v)
-                staged.append(r)
-            values, regs = staged, regs + 1
-    return values[0], regs
-
-
-def _delay(m, value, n, name):
-    for j in range(n):
-        r = Signal.like(value, name=f"{name}_{j}")
-        m.d.sync += r.eq(value)
-        value = r
-    return value
 
 
 class Divider(wiring.Component):
@@ -407,12 +381,12 @@ class Softmax(wiring.Component):
         a_v, a_first, a_end, a_x = mx_a.valid, mx_a.first, mx_a.end, mx_a.x
         a_tag = Signal(tag, name="mx_a_tag")
         m.d.sync += [a_tag.words.eq(loader.idx + 1), a_tag.count.eq(beat.count)]
-        tree_max, regs = _tree(m, a_x, lambda a, b: Mux(a >= b, a, b), "mx")
+        tree_max, regs = pipelined_tree(m, a_x, lambda a, b: Mux(a >= b, a, b), "mx")
         assert 1 + regs == self.max_stages
-        c_v = _delay(m, a_v, regs, "mx_valid")
-        c_first = _delay(m, a_first, regs, "mx_first")
-        c_end = _delay(m, a_end, regs, "mx_end")
-        c_tag = _delay(m, a_tag, regs, "mx_tag")
+        c_v = delay(m, a_v, regs, "mx_valid")
+        c_first = delay(m, a_first, regs, "mx_first")
+        c_end = delay(m, a_end, regs, "mx_end")
+        c_tag = delay(m, a_tag, regs, "mx_tag")
         acc_max = Signal(signed(IN_BITS))
         new_max = Signal(signed(IN_BITS))
         a_in = Signal(tag)
@@ -438,10 +412,10 @@ class Softmax(wiring.Component):
         es, e_v, e_tags = _exp_lanes(
             m, "sum", Const(1), [rd_sum.data[k] for k in range(L)], r_desc.max, r_v,
             {"first": r_first, "last": r_last, "desc": r_desc}, masked=masked)
-        tree_sum, regs = _tree(m, es, lambda a, b: a + b, "sum")
+        tree_sum, regs = pipelined_tree(m, es, lambda a, b: a + b, "sum")
         assert 1 + EXP_STAGES + regs == self.sum_stages
-        f_v = _delay(m, e_v, regs, "sum_valid")
-        f_tags = {k: _delay(m, v, regs, f"sum_{k}") for k, v in e_tags.items()}
+        f_v = delay(m, e_v, regs, "sum_valid")
+        f_tags = {k: delay(m, v, regs, f"sum_{k}") for k, v in e_tags.items()}
         acc = Signal(unsigned(sw))
         total = Signal(unsigned(sw))
         m.d.comb += total.eq(Mux(f_tags["first"], 0, acc) + tree_sum)
