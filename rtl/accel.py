@@ -211,6 +211,13 @@ class Accelerator(wiring.Component):
         m.d.sync += [pl_pulse.eq(0), abort.eq(0)]
         m.d.comb += [gemm.preload.eq(pl_pulse), gemm.preload_instr.eq(nxt),
                      gemm.abort.eq(abort)]
+        row = self.units["row"]
+        rpl_pulse = Signal()                   # registered: RowUnit.preload
+        rpl_issued = Signal()                  # the prefetched row instruction's record is read
+        rabort = Signal()                      # registered: RowUnit.abort
+        m.d.sync += [rpl_pulse.eq(0), rabort.eq(0)]
+        m.d.comb += [row.preload.eq(rpl_pulse), row.preload_instr.eq(nxt),
+                     row.abort.eq(rabort)]
         beats = -(-INSTR_BYTES // B)
         shreg = Signal(beats * 8 * B)
         pc = Signal(32)
@@ -307,7 +314,8 @@ class Accelerator(wiring.Component):
                         m.d.sync += [self.done.eq(1), self.busy.eq(0)]
                         m.next = "IDLE"
                     with m.Else():
-                        m.d.sync += [ins.eq(nxt), unit_start.eq(1), pl_issued.eq(0)]
+                        m.d.sync += [ins.eq(nxt), unit_start.eq(1), pl_issued.eq(0),
+                                     rpl_issued.eq(0)]
                         m.next = "EXEC"
                 with m.Else():
                     m.d.comb += [fe_go.eq(fe_idle), fe_addr.eq(pc)]
@@ -333,6 +341,15 @@ class Accelerator(wiring.Component):
                 with m.If(off_mem & ~unit_start & ~done & fe_ready & (nxt_code == 0)
                           & (nxt.op == Op.GEMM) & ~nxt_bbuf & ~pl_issued):
                     m.d.sync += [pl_pulse.eq(1), pl_issued.eq(1)]
+                # Record preload: while a unit other than LOAD/STORE runs (the memory's read
+                # channels are free once the next instruction is prefetched), a checked
+                # GELU/LAYERNORM/ADD reads its parameter record (RowUnit.preload_ready: the
+                # reader is free and the running opcode is another one).
+                not_move = (ins.op != Op.LOAD) & (ins.op != Op.STORE)
+                rec_op = (nxt.op == Op.GELU) | (nxt.op == Op.LAYERNORM) | (nxt.op == Op.ADD)
+                with m.If(not_move & ~unit_start & ~done & fe_ready & (nxt_code == 0) & rec_op
+                          & row.preload_ready & ~rpl_issued):
+                    m.d.sync += [rpl_pulse.eq(1), rpl_issued.eq(1)]
                 with m.If(done):
                     m.d.sync += self.op.eq(0)
                     with m.If(err):
@@ -349,12 +366,19 @@ class Accelerator(wiring.Component):
                     # command and read bursts complete) before the program ends.
                     m.d.sync += [abort.eq(1), pl_issued.eq(0)]
                     m.next = "ABORT"
+                with m.Elif(rpl_issued):
+                    # A preloaded record is read to its end and dropped.
+                    m.d.sync += [rabort.eq(1), rpl_issued.eq(0)]
+                    m.next = "ABORT_REC"
                 with m.Else():
                     m.d.sync += [self.error.eq(1), self.done.eq(1), self.busy.eq(0),
                                  self.error_code.eq(code), self.error_index.eq(self.index)]
                     m.next = "IDLE"
             with m.State("ABORT"):
                 with m.If(gemm.done):
+                    m.next = "FAIL"
+            with m.State("ABORT_REC"):
+                with m.If(~rabort & ~row.preloaded):
                     m.next = "FAIL"
         return m
 

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, fifo, memory, wiring
+from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from golden.config import AccelConfig
@@ -62,6 +63,7 @@ from .gelu import Gelu
 from .layernorm import LayerNorm, ln_output_cycles, reducer_cycles, stats_stages
 from .ports import (
     exec_signature,
+    instr_layout,
     mem_beat_bytes,
     word_bits,
 )
@@ -109,10 +111,27 @@ class RowUnit(wiring.Component):
 
     Members
     -------
-    start, instr, done, error, mem, rd0, rd1, wr, score_wr, score_rd
+    start, instr, done, error, mem_busy, mem, rd0, rd1, wr, score_wr, score_rd
         :func:`rtl.ports.exec_signature` (``mem`` reads the record only; ``rd1`` is used by
         ADD, ``score_wr`` by SOFTMAX with ``SCORE``; ``score_rd`` and the memory write
-        channels stay idle).
+        channels stay idle). ``mem_busy`` is high from the cycle after ``start`` (or
+        ``preload``) until the record's last beat has been taken.
+    preload : In(1)
+        Pulse (while ``preload_ready``): begin reading the record of ``preload_instr`` (a
+        GELU, LAYERNORM or ADD), idle or while another opcode runs. The instruction's own
+        ``start``, with the same instruction on ``instr``, follows at least one cycle later
+        and after the running one's ``done``.
+    preload_instr : In(instr_layout())
+        The instruction to preload (sampled with ``preload``).
+    preload_ready : Out(1)
+        A preload of ``preload_instr`` may begin: the record reader is free (no preloaded
+        record held, the running instruction's record read to its end) and
+        ``preload_instr`` is not the running opcode (whose fields the record would replace).
+    abort : In(1)
+        Pulse instead of ``start`` after a ``preload``: the record is read to its end and
+        dropped (``preloaded`` falls when it is).
+    preloaded : Out(1)
+        A preloaded record is being read or held for the next ``start``.
 
     Throughput: one word per cycle (softmax rows shorter than 3 words, or LayerNorm rows
     shorter than ``w_min`` words below, are paced by their dividers/reducers and row buffers).
@@ -142,7 +161,13 @@ class RowUnit(wiring.Component):
                 raise ValueError(f"RowUnit needs act_width at most {MAX_IN_BITS} (GELU), "
                                  f"not {cfg.act_width}")
         self.cfg = cfg
-        super().__init__(exec_signature(cfg))
+        super().__init__(dict(exec_signature(cfg).members) | {
+            "preload": In(1),
+            "preload_instr": In(instr_layout()),
+            "preload_ready": Out(1),
+            "abort": In(1),
+            "preloaded": Out(1),
+        })
 
     def elaborate(self, platform):
         m = Module()
@@ -187,22 +212,41 @@ class RowUnit(wiring.Component):
         err = Signal()                  # record field out of range
 
         # ------------------------------------------------------------ record reader
+        # The reader works for the record's instruction ``rsrc``: the instruction of ``start``
+        # in its cycle, else ``rins``, latched at ``start`` or at ``preload``. ``pre``: the
+        # record belongs to a preloaded instruction that has not started yet (the running
+        # one's ``cmd_ok``/``err`` are then left alone; its header's check goes to
+        # ``pre_err`` until its ``start``).
+        rins = Signal(instr_layout())
+        pre = Signal()
+        kill = Signal()                 # the preloaded record is dropped once read
+        r_op = Mux(self.start, ins.op, rins.op)
+        r_n = Signal.like(n)
+        r_addr = Signal.like(ins.addr)
+        r_ge, r_ad, r_ln = Signal(), Signal(), Signal()
+        m.d.comb += [r_n.eq(Mux(self.start, ins.n, rins.n)),
+                     r_addr.eq(Mux(self.start, ins.addr, rins.addr)),
+                     r_ge.eq(r_op == Op.GELU), r_ad.eq(r_op == Op.ADD),
+                     r_ln.eq(r_op == Op.LAYERNORM)]
+        with m.If(self.start):
+            m.d.sync += rins.eq(ins)
         CAP = B + HEADER_MAX - 1
         gb_data = Signal(8 * CAP)
         gb_cnt = Signal(range(CAP + 1))
         sent = Signal()
         rec_bytes = Signal(32)
-        m.d.comb += rec_bytes.eq(Mux(is_ge, GELU_RECORD_BYTES,
-                                     Mux(is_ad, ADD_RECORD_BYTES, LN_HEADER_BYTES + 6 * n)))
-        need_rec = ~is_sm
+        m.d.comb += rec_bytes.eq(Mux(r_ge, GELU_RECORD_BYTES,
+                                     Mux(r_ad, ADD_RECORD_BYTES, LN_HEADER_BYTES + 6 * r_n)))
+        rec_act = Signal()              # a record is being read or popped
+        m.d.comb += rec_act.eq(pre | (busy & (r_ge | r_ad | r_ln)))
         rec_in = Signal()               # the record's last beat has been taken
-        m.d.comb += self.mem_busy.eq(busy & need_rec & ~rec_in)
-        with m.If(self.start):
+        m.d.comb += self.mem_busy.eq(rec_act & ~rec_in)
+        with m.If(self.start & ~pre):
             m.d.sync += rec_in.eq(0)
         with m.If(self.mem.rdata.valid & self.mem.rdata.ready & self.mem.rdata.payload.last):
             m.d.sync += rec_in.eq(1)
-        with m.If(run & need_rec & ~sent):
-            m.d.comb += [self.mem.rcmd.valid.eq(1), self.mem.rcmd.payload.addr.eq(ins.addr),
+        with m.If((pre | (run & (r_ge | r_ad | r_ln))) & ~sent):
+            m.d.comb += [self.mem.rcmd.valid.eq(1), self.mem.rcmd.payload.addr.eq(r_addr),
                          self.mem.rcmd.payload.bytes.eq(rec_bytes)]
             with m.If(self.mem.rcmd.ready):
                 m.d.sync += sent.eq(1)
@@ -212,17 +256,23 @@ class RowUnit(wiring.Component):
         pc = Signal(n_w)                # gamma/beta index
         cmd_ok = Signal()               # header popped: the unit's cmd fields are set
         params_ok = Signal()            # every LayerNorm gamma/beta popped
+        pre_err = Signal()              # the preloaded record's header check
         sz = Signal(range(HEADER_MAX + 1))
         with m.Switch(phase):
             with m.Case(PH_HDR):
-                m.d.comb += sz.eq(Mux(is_ge, GELU_RECORD_BYTES,
-                                      Mux(is_ad, ADD_RECORD_BYTES, LN_HEADER_BYTES)))
+                m.d.comb += sz.eq(Mux(r_ge, GELU_RECORD_BYTES,
+                                      Mux(r_ad, ADD_RECORD_BYTES, LN_HEADER_BYTES)))
             with m.Case(PH_GAMMA):
-                m.d.comb += sz.eq(Mux(pc + G >= n, (n - pc) << 1, 2 * G))
+                m.d.comb += sz.eq(Mux(pc + G >= r_n, (r_n - pc) << 1, 2 * G))
             with m.Default():
                 m.d.comb += sz.eq(4)
         pop = Signal()
-        m.d.comb += pop.eq(busy & need_rec & (phase != PH_DONE) & (gb_cnt >= sz))
+        m.d.comb += pop.eq(rec_act & (phase != PH_DONE) & (gb_cnt >= sz))
+        rec_done = Signal()             # the record is read and popped to its end
+        m.d.comb += rec_done.eq(sent & rec_in & (phase == PH_DONE))
+        m.d.comb += [self.preloaded.eq(pre),
+                     self.preload_ready.eq(~pre & (~busy | ~(r_ge | r_ad | r_ln) | rec_done)
+                                           & ~(busy & (self.preload_instr.op == ins.op)))]
         win = gb_data[:8 * HEADER_MAX]
         cnt1 = Signal(range(CAP + 1))
         data1 = Signal(8 * CAP)
@@ -234,7 +284,7 @@ class RowUnit(wiring.Component):
                     with m.Case(size):
                         m.d.comb += data1.eq(gb_data >> (8 * size))
         take = Signal()
-        m.d.comb += [take.eq(busy & need_rec & ~rec_in & (cnt1 + B <= CAP)),
+        m.d.comb += [take.eq(rec_act & ~rec_in & (cnt1 + B <= CAP)),
                      self.mem.rdata.ready.eq(take)]
         beat = self.mem.rdata.payload.data
         with m.If(take & self.mem.rdata.valid):
@@ -259,28 +309,33 @@ class RowUnit(wiring.Component):
         ad_cmd = Signal.like(ad.cmd)
         m.d.comb += [ge.cmd.eq(ge_cmd), ln.cmd.eq(ln_cmd), ad.cmd.eq(ad_cmd)]
         mult_max = (1 << mw) - 1
-        with m.If(pop & (phase == PH_HDR)):
-            m.d.sync += cmd_ok.eq(1)
-            with m.If(is_ge):
+        hdr_pop = pop & (phase == PH_HDR)
+        hdr_err = Signal()              # the header's fields out of range
+        with m.If(hdr_pop):
+            with m.If(pre):
+                m.d.sync += pre_err.eq(hdr_err)
+            with m.Else():
+                m.d.sync += [cmd_ok.eq(1), err.eq(hdr_err)]
+            with m.If(r_ge):
                 b_int, c_int, one_int = field(0, 4, True), field(4, 4, True), field(8, 4, True)
                 mult, shift = field(12, 2), field(14, 1)
                 m.d.sync += [ge_cmd.b_int.eq(b_int), ge_cmd.c_int.eq(c_int),
                              ge_cmd.one_int.eq(one_int), ge_cmd.mult.eq(mult),
-                             ge_cmd.shift.eq(shift),
-                             err.eq(out_of(b_int, -(1 << aw), -1)
-                                    | out_of(c_int, -(1 << (2 * aw + 1)), -1)
-                                    | (one_int < -(1 << (2 * aw + 3))) | (one_int > c_int)
-                                    | above(mult, mult_max) | above(shift, SHIFT_MAX))]
-            with m.Elif(is_ad):
+                             ge_cmd.shift.eq(shift)]
+                m.d.comb += hdr_err.eq(out_of(b_int, -(1 << aw), -1)
+                                       | out_of(c_int, -(1 << (2 * aw + 1)), -1)
+                                       | (one_int < -(1 << (2 * aw + 3))) | (one_int > c_int)
+                                       | above(mult, mult_max) | above(shift, SHIFT_MAX))
+            with m.Elif(r_ad):
                 ma, mb, shift = field(0, 2), field(2, 2), field(4, 1)
-                m.d.sync += [ad_cmd.ma.eq(ma), ad_cmd.mb.eq(mb), ad_cmd.shift.eq(shift),
-                             err.eq(above(ma, mult_max) | above(mb, mult_max)
-                                    | above(shift, SHIFT_MAX))]
+                m.d.sync += [ad_cmd.ma.eq(ma), ad_cmd.mb.eq(mb), ad_cmd.shift.eq(shift)]
+                m.d.comb += hdr_err.eq(above(ma, mult_max) | above(mb, mult_max)
+                                       | above(shift, SHIFT_MAX))
             with m.Else():
                 mult, shift, eps = field(0, 2), field(2, 1), field(4, 4)
-                m.d.sync += [ln_cmd.mult.eq(mult), ln_cmd.shift.eq(shift), ln_cmd.eps.eq(eps),
-                             err.eq(above(mult, mult_max) | above(shift, SHIFT_MAX))]
-            m.d.sync += phase.eq(Mux(is_ln, PH_GAMMA, PH_DONE))
+                m.d.sync += [ln_cmd.mult.eq(mult), ln_cmd.shift.eq(shift), ln_cmd.eps.eq(eps)]
+                m.d.comb += hdr_err.eq(above(mult, mult_max) | above(shift, SHIFT_MAX))
+            m.d.sync += phase.eq(Mux(r_ln, PH_GAMMA, PH_DONE))
 
         # LayerNorm gamma/beta: gammas, G per pop, wait in gmem until their betas arrive.
         gmem = memory.Memory(shape=data.ArrayLayout(signed(16), G), depth=-(-cfg.max_dim // G),
@@ -293,9 +348,9 @@ class RowUnit(wiring.Component):
                      g_rd.en.eq(1)]
         with m.If(pop & (phase == PH_GAMMA)):
             m.d.sync += pc.eq(pc + G)
-            with m.If(pc + G >= n):
+            with m.If(pc + G >= r_n):
                 m.d.sync += [phase.eq(PH_BETA), pc.eq(0)]
-        pc_last = pc == n - 1
+        pc_last = pc == r_n - 1
         p_valid = Signal()
         p_word = Signal.like(ln.param.payload.word)     # channel pc = pc_word * C + pc_lane
         p_lane = Signal.like(ln.param.payload.lane)
@@ -438,12 +493,35 @@ class RowUnit(wiring.Component):
         # ------------------------------------------------------------ done
         unit_err = Mux(is_sm, sm.error, 0) | Mux(is_ln, ln.error, 0) | Mux(is_ad, ad.error, 0)
         m.d.comb += [self.done.eq(done), self.error.eq(done & (err | unit_err))]
+
+        def reader_idle(keep_params=0):
+            # the record reader's counters and flags at their initial values
+            return [sent.eq(0), rec_in.eq(0), gb_cnt.eq(0), gb_data.eq(0), phase.eq(PH_HDR),
+                    pc.eq(0), pc_word.eq(0), pc_lane.eq(0),
+                    params_ok.eq(params_ok & keep_params)]
+
         with m.If(done):
-            # back to the idle state: every counter and flag at its initial value
-            m.d.sync += [sent.eq(0), gb_cnt.eq(0), gb_data.eq(0), phase.eq(PH_HDR), pc.eq(0),
-                         cmd_ok.eq(0), params_ok.eq(0), err.eq(0), r_row.eq(0), r_word.eq(0),
+            # back to the idle state: every counter and flag at its initial value (the record
+            # reader's only if it holds no preloaded record)
+            m.d.sync += [cmd_ok.eq(0), err.eq(0), r_row.eq(0), r_word.eq(0),
                          r_off.eq(0), r_end.eq(0), hv.eq(0), w_row.eq(0), w_word.eq(0),
                          w_off.eq(0), w_fin.eq(0), sc_lane.eq(0), sc_off.eq(0), sc_fin.eq(0)]
+            with m.If(~pre):
+                m.d.sync += reader_idle()
+        with m.If(self.preload):
+            # a new record: LayerNorm's gammas/betas replace the parameters (the running
+            # instruction is then not a LayerNorm, preload_ready)
+            m.d.sync += [rins.eq(self.preload_instr), pre.eq(1), pre_err.eq(0)]
+            m.d.sync += reader_idle(keep_params=self.preload_instr.op != Op.LAYERNORM)
+        with m.If(self.start & pre):
+            # the preloaded instruction begins: its header's fields and check, if popped
+            m.d.sync += [pre.eq(0), cmd_ok.eq((phase != PH_HDR) | hdr_pop),
+                         err.eq(Mux(hdr_pop, hdr_err, pre_err))]
+        with m.If(self.abort):
+            m.d.sync += kill.eq(1)
+        with m.If(kill & rec_done):
+            m.d.sync += [pre.eq(0), kill.eq(0)]
+            m.d.sync += reader_idle()
         return m
 
 
@@ -477,16 +555,26 @@ def _record_pops(cfg: AccelConfig, op: int, n: int, mem_latency: int) -> tuple[i
         t += 1
 
 
-def cycles(cfg: AccelConfig, instr, mem_latency: int = 2) -> int:
+def cycles(cfg: AccelConfig, instr, mem_latency: int = 2, *, head: int = 0) -> int:
     """Exact cycles ``sim.instr.run_instr`` measures for ``instr`` on :class:`RowUnit` with no
     stalls and the memory model's first-beat latency ``mem_latency`` (``docs/exec/exec_row.md``
-    gives the closed forms)."""
+    gives the closed forms).
+
+    ``head``: the record was preloaded ``head`` cycles before ``start`` (0: not preloaded); its
+    read command then goes out the cycle after ``preload`` instead of in the ``start`` cycle,
+    so every pop comes ``head - 1`` cycles earlier relative to ``start``, and a header or last
+    gamma/beta popped by ``start`` holds nothing up."""
+    if not isinstance(head, int) or isinstance(head, bool):
+        raise TypeError(f"head must be an integer, not {head!r}")
+    if head < 0:
+        raise ValueError(f"head must be non-negative, not {head}")
     op, m, n = Op(instr.op), instr.m, instr.n
     C = cfg.cols
+    shift = head - 1 if head else 0
     if op in (Op.GELU, Op.ADD):
         header, _ = _record_pops(cfg, op, n, mem_latency)
         latency = GELU_LATENCY if op == Op.GELU else ADD_LATENCY
-        return header + m * -(-n // C) + latency
+        return max(0, header - shift) + m * -(-n // C) + latency
     if op == Op.SOFTMAX:
         out = sm_output_cycles(cfg, m, -(-n // C), start=1)
         if instr.flags & Flag.SCORE:
@@ -495,4 +583,5 @@ def cycles(cfg: AccelConfig, instr, mem_latency: int = 2) -> int:
             return max(out[-1][1], out[0][0] + SCORE_FIFO_LATENCY + n - 1)
         return out[-1][1]
     _, last_pop = _record_pops(cfg, op, n, mem_latency)
-    return ln_output_cycles(cfg, m, -(-n // C), start=1, first_end=last_pop + 1)[-1][1]
+    return ln_output_cycles(cfg, m, -(-n // C), start=1,
+                            first_end=max(0, last_pop - shift) + 1)[-1][1]

@@ -43,7 +43,8 @@ class InstrTiming:
     instr: Instr
     fetch: int      # cycles from the end of the previous instruction to the unit's start
     exec: int       # cycles in the execution unit
-    head: int = 0   # a preloaded GEMM: cycles from its preload to its start (0: none)
+    head: int = 0   # preloaded (a GEMM, or a row unit's record): cycles from its preload to
+    #                 its start (0: not preloaded)
 
     @property
     def total(self) -> int:
@@ -108,8 +109,8 @@ def run_program(cfg: AccelConfig, program, image: bytes, *, accel=None, rng=None
         await ctx.tick()
         ctx.set(dut.start, 0)
         idx, t0, t_start = 0, 0, None
-        preload = dut.units["gemm"].preload
-        t_preload = None        # ``cycles`` in the cycle of the next GEMM's preload
+        preload = dut.units["gemm"].preload | dut.units["row"].preload
+        t_preload = {}          # index -> ``cycles`` in the cycle of its preload
         while True:
             cond = dut.done | (dut.index != idx) | preload
             if t_start is None:
@@ -117,16 +118,16 @@ def run_program(cfg: AccelConfig, program, image: bytes, *, accel=None, rng=None
             # Values sampled at the clock edge where ``cond`` holds (before the edge).
             done, index, op, cyc, pl = await ctx.tick().sample(
                 dut.done, dut.index, dut.op, dut.cycles, preload).until(cond)
-            if pl:
-                t_preload = cyc
+            if pl:                  # preloads the instruction after the running one
+                t_preload[index + 1] = cyc
             if op != 0 and t_start is None:
                 t_start = cyc   # the cycle after the unit's start
             if index != idx or done:
                 if t_start is not None and idx < len(program):
                     ins = program[idx]
                     head = 0
-                    if t_preload is not None and ins.op == Op.GEMM:
-                        head, t_preload = t_start - 1 - t_preload, None
+                    if idx in t_preload:
+                        head = t_start - 1 - t_preload.pop(idx)
                     res.timings.append(InstrTiming(idx, ins, t_start - t0, cyc - t_start,
                                                    head))
                     if snapshot and not (done and ctx.get(dut.error)):

@@ -8,7 +8,7 @@ from golden.config import PRESETS
 from golden.executor import execute, first_mismatch
 from golden.isa import Buf, Flag, Instr, Op, Operand, ProgramError, validate_program
 from golden.vit import forward_int
-from rtl import exec_gemm
+from rtl import exec_gemm, exec_row
 from rtl.accel import (
     DISPATCH_CYCLES,
     Accelerator,
@@ -57,9 +57,18 @@ def test_tiny_vit_bit_exact_end_to_end(tiny_model):
     assert DISPATCH_CYCLES <= halt < fetch_cycles(TINY, 3)
     # GEMM preload: a GEMM that reads B from memory and follows a row or token unit starts its
     # load while that unit runs; every GEMM takes exactly the cycles of its model for the
-    # measured head start (0: not preloaded).
-    preloaded = []
+    # measured head start (0: not preloaded). Record preload: a GELU/LAYERNORM/ADD that follows
+    # anything but a LOAD/STORE or its own opcode reads its record while that one runs.
+    preloaded, records = [], []
     for prev, t in zip(run.timings, run.timings[1:]):
+        if t.instr.op in (Op.GELU, Op.LAYERNORM, Op.ADD):
+            follows = prev.instr.op not in (Op.LOAD, Op.STORE, t.instr.op)
+            assert (t.head > 0) == follows, t.index
+            assert t.exec == exec_row.cycles(TINY, t.instr, 3, head=t.head), t.index
+            if t.head:
+                records.append(compiled.labels[t.index])
+                assert t.exec < exec_row.cycles(TINY, t.instr, 3)
+            continue
         if t.instr.op != Op.GEMM:
             assert t.head == 0
             continue
@@ -72,6 +81,8 @@ def test_tiny_vit_bit_exact_end_to_end(tiny_model):
         if t.head:
             preloaded.append(compiled.labels[t.index])
             assert t.exec < exec_gemm.cycles(TINY, t.instr, 3, stream)
+    assert records == ["b0.add1", "b0.ln2", "b0.gelu", "b0.add2", "b1.ln1", "b1.add1",
+                       "b1.ln2", "b1.gelu", "b1.add2", "norm"]
     assert preloaded == ["b0.qkv", "b0.fc1", "b0.fc2", "b1.qkv", "b1.fc1", "b1.fc2", "head.0"]
 
 
@@ -224,6 +235,78 @@ def test_row_unit_error_during_gemm_preload(tiny_model):
     err, code, _, preloaded, _ = seen["second"]
     assert (err, code, preloaded) == (0, 0, True)
     assert np.array_equal(seen["qkv"], gold.trace[ln + 1].output)
+
+
+def test_runtime_error_during_record_preload():
+    """An ADD fails (a shift above 62 in its record, RUNTIME) while the next LAYERNORM's record
+    is preloaded: the record is read to its end and dropped before the program ends (at the
+    ADD); a second program on the same accelerator, with the record repaired, preloads the
+    LayerNorm's record and is bit-exact."""
+    from golden.isa import AddParams, pack_add, pack_ln
+    from golden.layernorm import ln_params
+    from rtl.ports import mem_beat_bytes
+    from sim.accel import _region, place_program
+    from sim.memory import MemoryModel
+    from sim.streams import run_simulation
+    rng = np.random.default_rng(11)
+    m, n = 6, 32
+    image = bytearray(1024)
+    image[0:2 * m * n] = rng.integers(-128, 128, 2 * m * n).astype(np.int8).tobytes()
+    add_at, ln_at = 512, 576
+    image[add_at:add_at + 8] = pack_add(AddParams(20000, 30000, 15))
+    ln_rec = pack_ln(ln_params(rng.normal(1, 0.4, n), rng.normal(0, 0.5, n), n=n,
+                               scale_in=0.05, scale_out=0.04))
+    image[ln_at:ln_at + len(ln_rec)] = ln_rec
+    prog = [Instr(Op.LOAD, 0, m, 0, n, dst=Operand(Buf.ACT0), addr=0, imm=n),
+            Instr(Op.LOAD, 0, m, 0, n, dst=Operand(Buf.ACT2), addr=m * n, imm=n),
+            Instr(Op.ADD, 0, m, 0, n, dst=Operand(Buf.ACT3), a=Operand(Buf.ACT0),
+                  b=Operand(Buf.ACT2), addr=add_at),
+            Instr(Op.LAYERNORM, 0, m, 0, n, dst=Operand(Buf.ACT1), a=Operand(Buf.ACT3),
+                  addr=ln_at),
+            Instr(Op.HALT)]
+    gold = execute(prog, image, TINY)
+    bad = bytearray(image)
+    bad[add_at + 4] = 63
+    with pytest.raises(ProgramError) as exc:
+        execute(prog, bad, TINY)
+    assert exc.value.index == 2 and exc.value.field == "data"
+    mem, addr, size = place_program(bad, prog)
+    dut = Accelerator(TINY)
+    row = dut.units["row"]
+    model = MemoryModel(dut.mem, mem_beat_bytes(TINY), mem, latency=3)
+    seen = {}
+
+    async def bench(ctx):
+        for name in ("first", "second"):
+            ctx.set(dut.prog_addr, addr)
+            ctx.set(dut.prog_len, len(prog))
+            ctx.set(dut.mem_size, size)
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            events = []
+            while not ctx.get(dut.done):
+                for what in ("preload", "abort", "done"):
+                    if ctx.get(getattr(row, what)):
+                        events.append((what, ctx.get(dut.index)))
+                await ctx.tick()
+            assert not ctx.get(row.preloaded) and not ctx.get(row.mem_busy)
+            assert not ctx.get(dut.mem.rdata.valid)
+            seen[name] = (ctx.get(dut.error), ctx.get(dut.error_code),
+                          ctx.get(dut.error_index), events)
+            if name == "second":
+                seen["ln"] = _region(ctx, TINY, dut.buffers, prog[3])
+            await ctx.tick()
+            mem[add_at + 4] = image[add_at + 4]             # repair the record
+
+    run_simulation(dut, [bench], max_cycles=20_000, background=model.processes())
+    err, code, index, events = seen["first"]
+    assert (err, code, index) == (1, ErrorCode.RUNTIME, 2)
+    assert events == [("preload", 2), ("done", 2), ("abort", 2)]
+    err, code, _, events = seen["second"]
+    assert (err, code) == (0, 0)
+    assert events == [("preload", 2), ("done", 2), ("done", 3)]
+    assert np.array_equal(seen["ln"], gold.trace[3].output)
 
 
 def test_memory_stalls_keep_results(tiny_model):

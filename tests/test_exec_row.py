@@ -433,13 +433,14 @@ def check_program(cfg, program, mem, bufs):
 def run_program(cfg, program, mem, bufs, *, rng=None, stall=0.0):
     """Run ``(instr, expect_error)`` pairs on one RowUnit; while the unit is idle (before each
     ``start``, after each ``done``, with random words on ``instr``) every member it drives must
-    be zero (the bus rule).
+    be zero (the bus rule), but the status ``preload_ready``.
     Returns the ``error`` of each instruction and the final buffers."""
     unit = RowUnit(cfg)
     h = UnitHarness(cfg, unit, bufs)
     model = MemoryModel(unit.mem, mem_beat_bytes(cfg), bytearray(mem), rng=rng, stall=stall)
     driven = [(".".join(map(str, path)), Value.cast(value))
-              for path, member, value in unit.signature.flatten(unit) if member.flow == Out]
+              for path, member, value in unit.signature.flatten(unit)
+              if member.flow == Out and path != ("preload_ready",)]   # a status, not a bus
     assert len(driven) > 20
     errors, out = [], {}
 
@@ -465,3 +466,185 @@ def run_program(cfg, program, mem, bufs, *, rng=None, stall=0.0):
     return errors, out
 
 
+
+
+# -- record preload ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("op", [Op.LAYERNORM, Op.GELU, Op.ADD])
+@pytest.mark.parametrize("head", [1, 2, 3, 7, 30, 80])
+def test_preload_heads(op, head, rng):
+    """A record preloaded ``head`` cycles before ``start`` while the unit is idle (the shared
+    ``instr`` holding another instruction): bit-exact, buffer ports idle and no ``done``
+    until ``start`` (sim.instr.execute_on_unit), and exactly ``cycles(..., head=head)``,
+    which for a long head is the instruction without its record."""
+    cfg = TINY
+    a, d = Operand(Buf.ACT0, 2, 0), Operand(Buf.ACT1, 1, 4)
+    rec = {Op.LAYERNORM: ln_record(rng, 32), Op.GELU: gelu_record(),
+           Op.ADD: pack_add(AddParams(300, 700, 9))}[op]
+    ins = Instr(op, 0, m=10, n=32 if op == Op.LAYERNORM else 28, dst=d, a=a,
+                b=Operand(Buf.ACT2 if op == Op.ADD else 0, 0, 0), addr=96)
+    mem = memory_with([(96, rec)])
+    validate_instr(cfg, ins, mem_size=len(mem))
+    res = check_instr(cfg, RowUnit(cfg), ins, mem, random_buffers(cfg, rng), latency=3,
+                      head=head)
+    assert res["cycles"] == cycles(cfg, ins, 3, head=head)
+    assert cycles(cfg, ins, 3, head=head) <= cycles(cfg, ins, 3)
+    if head == 80:
+        assert cycles(cfg, ins, 3, head=head) < cycles(cfg, ins, 3)
+
+
+def test_preload_head_checked():
+    ins = Instr(Op.GELU, 0, m=1, n=4, dst=Operand(Buf.ACT1), a=Operand(Buf.ACT0))
+    with pytest.raises(ValueError, match="head must be non-negative"):
+        cycles(TINY, ins, head=-1)
+    with pytest.raises(TypeError, match="head must be an integer"):
+        cycles(TINY, ins, head=1.5)
+
+
+def _run_pair(cfg, first, second, mem, bufs, *, rng=None, stall=0.0, abort=False,
+              third=None):
+    """``first`` runs on a RowUnit; as soon as ``preload_ready`` allows, ``second``'s record
+    is preloaded (``preload``) while ``first`` runs, and ``second`` starts two cycles after
+    ``first``'s ``done`` (with ``abort``: it is aborted instead, and ``third``, if given, runs
+    after ``preloaded`` has fallen). Returns ``(errors, head, cycles, ready_log, buffers)``:
+    the ``error`` of each instruction run, the preload's head start and the cycles of
+    ``second``, and ``preload_ready`` of each cycle while ``first`` ran."""
+    unit = RowUnit(cfg)
+    h = UnitHarness(cfg, unit, bufs)
+    model = MemoryModel(unit.mem, mem_beat_bytes(cfg), bytearray(mem), latency=3, rng=rng,
+                        stall=stall)
+    res = {"ready": []}
+    w1 = int.from_bytes(first.encode(), "little")
+    w2 = int.from_bytes(second.encode(), "little")
+
+    async def bench(ctx):
+        ctx.set(unit.instr.as_value(), w1)
+        ctx.set(unit.preload_instr.as_value(), w2)
+        ctx.set(unit.start, 1)
+        await ctx.tick()
+        ctx.set(unit.start, 0)
+        t, t_pl, errors = 1, None, []
+        while not ctx.get(unit.done):
+            res["ready"].append(ctx.get(unit.preload_ready))
+            if t_pl is None and ctx.get(unit.preload_ready) and not ctx.get(unit.mem_busy):
+                ctx.set(unit.preload, 1)
+                await ctx.tick()
+                ctx.set(unit.preload, 0)
+                t_pl, t = t, t + 1
+                continue
+            await ctx.tick()
+            t += 1
+        errors.append(ctx.get(unit.error))
+        assert t_pl is not None, "no preload while the first instruction ran"
+        await ctx.tick()
+        await ctx.tick()
+        t += 2
+        if abort:
+            ctx.set(unit.abort, 1)
+            await ctx.tick()
+            ctx.set(unit.abort, 0)
+            while ctx.get(unit.preloaded):
+                await ctx.tick()
+            assert not ctx.get(unit.mem_busy)
+            if third is not None:
+                errors.append((await execute_on_unit(ctx, unit, third))[0])
+        else:
+            ctx.set(unit.instr.as_value(), w2)
+            ctx.set(unit.start, 1)
+            await ctx.tick()
+            ctx.set(unit.start, 0)
+            n = 1
+            while not ctx.get(unit.done):
+                assert not ctx.get(unit.mem.rcmd.valid), "record read twice"
+                await ctx.tick()
+                n += 1
+            errors.append(ctx.get(unit.error))
+            res["head"], res["cycles"] = t - t_pl, n
+        await ctx.tick()
+        res["errors"] = errors
+        res["buffers"] = read_buffers(ctx, cfg, h.buffers)
+
+    run_simulation(h, [bench], max_cycles=20_000, background=model.processes())
+    return res["errors"], res.get("head"), res.get("cycles"), res["ready"], res["buffers"]
+
+
+def _golden(cfg, program, mem, bufs):
+    mc = _Machine(cfg, mem)
+    for b, x in bufs.items():
+        mc.bufs[b] = np.array(x)
+    for i, ins in enumerate(program):
+        validate_instr(cfg, ins, i, len(mem))
+        _step(mc, ins, i)
+    return mc.bufs
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.3])
+@pytest.mark.parametrize("pair", ["add-ln", "ln-gelu", "gelu-add", "softmax-ln"])
+def test_preload_while_running(pair, stall, rng):
+    """The next instruction's record is read while the unit runs another opcode (ADD ->
+    LAYERNORM as in the model, and the other orders): both bit-exact, the second reads no
+    record of its own and takes exactly ``cycles(..., head=h)`` for the measured head start
+    (no stalls). ``preload_ready`` is low while the first instruction's record is still
+    being read."""
+    cfg = TINY
+    bufs = random_buffers(cfg, rng)
+    bufs[Buf.LOGIT] = rng.integers(-3000, 3000, bufs[Buf.LOGIT].shape)
+    mem = memory_with([(64, ln_record(rng, 32)), (512, gelu_record()),
+                       (640, pack_add(AddParams(20000, 30000, 15)))])
+    a0, a2 = Operand(Buf.ACT0, 0, 0), Operand(Buf.ACT2, 0, 0)
+    make = {
+        "add": Instr(Op.ADD, 0, m=10, n=32, dst=Operand(Buf.ACT3), a=a0, b=a2, addr=640),
+        "ln": Instr(Op.LAYERNORM, 0, m=10, n=32, dst=Operand(Buf.ACT1, 4, 0),
+                    a=Operand(Buf.ACT3), addr=64),
+        "gelu": Instr(Op.GELU, 0, m=6, n=32, dst=Operand(Buf.ACT0, 20, 0),
+                      a=Operand(Buf.ACT1, 4, 0), addr=512),
+        "softmax": Instr(Op.SOFTMAX, Flag.SCORE, m=10, n=10, dst=Operand(Buf.PROB),
+                         a=Operand(Buf.LOGIT), imm=1),
+    }
+    first, second = (make[x] for x in pair.split("-"))
+    if pair == "gelu-add":
+        second = second.replace(a=Operand(Buf.ACT0, 20, 0), dst=Operand(Buf.ACT2, 12, 0))
+    errors, head, n, ready, out = _run_pair(cfg, first, second, mem, bufs,
+                                            rng=np.random.default_rng(5), stall=stall)
+    assert errors == [0, 0]
+    gold = _golden(cfg, [first, second], mem, bufs)
+    for b in bufs:
+        assert np.array_equal(out[b], gold[b]), Buf(b).name
+    if first.op != Op.SOFTMAX:
+        assert not ready[0]                 # the first record is still being read
+    assert head > 1
+    if stall == 0:
+        assert n == cycles(cfg, second, 3, head=head)
+
+
+def test_preload_not_ready_for_the_running_opcode(rng):
+    """``preload_ready`` stays low while an instruction of the preloaded opcode runs (its
+    header fields would be replaced)."""
+    cfg = TINY
+    mem = memory_with([(640, pack_add(AddParams(20000, 30000, 15)))])
+    add = Instr(Op.ADD, 0, m=10, n=32, dst=Operand(Buf.ACT3), a=Operand(Buf.ACT0),
+                b=Operand(Buf.ACT2), addr=640)
+    with pytest.raises(AssertionError, match="no preload"):
+        _run_pair(cfg, add, add.replace(dst=Operand(Buf.ACT1)), mem, random_buffers(cfg, rng))
+
+
+def test_preloaded_record_error_and_abort(rng):
+    """A preloaded LayerNorm record with a shift above 62: the running ADD finishes without
+    error and the LayerNorm reports it at its own ``done``. An aborted preload is read to its
+    end and dropped: a following LayerNorm with another record is bit-exact."""
+    cfg = TINY
+    bufs = random_buffers(cfg, rng)
+    mem = memory_with([(64, _ln_bad_shift(rng, 32)), (320, ln_record(rng, 32)),
+                       (640, pack_add(AddParams(20000, 30000, 15)))])
+    add = Instr(Op.ADD, 0, m=4, n=32, dst=Operand(Buf.ACT3), a=Operand(Buf.ACT0),
+                b=Operand(Buf.ACT2), addr=640)
+    bad_ln = Instr(Op.LAYERNORM, 0, m=4, n=32, dst=Operand(Buf.ACT1), a=Operand(Buf.ACT3),
+                   addr=64)
+    errors, *_ = _run_pair(cfg, add, bad_ln, mem, bufs)
+    assert errors == [0, 1]
+    good_ln = bad_ln.replace(addr=320, dst=Operand(Buf.ACT2, 20, 0))
+    errors, _, _, _, out = _run_pair(cfg, add, bad_ln, mem, bufs, abort=True, third=good_ln)
+    assert errors == [0, 0]
+    gold = _golden(cfg, [add, good_ln], mem, bufs)
+    for b in bufs:
+        assert np.array_equal(out[b], gold[b]), Buf(b).name
