@@ -127,7 +127,7 @@ def error_code_of_field(field: str) -> ErrorCode:
 
 #: Cycles from the end of one instruction to the ``start`` of the next one's unit when the
 #: next one was prefetched (and checked) while the previous unit computed.
-DISPATCH_CYCLES = 2
+DISPATCH_CYCLES = 1
 
 
 def fetch_cycles(cfg: AccelConfig, mem_latency: int) -> int:
@@ -358,7 +358,14 @@ class Accelerator(wiring.Component):
                     with m.Else():
                         m.d.sync += [pc.eq(pc + INSTR_BYTES), left.eq(left - 1),
                                      self.index.eq(self.index + 1)]
-                        m.next = "FETCH"
+                        with m.If(fe_ready & (nxt_code == 0) & (nxt.op != Op.HALT)):
+                            # prefetched and clean: dispatched at once (its unit sees
+                            # ``start`` in the next cycle)
+                            m.d.comb += fe_take.eq(1)
+                            m.d.sync += [ins.eq(nxt), unit_start.eq(1), pl_issued.eq(0),
+                                         rpl_issued.eq(0)]
+                        with m.Else():
+                            m.next = "FETCH"
             with m.State("FAIL"):
                 m.d.comb += fe_flush.eq(1)
                 with m.If(pl_issued):
