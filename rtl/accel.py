@@ -20,10 +20,10 @@ address ``prog_addr``. For each instruction the controller
 
 Steps 1 and 2 of the next instruction overlap step 3: once the running unit lowers
 ``mem_busy`` (it will not use the memory's read channels again for this instruction), the fetch
-engine reads and checks the next instruction, which is dispatched :data:`DISPATCH_CYCLES` after
-the unit's ``done``. Its check result only counts once the running instruction has finished
-without error, so errors are reported in program order; a fetch still in flight when the
-program ends is voided.
+engine reads and checks the next instruction, which is dispatched in the cycle of the unit's
+``done`` (its unit sees ``start`` :data:`DISPATCH_CYCLES` later). Its check result only
+counts once the running instruction has finished without error, so errors are reported in
+program order; a fetch still in flight when the program ends is voided.
 
 GEMM preload: when the running unit is a :class:`~rtl.exec_row.RowUnit` or a
 :class:`~rtl.exec_token.TokenUnit` (neither writes external memory, and both are off the read
@@ -36,6 +36,15 @@ unit's ``done``) begins its activation reads and output writes. If the running i
 fails while a preload is in flight, the controller pulses the GemmUnit's ``abort`` (the GEMM
 runs to its end without writing a buffer, its bursts drained) and waits for its ``done``
 (state ``ABORT``) before it reports the error and accepts a new program.
+
+Record preload: when the running unit is not the MoveUnit (a LOAD reads memory to its end, a
+STORE may be writing it) and the prefetched instruction checked clean as a GELU, LAYERNORM or
+ADD, the controller pulses the RowUnit's ``preload`` (a register, once per prefetched
+instruction, while ``preload_ready``: the unit's record reader is free and the running opcode
+is another one) with that instruction on ``preload_instr``: its parameter record streams in
+while the running instruction computes, and the instruction starts without reading it. If
+the running instruction fails meanwhile, the controller pulses the RowUnit's ``abort`` and
+waits until the record has been read and dropped (state ``ABORT_REC``).
 
 The program ends at HALT (``done``), or with ``error``: ``error_index`` names the instruction
 and ``error_code`` (:class:`ErrorCode`) the class of defect -- the field ``golden.isa`` names in

@@ -12,6 +12,14 @@ take one word (``cols`` elements) per cycle. Everything is shared between the fo
   gammas (:func:`gamma_group` per pop) and betas (one per pop). Gammas wait in a small memory
   until their betas arrive; each beta then writes one entry of LayerNorm's parameter memory
   (word and lane counters beside the channel counter, no division).
+* **record preload**: the reader can work for the *next* instruction while the unit (or
+  another unit) runs: a ``preload`` pulse with a GELU, LAYERNORM or ADD on ``preload_instr``
+  reads that record into the fields it sets (GELU's constants, ADD's multipliers, LayerNorm's
+  header and parameter memory), which the running instruction does not use as long as its
+  opcode differs (``preload_ready``). The instruction's ``start`` then reads no record: its
+  first words go through as soon as the header is in (GELU/ADD), and LayerNorm's first row
+  does not wait for the gammas and betas. A header check that fails is reported at that
+  instruction's ``done``; ``abort`` drops a preloaded record once it is read.
 * **row reader**: walks the source rows word by word (``rd0``, and ``rd1`` for ADD's second
   operand at the same position), starting in the ``start`` cycle. A buffer read port holds its
   data until the next read, so the read port itself is the one-word stage between the buffer
@@ -37,7 +45,8 @@ Errors (``error`` in the ``done`` cycle): the ``error`` outputs of the wrapped u
 ``mult_width``). The instruction then runs to the end with the truncated fields, so the unit
 always finishes cleanly.
 
-Cycle count (no stalls): :func:`cycles`; ``docs/exec/exec_row.md`` gives the formulas.
+Cycle count (no stalls): :func:`cycles` (with ``head`` for a preloaded record);
+``docs/exec/exec_row.md`` gives the formulas.
 
 Trade-off: the LayerNorm record keeps all gammas ahead of all betas, so the unit buffers the
 gammas (``max_dim`` x 16 bits) rather than issuing one small burst per channel group: one burst
@@ -212,12 +221,12 @@ class RowUnit(wiring.Component):
         err = Signal()                  # record field out of range
 
         # ------------------------------------------------------------ record reader
-        # The reader works for the record's instruction ``rsrc``: the instruction of ``start``
-        # in its cycle, else ``rins``, latched at ``start`` or at ``preload``. ``pre``: the
-        # record belongs to a preloaded instruction that has not started yet (the running
-        # one's ``cmd_ok``/``err`` are then left alone; its header's check goes to
-        # ``pre_err`` until its ``start``).
-        rins = Signal(instr_layout())
+        # The reader works for the record's instruction: the instruction of ``start`` in its
+        # cycle, else ``rins`` (its opcode, ``n`` and record address), latched at ``start`` or
+        # at ``preload``. ``pre``: the record belongs to a preloaded instruction that has not
+        # started yet (the running one's ``cmd_ok``/``err`` are then left alone; its header's
+        # check goes to ``pre_err`` until its ``start``).
+        rins = Signal(data.StructLayout({"op": 8, "n": len(ins.n), "addr": len(ins.addr)}))
         pre = Signal()
         kill = Signal()                 # the preloaded record is dropped once read
         r_op = Mux(self.start, ins.op, rins.op)
@@ -229,7 +238,7 @@ class RowUnit(wiring.Component):
                      r_ge.eq(r_op == Op.GELU), r_ad.eq(r_op == Op.ADD),
                      r_ln.eq(r_op == Op.LAYERNORM)]
         with m.If(self.start):
-            m.d.sync += rins.eq(ins)
+            m.d.sync += [rins.op.eq(ins.op), rins.n.eq(ins.n), rins.addr.eq(ins.addr)]
         CAP = B + HEADER_MAX - 1
         gb_data = Signal(8 * CAP)
         gb_cnt = Signal(range(CAP + 1))
@@ -511,7 +520,9 @@ class RowUnit(wiring.Component):
         with m.If(self.preload):
             # a new record: LayerNorm's gammas/betas replace the parameters (the running
             # instruction is then not a LayerNorm, preload_ready)
-            m.d.sync += [rins.eq(self.preload_instr), pre.eq(1), pre_err.eq(0)]
+            pi = self.preload_instr
+            m.d.sync += [rins.op.eq(pi.op), rins.n.eq(pi.n), rins.addr.eq(pi.addr), pre.eq(1),
+                         pre_err.eq(0)]
             m.d.sync += reader_idle(keep_params=self.preload_instr.op != Op.LAYERNORM)
         with m.If(self.start & pre):
             # the preloaded instruction begins: its header's fields and check, if popped
