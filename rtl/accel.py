@@ -352,11 +352,10 @@ class Accelerator(wiring.Component):
                     m.d.sync += [pl_pulse.eq(1), pl_issued.eq(1)]
                 # Record preload: while a unit other than LOAD/STORE runs (the memory's read
                 # channels are free once the next instruction is prefetched), a checked
-                # GELU/LAYERNORM/ADD reads its parameter record (RowUnit.preload_ready: the
-                # reader is free and the running opcode is another one).
+                # GELU/LAYERNORM/ADD reads its parameter record (RowUnit.preload_ready: one of
+                # those opcodes, the reader is free and the running opcode is another one).
                 not_move = (ins.op != Op.LOAD) & (ins.op != Op.STORE)
-                rec_op = (nxt.op == Op.GELU) | (nxt.op == Op.LAYERNORM) | (nxt.op == Op.ADD)
-                with m.If(not_move & ~unit_start & ~done & fe_ready & (nxt_code == 0) & rec_op
+                with m.If(not_move & ~unit_start & ~done & fe_ready & (nxt_code == 0)
                           & row.preload_ready & ~rpl_issued):
                     m.d.sync += [rpl_pulse.eq(1), rpl_issued.eq(1)]
                 with m.If(done):

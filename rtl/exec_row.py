@@ -133,9 +133,9 @@ class RowUnit(wiring.Component):
     preload_instr : In(instr_layout())
         The instruction to preload (sampled with ``preload``).
     preload_ready : Out(1)
-        A preload of ``preload_instr`` may begin: the record reader is free (no preloaded
-        record held, the running instruction's record read to its end) and
-        ``preload_instr`` is not the running opcode (whose fields the record would replace).
+        A preload of ``preload_instr`` may begin: it is a GELU, LAYERNORM or ADD, the record
+        reader is free (no preloaded record held, the running instruction's record read to
+        its end) and it is not the running opcode (whose fields the record would replace).
     abort : In(1)
         Pulse instead of ``start`` after a ``preload``: the record is read to its end and
         dropped (``preloaded`` falls when it is).
@@ -279,9 +279,12 @@ class RowUnit(wiring.Component):
         m.d.comb += pop.eq(rec_act & (phase != PH_DONE) & (gb_cnt >= sz))
         rec_done = Signal()             # the record is read and popped to its end
         m.d.comb += rec_done.eq(sent & rec_in & (phase == PH_DONE))
+        p_op = self.preload_instr.op
         m.d.comb += [self.preloaded.eq(pre),
                      self.preload_ready.eq(~pre & (~busy | ~(r_ge | r_ad | r_ln) | rec_done)
-                                           & ~(busy & (self.preload_instr.op == ins.op)))]
+                                           & ((p_op == Op.GELU) | (p_op == Op.LAYERNORM)
+                                              | (p_op == Op.ADD))
+                                           & ~(busy & (p_op == ins.op)))]
         win = gb_data[:8 * HEADER_MAX]
         cnt1 = Signal(range(CAP + 1))
         data1 = Signal(8 * CAP)

@@ -501,71 +501,69 @@ def test_preload_head_checked():
         cycles(TINY, ins, head=1.5)
 
 
-def _run_pair(cfg, first, second, mem, bufs, *, rng=None, stall=0.0, abort=False,
-              third=None):
-    """``first`` runs on a RowUnit; as soon as ``preload_ready`` allows, ``second``'s record
-    is preloaded (``preload``) while ``first`` runs, and ``second`` starts two cycles after
-    ``first``'s ``done`` (with ``abort``: it is aborted instead, and ``third``, if given, runs
-    after ``preloaded`` has fallen). Returns ``(errors, head, cycles, ready_log, buffers)``:
-    the ``error`` of each instruction run, the preload's head start and the cycles of
-    ``second``, and ``preload_ready`` of each cycle while ``first`` ran."""
+def _run_chain(cfg, program, mem, bufs, *, rng=None, stall=0.0, abort=False, then=None):
+    """Run ``program`` on one RowUnit as the controller does: while an instruction runs, the
+    next one's record is preloaded (``preload``) in the first cycle with ``preload_ready`` and
+    ``mem_busy`` low (it must come for a GELU, LAYERNORM or ADD, and never for a SOFTMAX),
+    and the next instruction starts the cycle after ``done``. With ``abort``, the last
+    instruction is aborted instead of started, and ``then`` (if given) runs on its own once
+    ``preloaded`` has fallen. Returns ``(errors, heads, cycles, ready,
+    buffers)``: per instruction run its ``error``, head start (0: not preloaded) and cycles,
+    and ``preload_ready`` of every cycle of the first instruction."""
     unit = RowUnit(cfg)
     h = UnitHarness(cfg, unit, bufs)
     model = MemoryModel(unit.mem, mem_beat_bytes(cfg), bytearray(mem), latency=3, rng=rng,
                         stall=stall)
-    res = {"ready": []}
-    w1 = int.from_bytes(first.encode(), "little")
-    w2 = int.from_bytes(second.encode(), "little")
+    res = {"ready": [], "errors": [], "heads": [], "cycles": []}
+    words = [int.from_bytes(ins.encode(), "little") for ins in program]
 
     async def bench(ctx):
-        ctx.set(unit.instr.as_value(), w1)
-        ctx.set(unit.preload_instr.as_value(), w2)
-        ctx.set(unit.start, 1)
-        await ctx.tick()
-        ctx.set(unit.start, 0)
-        t, t_pl, errors = 1, None, []
-        while not ctx.get(unit.done):
-            res["ready"].append(ctx.get(unit.preload_ready))
-            if t_pl is None and ctx.get(unit.preload_ready) and not ctx.get(unit.mem_busy):
-                ctx.set(unit.preload, 1)
+        t, t_pl = 0, None
+        for i, w in enumerate(words):
+            last = i == len(words) - 1
+            if last and abort:
+                ctx.set(unit.abort, 1)
                 await ctx.tick()
-                ctx.set(unit.preload, 0)
-                t_pl, t = t, t + 1
-                continue
-            await ctx.tick()
-            t += 1
-        errors.append(ctx.get(unit.error))
-        assert t_pl is not None, "no preload while the first instruction ran"
-        await ctx.tick()
-        await ctx.tick()
-        t += 2
-        if abort:
-            ctx.set(unit.abort, 1)
-            await ctx.tick()
-            ctx.set(unit.abort, 0)
-            while ctx.get(unit.preloaded):
-                await ctx.tick()
-            assert not ctx.get(unit.mem_busy)
-            if third is not None:
-                errors.append((await execute_on_unit(ctx, unit, third))[0])
-        else:
-            ctx.set(unit.instr.as_value(), w2)
+                ctx.set(unit.abort, 0)
+                while ctx.get(unit.preloaded):
+                    await ctx.tick()
+                assert not ctx.get(unit.mem_busy)
+                if then is not None:
+                    res["errors"].append((await execute_on_unit(ctx, unit, then))[0])
+                break
+            ctx.set(unit.instr.as_value(), w)
             ctx.set(unit.start, 1)
+            res["heads"].append(0 if t_pl is None else t - t_pl)
             await ctx.tick()
             ctx.set(unit.start, 0)
-            n = 1
+            t, t0, t_pl = t + 1, t, None
+            if not last:
+                ctx.set(unit.preload_instr.as_value(), words[i + 1])
             while not ctx.get(unit.done):
-                assert not ctx.get(unit.mem.rcmd.valid), "record read twice"
+                if i == 0:
+                    res["ready"].append(ctx.get(unit.preload_ready))
+                if t_pl is not None and t_pl < t0 + 1:
+                    assert not ctx.get(unit.mem.rcmd.valid), "record read twice"
+                if (not last and t_pl is None and ctx.get(unit.preload_ready)
+                        and not ctx.get(unit.mem_busy)):
+                    ctx.set(unit.preload, 1)
+                    await ctx.tick()
+                    ctx.set(unit.preload, 0)
+                    t_pl, t = t, t + 1
+                    continue
                 await ctx.tick()
-                n += 1
-            errors.append(ctx.get(unit.error))
-            res["head"], res["cycles"] = t - t_pl, n
+                t += 1
+            res["errors"].append(ctx.get(unit.error))
+            res["cycles"].append(t - t0)
+            if not last and program[i + 1].op in (Op.GELU, Op.LAYERNORM, Op.ADD):
+                assert t_pl is not None, "no preload while the instruction ran"
+            await ctx.tick()
+            t += 1
         await ctx.tick()
-        res["errors"] = errors
         res["buffers"] = read_buffers(ctx, cfg, h.buffers)
 
     run_simulation(h, [bench], max_cycles=20_000, background=model.processes())
-    return res["errors"], res.get("head"), res.get("cycles"), res["ready"], res["buffers"]
+    return res["errors"], res["heads"], res["cycles"], res["ready"], res["buffers"]
 
 
 def _golden(cfg, program, mem, bufs):
@@ -604,17 +602,17 @@ def test_preload_while_running(pair, stall, rng):
     first, second = (make[x] for x in pair.split("-"))
     if pair == "gelu-add":
         second = second.replace(a=Operand(Buf.ACT0, 20, 0), dst=Operand(Buf.ACT2, 12, 0))
-    errors, head, n, ready, out = _run_pair(cfg, first, second, mem, bufs,
-                                            rng=np.random.default_rng(5), stall=stall)
+    errors, heads, n, ready, out = _run_chain(cfg, [first, second], mem, bufs,
+                                              rng=np.random.default_rng(5), stall=stall)
     assert errors == [0, 0]
     gold = _golden(cfg, [first, second], mem, bufs)
     for b in bufs:
         assert np.array_equal(out[b], gold[b]), Buf(b).name
     if first.op != Op.SOFTMAX:
         assert not ready[0]                 # the first record is still being read
-    assert head > 1
+    assert heads[0] == 0 and heads[1] > 1
     if stall == 0:
-        assert n == cycles(cfg, second, 3, head=head)
+        assert n == [cycles(cfg, first, 3), cycles(cfg, second, 3, head=heads[1])]
 
 
 def test_preload_not_ready_for_the_running_opcode(rng):
@@ -625,7 +623,7 @@ def test_preload_not_ready_for_the_running_opcode(rng):
     add = Instr(Op.ADD, 0, m=10, n=32, dst=Operand(Buf.ACT3), a=Operand(Buf.ACT0),
                 b=Operand(Buf.ACT2), addr=640)
     with pytest.raises(AssertionError, match="no preload"):
-        _run_pair(cfg, add, add.replace(dst=Operand(Buf.ACT1)), mem, random_buffers(cfg, rng))
+        _run_chain(cfg, [add, add.replace(dst=Operand(Buf.ACT1))], mem, random_buffers(cfg, rng))
 
 
 def test_preloaded_record_error_and_abort(rng):
@@ -640,11 +638,49 @@ def test_preloaded_record_error_and_abort(rng):
                 b=Operand(Buf.ACT2), addr=640)
     bad_ln = Instr(Op.LAYERNORM, 0, m=4, n=32, dst=Operand(Buf.ACT1), a=Operand(Buf.ACT3),
                    addr=64)
-    errors, *_ = _run_pair(cfg, add, bad_ln, mem, bufs)
+    errors, *_ = _run_chain(cfg, [add, bad_ln], mem, bufs)
     assert errors == [0, 1]
     good_ln = bad_ln.replace(addr=320, dst=Operand(Buf.ACT2, 20, 0))
-    errors, _, _, _, out = _run_pair(cfg, add, bad_ln, mem, bufs, abort=True, third=good_ln)
+    errors, _, _, _, out = _run_chain(cfg, [add, bad_ln], mem, bufs, abort=True, then=good_ln)
     assert errors == [0, 0]
     gold = _golden(cfg, [add, good_ln], mem, bufs)
     for b in bufs:
         assert np.array_equal(out[b], gold[b]), Buf(b).name
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.3])
+def test_preload_chain(stall, rng):
+    """Every instruction's record preloaded during the one before, as the controller runs
+    them: LAYERNORM, a one-word ADD (shorter than the next LayerNorm's record), another
+    LAYERNORM with other parameters, GELU, SOFTMAX, ADD. Bit-exact; the LayerNorm after the
+    short ADD starts before its betas are in and must wait for them (not for the previous
+    LayerNorm's); no stalls: every instruction takes exactly ``cycles(..., head=h)``."""
+    cfg = TINY
+    bufs = random_buffers(cfg, rng)
+    bufs[Buf.LOGIT] = rng.integers(-3000, 3000, bufs[Buf.LOGIT].shape)
+    mem = memory_with([(64, ln_record(rng, 32)), (320, ln_record(rng, 32, scale_out=0.02)),
+                       (576, gelu_record()), (640, pack_add(AddParams(20000, 30000, 15))),
+                       (656, pack_add(AddParams(9000, 7000, 14)))])
+    program = [
+        Instr(Op.LAYERNORM, 0, m=3, n=32, dst=Operand(Buf.ACT1), a=Operand(Buf.ACT0), addr=64),
+        Instr(Op.ADD, 0, m=1, n=4, dst=Operand(Buf.ACT3), a=Operand(Buf.ACT1),
+              b=Operand(Buf.ACT2), addr=640),
+        Instr(Op.LAYERNORM, 0, m=4, n=32, dst=Operand(Buf.ACT2, 8, 0), a=Operand(Buf.ACT3),
+              addr=320),
+        Instr(Op.GELU, 0, m=4, n=32, dst=Operand(Buf.ACT0, 12, 0), a=Operand(Buf.ACT2, 8, 0),
+              addr=576),
+        Instr(Op.SOFTMAX, 0, m=5, n=9, dst=Operand(Buf.PROB), a=Operand(Buf.LOGIT)),
+        Instr(Op.ADD, 0, m=4, n=32, dst=Operand(Buf.ACT1, 20, 0), a=Operand(Buf.ACT0, 12, 0),
+              b=Operand(Buf.ACT2, 8, 0), addr=656),
+    ]
+    errors, heads, n, _, out = _run_chain(cfg, program, mem, bufs,
+                                          rng=np.random.default_rng(9), stall=stall)
+    assert errors == [0] * len(program)
+    gold = _golden(cfg, program, mem, bufs)
+    for b in bufs:
+        assert np.array_equal(out[b], gold[b]), Buf(b).name
+    assert heads[0] == 0 and all(h > 1 for h in heads[1:4]) and heads[5] > 1
+    assert heads[4] == 0                    # SOFTMAX reads no record
+    if stall == 0:
+        assert n == [cycles(cfg, ins, 3, head=h) for ins, h in zip(program, heads)]
+        assert n[2] > cycles(cfg, program[2], 3, head=1000)   # waited for its betas
