@@ -22,9 +22,11 @@ Lowering of one encoder block with ``n`` tokens (``x`` in an activation bank, th
     [TOKEN_SELECT mid -> x'  (pruning blocks; n becomes keep + 1 (+ 1 package token))]
     LAYERNORM -> u1   GEMM fc1 -> u2   GELU -> u1   GEMM fc2 -> u2   ADD mid, u2 -> x_next
 
-The embedding is LOAD patches, GEMM patch_embed, LOAD position rows, ADD, LOAD the CLS row; the
-end is LAYERNORM of the CLS row, the head GEMM (OUT16, in chunks of at most ``max_tokens``
-classes, the LOGIT buffer's width), STORE, HALT.
+The embedding is LOAD patches, LOAD position rows, LOAD the CLS row, GEMM patch_embed, ADD (the
+LOADs first, so that the ADD and the first LAYERNORM follow a unit that leaves the memory port
+free for their records, ``docs/accelerator.md``); the end is LAYERNORM of the CLS row, the head
+GEMM (OUT16, in chunks of at most ``max_tokens`` classes, the LOGIT buffer's width), STORE,
+HALT.
 
 Every instruction carries a label (``Compiled.labels``, e.g. ``"b0.h1.qk"``) for reports.
 """
@@ -165,12 +167,12 @@ def compile_model(q: QuantViT) -> Compiled:
     x = Buf.ACT0
     bld.emit("embed.load", Op.LOAD, m=npch, n=pdim, dst=Operand(Buf.ACT1, 1, 0), addr=in_addr,
              imm=pdim)
-    bld.linear("embed.patch", q.patch, Operand(Buf.ACT1, 1, 0), Operand(Buf.ACT2, 1, 0), npch)
     bld.emit("embed.pos", Op.LOAD, m=npch, n=d, dst=Operand(Buf.ACT3, 1, 0),
              addr=embed_addr + d, imm=d)
+    bld.emit("embed.cls", Op.LOAD, m=1, n=d, dst=Operand(x, 0, 0), addr=embed_addr, imm=d)
+    bld.linear("embed.patch", q.patch, Operand(Buf.ACT1, 1, 0), Operand(Buf.ACT2, 1, 0), npch)
     bld.emit("embed.add", Op.ADD, m=npch, n=d, dst=Operand(x, 1, 0), a=Operand(Buf.ACT2, 1, 0),
              b=Operand(Buf.ACT3, 1, 0), addr=bld.blob(pack_add(q.embed_add)))
-    bld.emit("embed.cls", Op.LOAD, m=1, n=d, dst=Operand(x, 0, 0), addr=embed_addr, imm=d)
 
     n = npch + 1
     for i, blk in enumerate(q.blocks):

@@ -81,8 +81,8 @@ def test_tiny_vit_bit_exact_end_to_end(tiny_model):
         if t.head:
             preloaded.append(compiled.labels[t.index])
             assert t.exec < exec_gemm.cycles(TINY, t.instr, 3, stream)
-    assert records == ["b0.add1", "b0.ln2", "b0.gelu", "b0.add2", "b1.ln1", "b1.add1",
-                       "b1.ln2", "b1.gelu", "b1.add2", "norm"]
+    assert records == ["embed.add", "b0.ln1", "b0.add1", "b0.ln2", "b0.gelu", "b0.add2",
+                       "b1.ln1", "b1.add1", "b1.ln2", "b1.gelu", "b1.add2", "norm"]
     assert preloaded == ["b0.qkv", "b0.fc1", "b0.fc2", "b1.qkv", "b1.fc1", "b1.fc2", "head.0"]
 
 
@@ -93,7 +93,7 @@ def _bad(program, index, **change):
 
 
 @pytest.mark.parametrize("index, name, change", [
-    (3, "unknown opcode", {"op": 0x7E}),        # embed.add, fetched after a LOAD
+    (3, "unknown opcode", {"op": 0x7E}),        # embed.patch, fetched after a LOAD
     (3, "out-of-range address", {"addr": 0x7FFF_0000}),
     (3, "buffer overflow", {"dst": Operand(Buf.ACT2, 30, 0)}),
     (7, "unknown opcode", {"op": 0x7E}),        # b0.h0.qk, prefetched during b0.qkv
@@ -331,13 +331,14 @@ def test_first_mismatch_names_the_instruction(tiny_model):
     """The runner's report: a weight byte the RTL sees differently shows up at the GEMM that
     uses it (golden on the original memory, RTL on the altered one)."""
     q, compiled = tiny_model
-    prog = compiled.program[:3] + [Instr(Op.HALT)]          # load, patch GEMM, load
+    ip = compiled.labels.index("embed.patch")               # after the three LOADs
+    prog = compiled.program[:ip + 1] + [Instr(Op.HALT)]
     mem = compiled.memory_with_input(_images(q, 1, seed=3)[0])
     gold = execute(prog, mem, TINY)
     altered = bytearray(mem)
-    altered[prog[1].addr] ^= 0x40                           # weight B[0, 0] of embed.patch
+    altered[prog[ip].addr] ^= 0x40                          # weight B[0, 0] of embed.patch
     run = run_program(TINY, prog, altered)
     mm = first_mismatch(gold.trace, run.outputs)
-    assert mm is not None and mm.index == 1 and mm.instr.op == Op.GEMM
+    assert mm is not None and mm.index == ip and mm.instr.op == Op.GEMM
     assert mm.element[1] == 0                               # output column 0
-    assert "instruction 1 (GEMM): first difference at element" in str(mm)
+    assert f"instruction {ip} (GEMM): first difference at element" in str(mm)
