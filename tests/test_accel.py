@@ -175,15 +175,49 @@ def test_program_after_a_runtime_error_starts_clean(tiny_model):
     assert cycles < 2 * fetch_cycles(TINY, 3)     # at most the voided fetch, then its own
 
 
+def _run_twice(dut, prog, image, bad, watch, *, region, idle):
+    """Run ``prog`` twice on ``dut``: first with the memory image ``bad``, then with ``image``
+    (the defect repaired). ``watch(ctx, run)`` is called in every cycle of run 0 and 1 and
+    returns events to log; every signal of ``idle`` must be low once a run is done. Returns
+    ``{"first": ..., "second": ...}``, each ``(error, error_code, error_index, events)``, and
+    ``"region"``: the output region of instruction ``region`` after the second run."""
+    from rtl.ports import mem_beat_bytes
+    from sim.accel import _region, place_program
+    from sim.memory import MemoryModel
+    from sim.streams import run_simulation
+    mem, addr, size = place_program(bad, prog)
+    model = MemoryModel(dut.mem, mem_beat_bytes(TINY), mem, latency=3)
+    seen = {}
+
+    async def bench(ctx):
+        for run, name in enumerate(("first", "second")):
+            ctx.set(dut.prog_addr, addr)
+            ctx.set(dut.prog_len, len(prog))
+            ctx.set(dut.mem_size, size)
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            events = []
+            while not ctx.get(dut.done):
+                events += watch(ctx, run)
+                await ctx.tick()
+            for sig in idle:
+                assert not ctx.get(sig), f"{sig} high after the program"
+            seen[name] = (ctx.get(dut.error), ctx.get(dut.error_code),
+                          ctx.get(dut.error_index), events)
+            await ctx.tick()
+            mem[:len(image)] = image                        # repair the defect
+        seen["region"] = _region(ctx, TINY, dut.buffers, prog[region])
+
+    run_simulation(dut, [bench], max_cycles=200_000, background=model.processes())
+    return seen
+
+
 def test_row_unit_error_during_gemm_preload(tiny_model):
     """b0.ln1 fails (a LayerNorm shift above 62, a RUNTIME error of the RowUnit) while b0.qkv
     preloads: the GEMM runs to its end without writing a buffer and drains its bursts before
     the program ends (at b0.ln1, RUNTIME); a second program on the same accelerator, with the
     record repaired, preloads b0.qkv and is bit-exact."""
-    from rtl.ports import mem_beat_bytes
-    from sim.accel import _region, place_program
-    from sim.memory import MemoryModel
-    from sim.streams import run_simulation
     q, compiled = tiny_model
     ln = compiled.labels.index("b0.ln1")
     assert compiled.program[ln + 1].op == Op.GEMM
@@ -196,39 +230,22 @@ def test_row_unit_error_during_gemm_preload(tiny_model):
     with pytest.raises(ProgramError) as exc:
         execute(prog, bad, TINY)
     assert exc.value.index == ln and exc.value.field == "data"
-    mem, addr, size = place_program(bad, prog)
     dut = Accelerator(TINY)
     gemm = dut.units["gemm"]
-    model = MemoryModel(dut.mem, mem_beat_bytes(TINY), mem, latency=3)
-    seen = {}
+    preloaded = {}
 
-    async def bench(ctx):
-        for name in ("first", "second"):
-            ctx.set(dut.prog_addr, addr)
-            ctx.set(dut.prog_len, len(prog))
-            ctx.set(dut.mem_size, size)
-            ctx.set(dut.start, 1)
-            await ctx.tick()
-            ctx.set(dut.start, 0)
-            events, preloaded = [], False
-            while not ctx.get(dut.done):
-                preloaded = preloaded or ctx.get(gemm.preload)
-                if preloaded and not ctx.get(gemm.start):
-                    assert not (name == "first" and ctx.get(gemm.wr.en)), "aborted GEMM wrote"
-                if ctx.get(gemm.done):
-                    events.append(("gemm done", ctx.get(dut.index)))
-                if ctx.get(gemm.abort):
-                    events.append(("abort", ctx.get(dut.index)))
-                await ctx.tick()
-            assert not ctx.get(gemm.mem_busy) and not ctx.get(dut.mem.rdata.valid)
-            seen[name] = (ctx.get(dut.error), ctx.get(dut.error_code),
-                          ctx.get(dut.error_index), preloaded, events)
-            if name == "second":
-                seen["qkv"] = _region(ctx, TINY, dut.buffers, prog[ln + 1])
-            await ctx.tick()
-            mem[shift_at] = image[shift_at]                 # repair the record
+    def watch(ctx, run):
+        preloaded[run] = preloaded.get(run, False) or bool(ctx.get(gemm.preload))
+        if preloaded[run] and not ctx.get(gemm.start):
+            assert not (run == 0 and ctx.get(gemm.wr.en)), "aborted GEMM wrote"
+        return [(what, ctx.get(dut.index)) for what, sig in
+                (("gemm done", gemm.done), ("abort", gemm.abort)) if ctx.get(sig)]
 
-    run_simulation(dut, [bench], max_cycles=200_000, background=model.processes())
+    seen = _run_twice(dut, prog, image, bad, watch, region=ln + 1,
+                      idle=[gemm.mem_busy, dut.mem.rdata.valid])
+    seen["first"] = seen["first"][:3] + (preloaded[0],) + seen["first"][3:]
+    seen["second"] = seen["second"][:3] + (preloaded[1],) + seen["second"][3:]
+    seen["qkv"] = seen["region"]
     err, code, index, preloaded, events = seen["first"]
     assert (err, code, index, preloaded) == (1, ErrorCode.RUNTIME, ln, True)
     assert events[-2:] == [("abort", ln), ("gemm done", ln)]
@@ -244,10 +261,6 @@ def test_runtime_error_during_record_preload():
     LayerNorm's record and is bit-exact."""
     from golden.isa import AddParams, pack_add, pack_ln
     from golden.layernorm import ln_params
-    from rtl.ports import mem_beat_bytes
-    from sim.accel import _region, place_program
-    from sim.memory import MemoryModel
-    from sim.streams import run_simulation
     rng = np.random.default_rng(11)
     m, n = 6, 32
     image = bytearray(1024)
@@ -270,36 +283,16 @@ def test_runtime_error_during_record_preload():
     with pytest.raises(ProgramError) as exc:
         execute(prog, bad, TINY)
     assert exc.value.index == 2 and exc.value.field == "data"
-    mem, addr, size = place_program(bad, prog)
     dut = Accelerator(TINY)
     row = dut.units["row"]
-    model = MemoryModel(dut.mem, mem_beat_bytes(TINY), mem, latency=3)
-    seen = {}
 
-    async def bench(ctx):
-        for name in ("first", "second"):
-            ctx.set(dut.prog_addr, addr)
-            ctx.set(dut.prog_len, len(prog))
-            ctx.set(dut.mem_size, size)
-            ctx.set(dut.start, 1)
-            await ctx.tick()
-            ctx.set(dut.start, 0)
-            events = []
-            while not ctx.get(dut.done):
-                for what in ("preload", "abort", "done"):
-                    if ctx.get(getattr(row, what)):
-                        events.append((what, ctx.get(dut.index)))
-                await ctx.tick()
-            assert not ctx.get(row.preloaded) and not ctx.get(row.mem_busy)
-            assert not ctx.get(dut.mem.rdata.valid)
-            seen[name] = (ctx.get(dut.error), ctx.get(dut.error_code),
-                          ctx.get(dut.error_index), events)
-            if name == "second":
-                seen["ln"] = _region(ctx, TINY, dut.buffers, prog[3])
-            await ctx.tick()
-            mem[add_at + 4] = image[add_at + 4]             # repair the record
+    def watch(ctx, run):
+        return [(what, ctx.get(dut.index)) for what in ("preload", "abort", "done")
+                if ctx.get(getattr(row, what))]
 
-    run_simulation(dut, [bench], max_cycles=20_000, background=model.processes())
+    seen = _run_twice(dut, prog, image, bad, watch, region=3,
+                      idle=[row.preloaded, row.mem_busy, dut.mem.rdata.valid])
+    seen["ln"] = seen["region"]
     err, code, index, events = seen["first"]
     assert (err, code, index) == (1, ErrorCode.RUNTIME, 2)
     assert events == [("preload", 2), ("done", 2), ("abort", 2)]

@@ -418,16 +418,11 @@ def test_sequence_of_every_opcode_matches_golden(rng):
 def check_program(cfg, program, mem, bufs):
     """Run ``program`` on one unit (:func:`run_program`) and compare every buffer with the
     golden executor's."""
-    mc = _Machine(cfg, mem)
-    for b, x in bufs.items():
-        mc.bufs[b] = np.array(x)
-    for i, ins in enumerate(program):
-        validate_instr(cfg, ins, i, len(mem))
-        _step(mc, ins, i)
+    gold = _golden(cfg, program, mem, bufs)
     errors, out = run_program(cfg, [(ins, False) for ins in program], mem, bufs)
     assert not any(errors)
     for b in bufs:
-        assert np.array_equal(out[b], mc.bufs[b]), Buf(b).name
+        assert np.array_equal(out[b], gold[b]), Buf(b).name
 
 
 def run_program(cfg, program, mem, bufs, *, rng=None, stall=0.0):
@@ -567,6 +562,7 @@ def _run_chain(cfg, program, mem, bufs, *, rng=None, stall=0.0, abort=False, the
 
 
 def _golden(cfg, program, mem, bufs):
+    """The buffers after ``program`` on the golden executor from ``bufs`` and ``mem``."""
     mc = _Machine(cfg, mem)
     for b, x in bufs.items():
         mc.bufs[b] = np.array(x)
