@@ -243,8 +243,17 @@ class SparseDecoder(wiring.Component):
         # is kept as a thermometer (``lv[i] = level > i``), so that "byte i is buffered" and
         # "n bytes are buffered" are flip-flops, and as its low bits one-hot (``lmo``, the level
         # modulo ``M``, a power of two at least ``cols``), which place an incoming beat's lanes.
-        buf = Signal(8 * BUF)
-        lv = Signal(BUF)
+        sizes = sorted({1, 2, 4, W})
+        # A beat whose move is refused (no room) still enters the buffer (``eager``), into
+        # ``W`` more bytes, and counts as held (``vheld``) until the room the rule above gives:
+        # ``ready`` and the level the parser sees are the same (a refused beat lies above at
+        # least ``2 * max(sizes)`` bytes, so the parser has its field whether or not the beat
+        # is counted), but the buffer's level no longer depends on the move. Needs
+        # ``BUF - W + 1 >= 2 * max(sizes)``, i.e. ``cols >= 4``; narrower, the move waits.
+        eager = BUF - W + 1 >= 2 * max(sizes)
+        PB = BUF + W if eager else BUF          # bytes held physically
+        buf = Signal(8 * PB)
+        lv = Signal(PB)
         lb = ceil_log2(W)
         M = 1 << lb
         lmo = Signal(M, init=1)
@@ -254,17 +263,33 @@ class SparseDecoder(wiring.Component):
         beat_err = Signal()                     # a beat with n > cols was seen (sticky)
         beat = self.cw.payload
         s_valid = Signal()
-        s_oh = Signal(W + 1)                    # its bytes, one-hot (0 if n > cols)
+        s_oh = Signal(W + 1, init=1)            # its bytes, one-hot (0 if n > cols or empty)
         s_data = Signal(8 * W)
+        vheld = Signal()                        # the last beat moved is still counted as held
+        v_oh = Signal(W + 1)                    # ... its bytes, one-hot
         # Room is counted before this cycle's consumption, so that ``move`` and ``ready``
         # depend on registers only; the buffer is sized (``3 * cols - 1`` bytes) so that a
-        # misaligned payload still streams at one word per cycle.
-        room = ~lv[BUF - W]
+        # misaligned payload still streams at one word per cycle. A beat moved eagerly has
+        # room once the level without it (``level - n``) has.
+        room = Signal()
+        held = Signal()
+        if eager:
+            m.d.comb += [held.eq(s_valid | vheld),
+                         room.eq(Mux(vheld, Cat(*[v_oh[k] & ~lv[BUF - W + k]
+                                                  for k in range(W + 1)]).any(),
+                                     ~lv[BUF - W]))]
+        else:
+            m.d.comb += [held.eq(s_valid), room.eq(~lv[BUF - W])]
         move = Signal()
-        m.d.comb += [move.eq(s_valid & room),
-                     self.cw.ready.eq(active & ~ended & (~s_valid | room))]
+        m.d.comb += [move.eq(s_valid & (room | eager)),
+                     self.cw.ready.eq(active & ~ended & (~held | room))]
         fire = Signal()
         m.d.comb += fire.eq(self.cw.valid & self.cw.ready)
+        if eager:
+            with m.If(s_valid):
+                m.d.sync += [vheld.eq(~room), v_oh.eq(s_oh)]
+            with m.Elif(room):
+                m.d.sync += vheld.eq(0)
         with m.If(fire):
             n_in = beat.n
             m.d.sync += [s_valid.eq(1), s_data.eq(beat.data.as_value()),
@@ -275,15 +300,14 @@ class SparseDecoder(wiring.Component):
             with m.If(beat.last):
                 m.d.sync += ended.eq(1)
         with m.Elif(move):
-            m.d.sync += s_valid.eq(0)
+            m.d.sync += [s_valid.eq(0), s_oh.eq(1)]
         fin = Signal()                          # every byte of the stream is in the aligner
-        m.d.comb += fin.eq(ended & ~s_valid)
+        m.d.comb += fin.eq(ended & ~held)
         lanes = [s_data[8 * i:8 * i + 8] for i in range(W)]
         # Bytes consumed this cycle: the parse state's field size (``tsel``, registered with
         # every state transition) when that many bytes are buffered: one AND of two
         # flip-flops per size, encoded (``tcode``: 0 for none, else the size's rank) as the
         # select of the muxes below.
-        sizes = sorted({1, 2, 4, W})
         have = {t: lv[t - 1] for t in sizes}
         tsel = {t: Signal(name=f"tsel{t}") for t in sizes}
         tk = {t: Signal(name=f"take{t}") for t in sizes}
@@ -308,34 +332,34 @@ class SparseDecoder(wiring.Component):
         # lane lands past the new level), then the taken bytes are shifted out: the buffer's
         # next value is a mux of flip-flops (``merged``: lane p where ``lmo[(j - p) mod M]``, an
         # AND-OR of one-hot selects, then the level bit) followed by the take mux.
-        top = BUF + max(sizes)
+        top = PB + max(sizes)
         merged = [Signal(8, name=f"merged{j}", attrs={"keep": 1}) for j in range(top)]
         padded = lanes + [lanes[0]] * (M - W)
-        for j in range(BUF):
+        for j in range(PB):
             app = 0
             for p in range(M):
                 app = app | Mux(lmo[(j - p) % M], padded[p], 0)
             m.d.comb += merged[j].eq(Mux(lv[j], buf[8 * j:8 * j + 8], app))
         # Next level: the thermometer after the move (a one-hot shift by the beat's bytes),
-        # then the take mux.
+        # then the take mux. Eager, ``s_oh`` is the move itself (0 bytes when the input
+        # register is empty).
         ext = Cat(Const(-1, W), lv, Const(0, 2 * max(sizes)))  # ext[W + j] = (level > j)
         lv_in = Signal(top, attrs={"keep": 1})  # after the move: lv_in[c] = ext[W + c - n]
         for c in range(top):
-            m.d.comb += lv_in[c].eq(Mux(move, Cat(*[s_oh[k] & ext[W + c - k]
-                                                    for k in range(W + 1)]).any(),
-                                        ext[W + c]))
+            shifted = Cat(*[s_oh[k] & ext[W + c - k] for k in range(W + 1)]).any()
+            m.d.comb += lv_in[c].eq(shifted if eager else Mux(move, shifted, ext[W + c]))
         # The level's low bits after the move, one-hot: rotated by the beat's bytes.
         lmo_in = Signal(M)
         for x in range(M):
-            m.d.comb += lmo_in[x].eq(Mux(move, Cat(*[s_oh[k] & lmo[(x - k) % M]
-                                                     for k in range(W + 1)]).any(), lmo[x]))
+            rot = Cat(*[s_oh[k] & lmo[(x - k) % M] for k in range(W + 1)]).any()
+            m.d.comb += lmo_in[x].eq(rot if eager else Mux(move, rot, lmo[x]))
         # The bytes load every cycle (no enable: a drop only clears the level).
-        for i in range(BUF):
+        for i in range(PB):
             m.d.sync += buf[8 * i:8 * i + 8].eq(by_take([merged[i + o] for o in offs]))
         with m.If(drop):
-            m.d.sync += [lv.eq(0), lmo.eq(1), s_valid.eq(0)]
+            m.d.sync += [lv.eq(0), lmo.eq(1), s_valid.eq(0), s_oh.eq(1), vheld.eq(0)]
         with m.Else():
-            for i in range(BUF):
+            for i in range(PB):
                 m.d.sync += lv[i].eq(by_take([lv_in[i + o] for o in offs]))
             for x in range(M):                  # taking o bytes rotates the other way
                 m.d.sync += lmo[x].eq(by_take([lmo_in[(x + o) % M] for o in offs]))
