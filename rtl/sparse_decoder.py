@@ -256,7 +256,7 @@ class SparseDecoder(wiring.Component):
         lv = Signal(PB)
         lb = ceil_log2(W)
         M = 1 << lb
-        lmo = Signal(M, init=1)
+        lmb = Signal(lb)                        # level modulo M
         ended = Signal()                        # the last beat has been taken from cw
         active = Signal()                       # between start and done (registered)
         drop = Signal()                         # discard the buffer (comb)
@@ -265,6 +265,7 @@ class SparseDecoder(wiring.Component):
         s_valid = Signal()
         s_oh = Signal(W + 1, init=1)            # its bytes, one-hot (0 if n > cols or empty)
         s_data = Signal(8 * W)
+        s_nb = Signal(lb)                       # its bytes modulo M (0 when empty)
         vheld = Signal()                        # the last beat moved is still counted as held
         v_oh = Signal(W + 1)                    # ... its bytes, one-hot
         # Room is counted before this cycle's consumption, so that ``move`` and ``ready``
@@ -294,13 +295,14 @@ class SparseDecoder(wiring.Component):
             n_in = beat.n
             m.d.sync += [s_valid.eq(1), s_data.eq(beat.data.as_value()),
                          s_oh.eq(Cat(*[(n_in == k) | ((k == 0) & (n_in > W))
-                                       for k in range(W + 1)]))]
+                                       for k in range(W + 1)])),
+                         s_nb.eq(Mux(n_in > W, 0, n_in))]
             with m.If(n_in > W):
                 m.d.sync += beat_err.eq(1)
             with m.If(beat.last):
                 m.d.sync += ended.eq(1)
         with m.Elif(move):
-            m.d.sync += [s_valid.eq(0), s_oh.eq(1)]
+            m.d.sync += [s_valid.eq(0), s_oh.eq(1), s_nb.eq(0)]
         fin = Signal()                          # every byte of the stream is in the aligner
         m.d.comb += fin.eq(ended & ~held)
         lanes = [s_data[8 * i:8 * i + 8] for i in range(W)]
@@ -330,16 +332,16 @@ class SparseDecoder(wiring.Component):
         # The beat is appended behind the buffered bytes (byte j of the merged buffer is
         # ``buf[j]`` below the level, else lane ``(j - level) mod M`` of the beat: any other
         # lane lands past the new level), then the taken bytes are shifted out: the buffer's
-        # next value is a mux of flip-flops (``merged``: lane p where ``lmo[(j - p) mod M]``, an
-        # AND-OR of one-hot selects, then the level bit) followed by the take mux.
+        # next value is a mux of flip-flops (``merged``: the lane selected by the level's low
+        # bits ``lmb``, a binary mux, then the level bit) followed by the take mux.
         top = PB + max(sizes)
         merged = [Signal(8, name=f"merged{j}", attrs={"keep": 1}) for j in range(top)]
         padded = lanes + [lanes[0]] * (M - W)
         for j in range(PB):
-            app = 0
-            for p in range(M):
-                app = app | Mux(lmo[(j - p) % M], padded[p], 0)
-            m.d.comb += merged[j].eq(Mux(lv[j], buf[8 * j:8 * j + 8], app))
+            app = [padded[(j - x) % M] for x in range(M)]
+            for b in range(lb):
+                app = [Mux(lmb[b], app[i + 1], app[i]) for i in range(0, len(app), 2)]
+            m.d.comb += merged[j].eq(Mux(lv[j], buf[8 * j:8 * j + 8], app[0]))
         # Next level: the thermometer after the move (a one-hot shift by the beat's bytes),
         # then the take mux. Eager, ``s_oh`` is the move itself (0 bytes when the input
         # register is empty).
@@ -348,21 +350,19 @@ class SparseDecoder(wiring.Component):
         for c in range(top):
             shifted = Cat(*[s_oh[k] & ext[W + c - k] for k in range(W + 1)]).any()
             m.d.comb += lv_in[c].eq(shifted if eager else Mux(move, shifted, ext[W + c]))
-        # The level's low bits after the move, one-hot: rotated by the beat's bytes.
-        lmo_in = Signal(M)
-        for x in range(M):
-            rot = Cat(*[s_oh[k] & lmo[(x - k) % M] for k in range(W + 1)]).any()
-            m.d.comb += lmo_in[x].eq(rot if eager else Mux(move, rot, lmo[x]))
+        # The level's low bits after the move.
+        lmb_in = Signal(lb)
+        m.d.comb += lmb_in.eq(lmb + s_nb if eager else Mux(move, lmb + s_nb, lmb))
         # The bytes load every cycle (no enable: a drop only clears the level).
         for i in range(PB):
             m.d.sync += buf[8 * i:8 * i + 8].eq(by_take([merged[i + o] for o in offs]))
         with m.If(drop):
-            m.d.sync += [lv.eq(0), lmo.eq(1), s_valid.eq(0), s_oh.eq(1), vheld.eq(0)]
+            m.d.sync += [lv.eq(0), lmb.eq(0), s_valid.eq(0), s_oh.eq(1), s_nb.eq(0),
+                         vheld.eq(0)]
         with m.Else():
             for i in range(PB):
                 m.d.sync += lv[i].eq(by_take([lv_in[i + o] for o in offs]))
-            for x in range(M):                  # taking o bytes rotates the other way
-                m.d.sync += lmo[x].eq(by_take([lmo_in[(x + o) % M] for o in offs]))
+            m.d.sync += lmb.eq(by_take([(lmb_in - o)[:lb] for o in offs]))
 
         u8, u16, u32 = buf[:8], buf[:16], buf[:32]
 
