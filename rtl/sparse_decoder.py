@@ -283,7 +283,7 @@ class SparseDecoder(wiring.Component):
             m.d.comb += [held.eq(s_valid), room.eq(~lv[BUF - W])]
         move = Signal()
         m.d.comb += [move.eq(s_valid & (room | eager)),
-                     self.cw.ready.eq(active & ~ended & (~held | room))]
+                     self.cw.ready.eq(active & ~ended & (~held | room | drop))]
         fire = Signal()
         m.d.comb += fire.eq(self.cw.valid & self.cw.ready)
         if eager:
@@ -578,8 +578,6 @@ class SparseDecoder(wiring.Component):
 
         def goto(state):
             m.next = state
-            m.d.sync += [tsel[t].eq(sizes_of.get(state) == t) for t in sizes]
-            m.d.sync += [nsel[t].eq(needs_of.get(state) == t) for t in sizes]
 
         def need(nbytes):
             """Condition 'nbytes are buffered' (and no bad beat). A state that waits for bytes
@@ -965,7 +963,7 @@ class SparseDecoder(wiring.Component):
                 # Drain the rest of the stream up to its last beat.
                 m.d.comb += [drop.eq(1)]
                 m.d.sync += [self.error.eq(1), cnt_done.eq(1)]
-                with m.If(ended | (fire & beat.last)):
+                with m.If(ended | (self.cw.valid & beat.last)):   # ready here unless ended
                     m.d.sync += active.eq(0)
                     goto("DONE")
             with m.State("DONE"):
@@ -973,6 +971,11 @@ class SparseDecoder(wiring.Component):
                 goto("IDLE")
         # One-hot state register in synthesis: short next-state logic for this many states.
         fsm.state.attrs["fsm_encoding"] = "one-hot"
+        # Field sizes of the current state: ORs of state bits.
+        for t in sizes:
+            m.d.comb += [
+                tsel[t].eq(Cat(*[fsm.ongoing(st) for st, v in sizes_of.items() if v == t]).any()),
+                nsel[t].eq(Cat(*[fsm.ongoing(st) for st, v in needs_of.items() if v == t]).any())]
         hits = [trunc]
         for now, conds in checks:
             applied, failed = Signal(), Signal(len(conds))
