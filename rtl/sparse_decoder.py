@@ -235,23 +235,24 @@ class SparseDecoder(wiring.Component):
 
         # ---- input register and byte aligner ---------------------------------------------
         # A beat taken from ``cw`` waits one cycle in the input register (``s_*``), so that
-        # nothing but that register depends on the stream's valid and payload; it moves into
-        # the aligner in the next cycle if the aligner has room (while the next beat is taken),
-        # so the stream still runs at one beat per cycle.
+        # nothing but that register depends on the stream's valid and payload, and enters the
+        # aligner in the next cycle, while the next beat is taken.
         # ``buf`` holds ``level`` bytes (byte 0 first); bytes past the level are don't-care
         # (every read is guarded by the level), so nothing is cleared but the level. The level
         # is kept as a thermometer (``lv[i] = level > i``), so that "byte i is buffered" and
-        # "n bytes are buffered" are flip-flops, and as its low bits one-hot (``lmo``, the level
-        # modulo ``M``, a power of two at least ``cols``), which place an incoming beat's lanes.
+        # "n bytes are buffered" are flip-flops, and as its low bits (``lmb``, the level modulo
+        # ``M``, a power of two at least ``cols``), which place an incoming beat's lanes.
+        #
+        # Flow control counts a beat as held in the input register until the aligner has room
+        # for it: ``level <= BUF - cols``, the level before this cycle's consumption, so that
+        # ``ready`` depends on registers only (``BUF = 3 * cols - 1`` bytes let a misaligned
+        # payload stream at one word per cycle). Its bytes enter the buffer the cycle after it
+        # is taken all the same, into ``cols`` more bytes: a beat refused there lies on top,
+        # counted as held (``vheld``) until the level without it has room. So neither the
+        # buffer's bytes nor its level depend on the room, and ``ready`` and the parse are
+        # those of a buffer of ``BUF`` bytes.
         sizes = sorted({1, 2, 4, W})
-        # A beat whose move is refused (no room) still enters the buffer (``eager``), into
-        # ``W`` more bytes, and counts as held (``vheld``) until the room the rule above gives:
-        # ``ready`` and the level the parser sees are the same (a refused beat lies above at
-        # least ``2 * max(sizes)`` bytes, so the parser has its field whether or not the beat
-        # is counted), but the buffer's level no longer depends on the move. Needs
-        # ``BUF - W + 1 >= 2 * max(sizes)``, i.e. ``cols >= 4``; narrower, the move waits.
-        eager = BUF - W + 1 >= 2 * max(sizes)
-        PB = BUF + W if eager else BUF          # bytes held physically
+        PB = BUF + W                            # bytes held
         buf = Signal(8 * PB)
         lv = Signal(PB)
         lb = ceil_log2(W)
@@ -266,31 +267,22 @@ class SparseDecoder(wiring.Component):
         s_oh = Signal(W + 1, init=1)            # its bytes, one-hot (0 if n > cols or empty)
         s_data = Signal(8 * W)
         s_nb = Signal(lb)                       # its bytes modulo M (0 when empty)
-        vheld = Signal()                        # the last beat moved is still counted as held
+        vheld = Signal()                        # the beat on top is still counted as held
         v_oh = Signal(W + 1)                    # ... its bytes, one-hot
-        # Room is counted before this cycle's consumption, so that ``move`` and ``ready``
-        # depend on registers only; the buffer is sized (``3 * cols - 1`` bytes) so that a
-        # misaligned payload still streams at one word per cycle. A beat moved eagerly has
-        # room once the level without it (``level - n``) has.
+        # Room for the held beat: the level without it is at most ``BUF - cols``.
         room = Signal()
         held = Signal()
-        if eager:
-            m.d.comb += [held.eq(s_valid | vheld),
-                         room.eq(Mux(vheld, Cat(*[v_oh[k] & ~lv[BUF - W + k]
-                                                  for k in range(W + 1)]).any(),
-                                     ~lv[BUF - W]))]
-        else:
-            m.d.comb += [held.eq(s_valid), room.eq(~lv[BUF - W])]
-        move = Signal()
-        m.d.comb += [move.eq(s_valid & (room | eager)),
+        m.d.comb += [held.eq(s_valid | vheld),
+                     room.eq(Mux(vheld, Cat(*[v_oh[k] & ~lv[BUF - W + k]
+                                              for k in range(W + 1)]).any(),
+                                 ~lv[BUF - W])),
                      self.cw.ready.eq(active & ~ended & (~held | room | drop))]
         fire = Signal()
         m.d.comb += fire.eq(self.cw.valid & self.cw.ready)
-        if eager:
-            with m.If(s_valid):
-                m.d.sync += [vheld.eq(~room), v_oh.eq(s_oh)]
-            with m.Elif(room):
-                m.d.sync += vheld.eq(0)
+        with m.If(s_valid):
+            m.d.sync += [vheld.eq(~room), v_oh.eq(s_oh)]
+        with m.Elif(room):
+            m.d.sync += vheld.eq(0)
         with m.If(fire):
             n_in = beat.n
             m.d.sync += [s_valid.eq(1), s_data.eq(beat.data.as_value()),
@@ -301,16 +293,22 @@ class SparseDecoder(wiring.Component):
                 m.d.sync += beat_err.eq(1)
             with m.If(beat.last):
                 m.d.sync += ended.eq(1)
-        with m.Elif(move):
+        with m.Else():
             m.d.sync += [s_valid.eq(0), s_oh.eq(1), s_nb.eq(0)]
         fin = Signal()                          # every byte of the stream is in the aligner
         m.d.comb += fin.eq(ended & ~held)
         lanes = [s_data[8 * i:8 * i + 8] for i in range(W)]
-        # Bytes consumed this cycle: the parse state's field size (``tsel``, registered with
-        # every state transition) when that many bytes are buffered: one AND of two
-        # flip-flops per size, encoded (``tcode``: 0 for none, else the size's rank) as the
-        # select of the muxes below.
-        have = {t: lv[t - 1] for t in sizes}
+        # "t bytes are buffered", the held beat counted out: a held beat lies above at least
+        # ``BUF - cols + 1 - max(sizes)`` bytes (it was refused above ``BUF - cols``, and at most
+        # ``max(sizes)`` were taken since), so from ``cols = 4`` on a level bit is enough.
+        if BUF - W + 1 >= 2 * max(sizes):
+            have = {t: lv[t - 1] for t in sizes}
+        else:
+            have = {t: Mux(vheld, Cat(*[v_oh[k] & lv[t - 1 + k] for k in range(W + 1)]).any(),
+                           lv[t - 1]) for t in sizes}
+        # Bytes consumed this cycle: the parse state's field size (``tsel``, an OR of one-hot
+        # state bits) when that many bytes are buffered, encoded (``tcode``: 0 for none, else
+        # the size's rank) as the select of the muxes below.
         tsel = {t: Signal(name=f"tsel{t}") for t in sizes}
         tk = {t: Signal(name=f"take{t}") for t in sizes}
         for t in sizes:
@@ -342,17 +340,15 @@ class SparseDecoder(wiring.Component):
             for b in range(lb):
                 app = [Mux(lmb[b], app[i + 1], app[i]) for i in range(0, len(app), 2)]
             m.d.comb += merged[j].eq(Mux(lv[j], buf[8 * j:8 * j + 8], app[0]))
-        # Next level: the thermometer after the move (a one-hot shift by the beat's bytes),
-        # then the take mux. Eager, ``s_oh`` is the move itself (0 bytes when the input
-        # register is empty).
+        # Next level: the thermometer after the beat (a one-hot shift by its bytes, none when
+        # the input register is empty), then the take mux.
         ext = Cat(Const(-1, W), lv, Const(0, 2 * max(sizes)))  # ext[W + j] = (level > j)
-        lv_in = Signal(top, attrs={"keep": 1})  # after the move: lv_in[c] = ext[W + c - n]
+        lv_in = Signal(top, attrs={"keep": 1})  # after the beat: lv_in[c] = ext[W + c - n]
         for c in range(top):
-            shifted = Cat(*[s_oh[k] & ext[W + c - k] for k in range(W + 1)]).any()
-            m.d.comb += lv_in[c].eq(shifted if eager else Mux(move, shifted, ext[W + c]))
-        # The level's low bits after the move.
+            m.d.comb += lv_in[c].eq(Cat(*[s_oh[k] & ext[W + c - k] for k in range(W + 1)]).any())
+        # The level's low bits after the beat.
         lmb_in = Signal(lb)
-        m.d.comb += lmb_in.eq(lmb + s_nb if eager else Mux(move, lmb + s_nb, lmb))
+        m.d.comb += lmb_in.eq(lmb + s_nb)
         # The bytes load every cycle (no enable: a drop only clears the level).
         for i in range(PB):
             m.d.sync += buf[8 * i:8 * i + 8].eq(by_take([merged[i + o] for o in offs]))
@@ -567,7 +563,7 @@ class SparseDecoder(wiring.Component):
 
         mask_bytes = Signal(range(MAX_MASK_BITS // 8 + 1))
 
-        # Field size consumed by each state (``tsel``), set with every transition (``goto``).
+        # Field size consumed by each state (``tsel``, from the state bits after the FSM).
         sizes_of = {"MAGIC": 4, "VERSION": 2, "BR": 2, "BC": 2, "RESERVED": 2, "OUT": 4,
                     "IN": 4, "TOTAL": 4, "COUNT": 2, "INDEX": 2, "HINDEX": 2, "MASK": 1,
                     "COLUMN": W}
@@ -951,7 +947,7 @@ class SparseDecoder(wiring.Component):
                     check(exists & ~w_ok)
                 late_error()
             with m.State("END"):
-                with m.If(~left_zero | (bal == uneven) | lv[0] | beat_err):
+                with m.If(~left_zero | (bal == uneven) | have[1] | beat_err):
                     goto("ERROR")
                 # A check of the last word fails at the latest in the cycle its tile count
                 # is written, so ``lerr`` is final once the counts are.
