@@ -13,8 +13,9 @@ feeder of :class:`rtl.gemm.GemmEngine` reads:
 Input: ``cw``, a stream of beats of up to ``cols`` bytes (``data`` lanes ``0 .. n-1`` in stream
 order, ``n <= cols``; ``last`` marks the final beat). A beat as wide as a weight word lets the
 payload stream at one word per cycle; metadata fields (counts, indices, header fields, mask
-bytes) take one cycle each. A small byte aligner (``max(3 * cols - 1, cols + 3)`` bytes)
-re-aligns the payload, which starts at arbitrary byte offsets.
+bytes) take one cycle each. A small byte aligner (``max(3 * cols - 1, cols + 3)`` bytes as flow
+control counts them, one beat more held) re-aligns the payload, which starts at arbitrary byte
+offsets.
 
 Mapping: ``b_r`` must be a multiple of ``cols`` (``b_r = q * cols``). A payload column of block-row
 ``r`` (``b_r`` bytes for one kept ``k``) is ``q`` words, word ``s`` belonging to tile ``r*q + s``;
@@ -71,14 +72,19 @@ and its write enable is one state bit (plain and hierarchical index lists are tw
 
 * Aligner: a beat taken from ``cw`` waits a cycle in an input register, so no path starts at
   the stream's ``valid`` or payload but that register's load. ``ready`` depends on registers
-  only. The level is a thermometer register (``lv``) and its low bits one-hot (``lmo``),
-  which place a beat's lanes: a buffer byte's next value is an AND-OR of the lanes with those
-  flip-flops, the level bit's mux, then the take mux (four LUT levels). The bytes
-  taken this cycle are the state's field size (``tsel``, one-hot, registered with every state
-  transition) when that many bytes are buffered (a bit of ``lv``), encoded as the select of
-  one mux per buffer bit and level bit (``tcode``). Nothing resets the aligner but the drain
-  of ``ERROR`` (it is empty at ``IDLE``). The written word's data, address and ``k`` come
-  from registers whatever the state; only ``w_en`` depends on it.
+  only. The beat's bytes enter the buffer in the next cycle whether or not flow control counts
+  it in (the buffer is ``cols`` bytes larger than the ``BUF`` that flow control counts; a beat
+  refused for room lies on top, counted as held until the level without it has room), so the
+  buffer's next level and bytes do not depend on the room. The level is a thermometer register
+  (``lv``) and its low bits in binary (``lmb``), which place a beat's lanes: a buffer byte's
+  next value is a mux of the lanes by those flip-flops (a LUT and a PFUMX), the level bit's
+  mux, then the take mux; the level's is a one-hot shift of the thermometer by the beat's
+  bytes, then the take mux. The bytes taken this cycle are the state's field size (a register
+  for the header's states, set on the header's own transitions; the body's state bits) when
+  that many bytes are buffered (a bit of ``lv``), encoded as the select of one mux per buffer
+  bit and level bit (``tcode``). Nothing resets the aligner but the drain of ``ERROR`` (it is
+  empty at ``IDLE``). The written word's data, address and ``k`` come from registers whatever
+  the state; only ``w_en`` depends on it.
 * State transitions depend on registered flags: down-counters reaching 1, rooms kept with an
   offset so that "room after this step" is a sign bit (``proom``, ``wr2``), padding lanes of
   the next word registered a word ahead (``pad_nx``), "last block-row" from a register, the
@@ -221,7 +227,8 @@ class SparseDecoder(wiring.Component):
 
     @staticmethod
     def buffer_bytes(cfg: AccelConfig) -> int:
-        """Size of the byte aligner: room for a misaligned word stream and 4-byte fields."""
+        """Size of the byte aligner as flow control counts it (it holds one beat more): room
+        for a misaligned word stream and 4-byte fields."""
         return max(3 * cfg.cols - 1, cfg.cols + 3)
 
     def elaborate(self, platform):
