@@ -570,31 +570,17 @@ class SparseDecoder(wiring.Component):
 
         mask_bytes = Signal(range(MAX_MASK_BITS // 8 + 1))
 
-        # Field size consumed by each state (``tsel``): the header's states have it in a
-        # register (``hsel``), set with every transition into or out of the header (whose
-        # states advance on their own field only), the others as ORs of their state bits
-        # (after the FSM), so that neither the take nor that register waits for the body's
-        # transition conditions.
-        hdr_sizes = {"MAGIC": 4, "VERSION": 2, "BR": 2, "BC": 2, "RESERVED": 2, "OUT": 4,
-                     "IN": 4, "TOTAL": 4}
-        body_sizes = {"COUNT": 2, "INDEX": 2, "HINDEX": 2, "MASK": 1, "COLUMN": W}
-        sizes_of = {**hdr_sizes, **body_sizes}
-        hsel = {t: Signal(name=f"hsel{t}") for t in sizes}
+        # Field size consumed by each state (``tsel``, from the state bits after the FSM).
+        sizes_of = {"MAGIC": 4, "VERSION": 2, "BR": 2, "BC": 2, "RESERVED": 2, "OUT": 4,
+                    "IN": 4, "TOTAL": 4, "COUNT": 2, "INDEX": 2, "HINDEX": 2, "MASK": 1,
+                    "COLUMN": W}
 
         # Field size each state waits for (``nsel``): the same, and the payload's in CWAIT.
         needs_of = {**sizes_of, "CWAIT": W}
         nsel = {t: Signal(name=f"nsel{t}") for t in sizes}
 
-        cur = [None]
-
-        def state(name):
-            cur[0] = name
-            return m.State(name)
-
         def goto(state):
             m.next = state
-            if state in hdr_sizes or cur[0] in hdr_sizes:
-                m.d.sync += [hsel[t].eq(hdr_sizes.get(state) == t) for t in sizes]
 
         def need(nbytes):
             """Condition 'nbytes are buffered' (and no bad beat). A state that waits for bytes
@@ -747,7 +733,7 @@ class SparseDecoder(wiring.Component):
                 m.d.sync += uneven.eq(1)
 
         with m.FSM(name="parse") as fsm:
-            with state("IDLE"), m.If(self.start):
+            with m.State("IDLE"), m.If(self.start):
                 # The aligner is empty here (after DONE or after the drain of ERROR).
                 m.d.sync += [self.error.eq(0), ended.eq(0),
                              ck.eq(self.exp_k), cn.eq(self.exp_n), self.words.eq(0),
@@ -758,46 +744,46 @@ class SparseDecoder(wiring.Component):
                              ptr.eq(0), e_w.eq(0),
                              cnt_done.eq(1), st1_v.eq(0), st2_v.eq(0)]
                 goto("MAGIC")
-            with state("MAGIC"):
+            with m.State("MAGIC"):
                 with m.If(need(4)):
                     goto("VERSION")
                     check(differs(u32, Const(MAGIC_WORD, 32)))
-            with state("VERSION"):
+            with m.State("VERSION"):
                 with m.If(need(2)):
                     m.d.sync += [hier.eq(buf[8]), bal.eq(buf[9])]
                     goto("BR")
                     check([u8 != _VERSION, buf[10:16] != 0])
                 late_error()
-            with state("BR"):
+            with m.State("BR"):
                 with m.If(need(2)):
                     m.d.sync += [br.eq(u16), rem.eq(u16), rem_gt.eq(u16 > C)]
                     goto("BC")
                     check([u16 == 0, u16 > _MAX_BLOCK])
                 late_error()
-            with state("BC"):
+            with m.State("BC"):
                 with m.If(need(2)):
                     m.d.sync += bc.eq(u16)
                     goto("RESERVED")
                     check([u16 == 0, u16 > _MAX_BLOCK, hier & (u16 > MAX_MASK_BITS)])
                 late_error()
-            with state("RESERVED"):
+            with m.State("RESERVED"):
                 m.d.sync += [vb_full.eq(thermometer(bc[:6])),
                              mask_bytes.eq((bc[:6] + 7) >> 3)]
                 with m.If(need(2)):
                     goto("OUT")
                     check(u16 != 0)
                 late_error()
-            with state("OUT"):
+            with m.State("OUT"):
                 with m.If(need(4)):
                     goto("IN")
                     check(differs(u32, cn))
                 late_error()
-            with state("IN"):
+            with m.State("IN"):
                 with m.If(need(4)):
                     goto("TOTAL")
                     check(differs(u32, ck))
                 late_error()
-            with state("TOTAL"):
+            with m.State("TOTAL"):
                 m.d.sync += [rem_k.eq(ck), rk_nz.eq(ck != 0), nbc.eq(0), rk_gt.eq(ck > bc),
                              wk.eq(0),
                              row_end.eq(cn == 0), rem_row.eq(cn), rem_row1.eq(cn - C),
@@ -806,14 +792,14 @@ class SparseDecoder(wiring.Component):
                     m.d.sync += left.eq(u32)
                     goto("QDIV")
                 late_error()
-            with state("QDIV"):
+            with m.State("QDIV"):
                 # q = b_r / cols by repeated subtraction; b_r must be a multiple of cols.
                 m.d.sync += [q.eq(q + 1), rem.eq(rem - C), rem_gt.eq(rem > 2 * C)]
                 with m.If(~rem_gt):
                     goto("NBC")
                     check(rem != C)
                 late_error()
-            with state("NBC"):
+            with m.State("NBC"):
                 # Block-columns ceil(k / b_c) and the width of the last one, by repeated
                 # subtraction (one cycle per block-column), filling kstart on the way.
                 m.d.sync += [q1.eq(q == 1), bc1.eq(bc == 1)]
@@ -833,7 +819,7 @@ class SparseDecoder(wiring.Component):
                     with m.Else():
                         goto("COUNT")
                 late_error()
-            with state("COUNT"):
+            with m.State("COUNT"):
                 # A count past kmax is an error (checked from cnt_r the next cycle): its low
                 # bits are enough to choose the next state.
                 cnt_lo = u16[:iw + 1]
@@ -874,7 +860,7 @@ class SparseDecoder(wiring.Component):
             # The index list: plain (INDEX, the entry is stored with its index) and
             # hierarchical (HINDEX, then the mask bytes) are two states, so that the entry
             # memory's write enable is one state bit and one flag.
-            with state("INDEX"):
+            with m.State("INDEX"):
                 with m.If(need(2)):
                     is_last = index_fields()
                     m.d.comb += ent_wr.en.eq(1)
@@ -884,7 +870,7 @@ class SparseDecoder(wiring.Component):
                         m.d.sync += gate.eq(q1)
                         to_column(head_v | s0_emit)
                 late_error()
-            with state("HINDEX"):
+            with m.State("HINDEX"):
                 with m.If(need(2)):
                     is_last = index_fields()
                     m.d.sync += [mask.eq(0), mbyte.eq(0), pcnt.eq(0), mlast_lo.eq(0),
@@ -892,7 +878,7 @@ class SparseDecoder(wiring.Component):
                                  m_fin.eq(mask_bytes == 1), idx_last.eq(is_last)]
                     goto("MASK")
                 late_error()
-            with state("MASK"):
+            with m.State("MASK"):
                 with m.If(need(1)):
                     m.d.sync += [mbyte.eq(mbyte + 1), m_fin.eq(mbyte + 2 == mask_bytes),
                                  pcnt.eq(pcnt + mlast), mlast_lo.eq(popcount4(u8[:4])),
@@ -912,21 +898,21 @@ class SparseDecoder(wiring.Component):
                         with m.Else():
                             goto("HINDEX")
                 late_error()
-            with state("ECNT"):
+            with m.State("ECNT"):
                 # An empty block-row: once the previous block-row's counts are written, its
                 # tiles' counts (0) are.
                 with m.If(cnt_done):
                     start_counts()
                     goto("EROW")
                 late_error()
-            with state("EROW"):
+            with m.State("EROW"):
                 with m.If(cnt_done):
                     next_row()
                 late_error()
-            with state("CWAIT"):
+            with m.State("CWAIT"):
                 to_column(s0_emit)
                 late_error()
-            with state("COLUMN"):
+            with m.State("COLUMN"):
                 # The head is valid here (CWAIT otherwise).
                 exists = ~pad[0]
                 with m.If(need(W)):
@@ -967,7 +953,7 @@ class SparseDecoder(wiring.Component):
                     check(pad_bad)
                     check(exists & ~w_ok)
                 late_error()
-            with state("END"):
+            with m.State("END"):
                 with m.If(~left_zero | (bal == uneven) | have[1] | beat_err):
                     goto("ERROR")
                 # A check of the last word fails at the latest in the cycle its tile count
@@ -976,23 +962,22 @@ class SparseDecoder(wiring.Component):
                     m.d.sync += active.eq(0)
                     goto("DONE")
                 late_error()
-            with state("ERROR"):
+            with m.State("ERROR"):
                 # Drain the rest of the stream up to its last beat.
                 m.d.comb += [drop.eq(1)]
                 m.d.sync += [self.error.eq(1), cnt_done.eq(1)]
                 with m.If(ended | (self.cw.valid & beat.last)):   # ready here unless ended
                     m.d.sync += active.eq(0)
                     goto("DONE")
-            with state("DONE"):
+            with m.State("DONE"):
                 m.d.comb += self.done.eq(1)
                 goto("IDLE")
         # One-hot state register in synthesis: short next-state logic for this many states.
         fsm.state.attrs["fsm_encoding"] = "one-hot"
-        # Field sizes of the current state (see ``hsel``).
+        # Field sizes of the current state: ORs of state bits.
         for t in sizes:
             m.d.comb += [
-                tsel[t].eq(Cat(hsel[t], *[fsm.ongoing(st) for st, v in body_sizes.items()
-                                         if v == t]).any()),
+                tsel[t].eq(Cat(*[fsm.ongoing(st) for st, v in sizes_of.items() if v == t]).any()),
                 nsel[t].eq(Cat(*[fsm.ongoing(st) for st, v in needs_of.items() if v == t]).any())]
         hits = [trunc]
         for now, conds in checks:
