@@ -79,9 +79,9 @@ and its write enable is one state bit (plain and hierarchical index lists are tw
   (``lv``) and its low bits in binary (``lmb``), which place a beat's lanes: a buffer byte's
   next value is a mux of the lanes by those flip-flops (a LUT and a PFUMX), the level bit's
   mux, then the take mux; the level's is a one-hot shift of the thermometer by the beat's
-  bytes, then the take mux. The bytes taken this cycle are the state's field size (a register
-  for the header's states, set on the header's own transitions; the body's state bits) when
-  that many bytes are buffered (a bit of ``lv``), encoded as the select of one mux per buffer
+  bytes, then the take mux. The bytes taken this cycle are the state's field size (an OR of
+  one-hot state bits, so that no register waits for every transition's condition) when that
+  many bytes are buffered (a bit of ``lv``), encoded as the select of one mux per buffer
   bit and level bit (``tcode``). Nothing resets the aligner but the drain of ``ERROR`` (it is
   empty at ``IDLE``). The written word's data, address and ``k`` come from registers whatever
   the state; only ``w_en`` depends on it.
