@@ -13,8 +13,9 @@ feeder of :class:`rtl.gemm.GemmEngine` reads:
 Input: ``cw``, a stream of beats of up to ``cols`` bytes (``data`` lanes ``0 .. n-1`` in stream
 order, ``n <= cols``; ``last`` marks the final beat). A beat as wide as a weight word lets the
 payload stream at one word per cycle; metadata fields (counts, indices, header fields, mask
-bytes) take one cycle each. A small byte aligner (``max(3 * cols - 1, cols + 3)`` bytes)
-re-aligns the payload, which starts at arbitrary byte offsets.
+bytes) take one cycle each. A small byte aligner (``max(3 * cols - 1, cols + 3)`` bytes as flow
+control counts them, one beat more held) re-aligns the payload, which starts at arbitrary byte
+offsets.
 
 Mapping: ``b_r`` must be a multiple of ``cols`` (``b_r = q * cols``). A payload column of block-row
 ``r`` (``b_r`` bytes for one kept ``k``) is ``q`` words, word ``s`` belonging to tile ``r*q + s``;
@@ -71,14 +72,19 @@ and its write enable is one state bit (plain and hierarchical index lists are tw
 
 * Aligner: a beat taken from ``cw`` waits a cycle in an input register, so no path starts at
   the stream's ``valid`` or payload but that register's load. ``ready`` depends on registers
-  only. The level is a thermometer register (``lv``) and its low bits one-hot (``lmo``),
-  which place a beat's lanes: a buffer byte's next value is an AND-OR of the lanes with those
-  flip-flops, the level bit's mux, then the take mux (four LUT levels). The bytes
-  taken this cycle are the state's field size (``tsel``, one-hot, registered with every state
-  transition) when that many bytes are buffered (a bit of ``lv``), encoded as the select of
-  one mux per buffer bit and level bit (``tcode``). Nothing resets the aligner but the drain
-  of ``ERROR`` (it is empty at ``IDLE``). The written word's data, address and ``k`` come
-  from registers whatever the state; only ``w_en`` depends on it.
+  only. The beat's bytes enter the buffer in the next cycle whether or not flow control counts
+  it in (the buffer is ``cols`` bytes larger than the ``BUF`` that flow control counts; a beat
+  refused for room lies on top, counted as held until the level without it has room), so the
+  buffer's next level and bytes do not depend on the room. The level is a thermometer register
+  (``lv``) and its low bits in binary (``lmb``), which place a beat's lanes: a buffer byte's
+  next value is a mux of the lanes by those flip-flops (a LUT and a PFUMX), the level bit's
+  mux, then the take mux; the level's is a one-hot shift of the thermometer by the beat's
+  bytes, then the take mux. The bytes taken this cycle are the state's field size (an OR of
+  one-hot state bits, so that no register waits for every transition's condition) when that
+  many bytes are buffered (a bit of ``lv``), encoded as the select of one mux per buffer
+  bit and level bit (``tcode``). Nothing resets the aligner but the drain of ``ERROR`` (it is
+  empty at ``IDLE``). The written word's data, address and ``k`` come from registers whatever
+  the state; only ``w_en`` depends on it.
 * State transitions depend on registered flags: down-counters reaching 1, rooms kept with an
   offset so that "room after this step" is a sign bit (``proom``, ``wr2``), padding lanes of
   the next word registered a word ahead (``pad_nx``), "last block-row" from a register, the
@@ -221,7 +227,8 @@ class SparseDecoder(wiring.Component):
 
     @staticmethod
     def buffer_bytes(cfg: AccelConfig) -> int:
-        """Size of the byte aligner: room for a misaligned word stream and 4-byte fields."""
+        """Size of the byte aligner as flow control counts it (it holds one beat more): room
+        for a misaligned word stream and 4-byte fields."""
         return max(3 * cfg.cols - 1, cfg.cols + 3)
 
     def elaborate(self, platform):
@@ -235,56 +242,80 @@ class SparseDecoder(wiring.Component):
 
         # ---- input register and byte aligner ---------------------------------------------
         # A beat taken from ``cw`` waits one cycle in the input register (``s_*``), so that
-        # nothing but that register depends on the stream's valid and payload; it moves into
-        # the aligner in the next cycle if the aligner has room (while the next beat is taken),
-        # so the stream still runs at one beat per cycle.
+        # nothing but that register depends on the stream's valid and payload, and enters the
+        # aligner in the next cycle, while the next beat is taken.
         # ``buf`` holds ``level`` bytes (byte 0 first); bytes past the level are don't-care
         # (every read is guarded by the level), so nothing is cleared but the level. The level
         # is kept as a thermometer (``lv[i] = level > i``), so that "byte i is buffered" and
-        # "n bytes are buffered" are flip-flops, and as its low bits one-hot (``lmo``, the level
-        # modulo ``M``, a power of two at least ``cols``), which place an incoming beat's lanes.
-        buf = Signal(8 * BUF)
-        lv = Signal(BUF)
+        # "n bytes are buffered" are flip-flops, and as its low bits (``lmb``, the level modulo
+        # ``M``, a power of two at least ``cols``), which place an incoming beat's lanes.
+        #
+        # Flow control counts a beat as held in the input register until the aligner has room
+        # for it: ``level <= BUF - cols``, the level before this cycle's consumption, so that
+        # ``ready`` depends on registers only (``BUF = 3 * cols - 1`` bytes let a misaligned
+        # payload stream at one word per cycle). Its bytes enter the buffer the cycle after it
+        # is taken all the same, into ``cols`` more bytes: a beat refused there lies on top,
+        # counted as held (``vheld``) until the level without it has room. So neither the
+        # buffer's bytes nor its level depend on the room, and ``ready`` and the parse are
+        # those of a buffer of ``BUF`` bytes.
+        sizes = sorted({1, 2, 4, W})
+        PB = BUF + W                            # bytes held
+        buf = Signal(8 * PB)
+        lv = Signal(PB)
         lb = ceil_log2(W)
         M = 1 << lb
-        lmo = Signal(M, init=1)
+        lmb = Signal(lb)                        # level modulo M
         ended = Signal()                        # the last beat has been taken from cw
         active = Signal()                       # between start and done (registered)
         drop = Signal()                         # discard the buffer (comb)
         beat_err = Signal()                     # a beat with n > cols was seen (sticky)
         beat = self.cw.payload
         s_valid = Signal()
-        s_oh = Signal(W + 1)                    # its bytes, one-hot (0 if n > cols)
+        s_oh = Signal(W + 1, init=1)            # its bytes, one-hot (0 if n > cols or empty)
         s_data = Signal(8 * W)
-        # Room is counted before this cycle's consumption, so that ``move`` and ``ready``
-        # depend on registers only; the buffer is sized (``3 * cols - 1`` bytes) so that a
-        # misaligned payload still streams at one word per cycle.
-        room = ~lv[BUF - W]
-        move = Signal()
-        m.d.comb += [move.eq(s_valid & room),
-                     self.cw.ready.eq(active & ~ended & (~s_valid | room))]
+        s_nb = Signal(lb)                       # its bytes modulo M (0 when empty)
+        vheld = Signal()                        # the beat on top is still counted as held
+        v_oh = Signal(W + 1)                    # ... its bytes, one-hot
+        # Room for the held beat: the level without it is at most ``BUF - cols``.
+        room = Signal()
+        held = Signal()
+        m.d.comb += [held.eq(s_valid | vheld),
+                     room.eq(Mux(vheld, Cat(*[v_oh[k] & ~lv[BUF - W + k]
+                                              for k in range(W + 1)]).any(),
+                                 ~lv[BUF - W])),
+                     self.cw.ready.eq(active & ~ended & (~held | room | drop))]
         fire = Signal()
         m.d.comb += fire.eq(self.cw.valid & self.cw.ready)
+        with m.If(s_valid):
+            m.d.sync += [vheld.eq(~room), v_oh.eq(s_oh)]
+        with m.Elif(room):
+            m.d.sync += vheld.eq(0)
         with m.If(fire):
             n_in = beat.n
             m.d.sync += [s_valid.eq(1), s_data.eq(beat.data.as_value()),
                          s_oh.eq(Cat(*[(n_in == k) | ((k == 0) & (n_in > W))
-                                       for k in range(W + 1)]))]
+                                       for k in range(W + 1)])),
+                         s_nb.eq(Mux(n_in > W, 0, n_in))]
             with m.If(n_in > W):
                 m.d.sync += beat_err.eq(1)
             with m.If(beat.last):
                 m.d.sync += ended.eq(1)
-        with m.Elif(move):
-            m.d.sync += s_valid.eq(0)
+        with m.Else():
+            m.d.sync += [s_valid.eq(0), s_oh.eq(1), s_nb.eq(0)]
         fin = Signal()                          # every byte of the stream is in the aligner
-        m.d.comb += fin.eq(ended & ~s_valid)
+        m.d.comb += fin.eq(ended & ~held)
         lanes = [s_data[8 * i:8 * i + 8] for i in range(W)]
-        # Bytes consumed this cycle: the parse state's field size (``tsel``, registered with
-        # every state transition) when that many bytes are buffered: one AND of two
-        # flip-flops per size, encoded (``tcode``: 0 for none, else the size's rank) as the
-        # select of the muxes below.
-        sizes = sorted({1, 2, 4, W})
-        have = {t: lv[t - 1] for t in sizes}
+        # "t bytes are buffered", the held beat counted out: a held beat lies above at least
+        # ``BUF - cols + 1 - max(sizes)`` bytes (it was refused above ``BUF - cols``, and at most
+        # ``max(sizes)`` were taken since), so from ``cols = 4`` on a level bit is enough.
+        if BUF - W + 1 >= 2 * max(sizes):
+            have = {t: lv[t - 1] for t in sizes}
+        else:
+            have = {t: Mux(vheld, Cat(*[v_oh[k] & lv[t - 1 + k] for k in range(W + 1)]).any(),
+                           lv[t - 1]) for t in sizes}
+        # Bytes consumed this cycle: the parse state's field size (``tsel``, an OR of one-hot
+        # state bits) when that many bytes are buffered, encoded (``tcode``: 0 for none, else
+        # the size's rank) as the select of the muxes below.
         tsel = {t: Signal(name=f"tsel{t}") for t in sizes}
         tk = {t: Signal(name=f"take{t}") for t in sizes}
         for t in sizes:
@@ -306,39 +337,35 @@ class SparseDecoder(wiring.Component):
         # The beat is appended behind the buffered bytes (byte j of the merged buffer is
         # ``buf[j]`` below the level, else lane ``(j - level) mod M`` of the beat: any other
         # lane lands past the new level), then the taken bytes are shifted out: the buffer's
-        # next value is a mux of flip-flops (``merged``: lane p where ``lmo[(j - p) mod M]``, an
-        # AND-OR of one-hot selects, then the level bit) followed by the take mux.
-        top = BUF + max(sizes)
+        # next value is a mux of flip-flops (``merged``: the lane selected by the level's low
+        # bits ``lmb``, a binary mux, then the level bit) followed by the take mux.
+        top = PB + max(sizes)
         merged = [Signal(8, name=f"merged{j}", attrs={"keep": 1}) for j in range(top)]
         padded = lanes + [lanes[0]] * (M - W)
-        for j in range(BUF):
-            app = 0
-            for p in range(M):
-                app = app | Mux(lmo[(j - p) % M], padded[p], 0)
-            m.d.comb += merged[j].eq(Mux(lv[j], buf[8 * j:8 * j + 8], app))
-        # Next level: the thermometer after the move (a one-hot shift by the beat's bytes),
-        # then the take mux.
+        for j in range(PB):
+            app = [padded[(j - x) % M] for x in range(M)]
+            for b in range(lb):
+                app = [Mux(lmb[b], app[i + 1], app[i]) for i in range(0, len(app), 2)]
+            m.d.comb += merged[j].eq(Mux(lv[j], buf[8 * j:8 * j + 8], app[0]))
+        # Next level: the thermometer after the beat (a one-hot shift by its bytes, none when
+        # the input register is empty), then the take mux.
         ext = Cat(Const(-1, W), lv, Const(0, 2 * max(sizes)))  # ext[W + j] = (level > j)
-        lv_in = Signal(top, attrs={"keep": 1})  # after the move: lv_in[c] = ext[W + c - n]
+        lv_in = Signal(top, attrs={"keep": 1})  # after the beat: lv_in[c] = ext[W + c - n]
         for c in range(top):
-            m.d.comb += lv_in[c].eq(Mux(move, Cat(*[s_oh[k] & ext[W + c - k]
-                                                    for k in range(W + 1)]).any(),
-                                        ext[W + c]))
-        # The level's low bits after the move, one-hot: rotated by the beat's bytes.
-        lmo_in = Signal(M)
-        for x in range(M):
-            m.d.comb += lmo_in[x].eq(Mux(move, Cat(*[s_oh[k] & lmo[(x - k) % M]
-                                                     for k in range(W + 1)]).any(), lmo[x]))
+            m.d.comb += lv_in[c].eq(Cat(*[s_oh[k] & ext[W + c - k] for k in range(W + 1)]).any())
+        # The level's low bits after the beat.
+        lmb_in = Signal(lb)
+        m.d.comb += lmb_in.eq(lmb + s_nb)
         # The bytes load every cycle (no enable: a drop only clears the level).
-        for i in range(BUF):
+        for i in range(PB):
             m.d.sync += buf[8 * i:8 * i + 8].eq(by_take([merged[i + o] for o in offs]))
         with m.If(drop):
-            m.d.sync += [lv.eq(0), lmo.eq(1), s_valid.eq(0)]
+            m.d.sync += [lv.eq(0), lmb.eq(0), s_valid.eq(0), s_oh.eq(1), s_nb.eq(0),
+                         vheld.eq(0)]
         with m.Else():
-            for i in range(BUF):
+            for i in range(PB):
                 m.d.sync += lv[i].eq(by_take([lv_in[i + o] for o in offs]))
-            for x in range(M):                  # taking o bytes rotates the other way
-                m.d.sync += lmo[x].eq(by_take([lmo_in[(x + o) % M] for o in offs]))
+            m.d.sync += lmb.eq(by_take([(lmb_in - o)[:lb] for o in offs]))
 
         u8, u16, u32 = buf[:8], buf[:16], buf[:32]
 
@@ -543,7 +570,7 @@ class SparseDecoder(wiring.Component):
 
         mask_bytes = Signal(range(MAX_MASK_BITS // 8 + 1))
 
-        # Field size consumed by each state (``tsel``), set with every transition (``goto``).
+        # Field size consumed by each state (``tsel``, from the state bits after the FSM).
         sizes_of = {"MAGIC": 4, "VERSION": 2, "BR": 2, "BC": 2, "RESERVED": 2, "OUT": 4,
                     "IN": 4, "TOTAL": 4, "COUNT": 2, "INDEX": 2, "HINDEX": 2, "MASK": 1,
                     "COLUMN": W}
@@ -554,8 +581,6 @@ class SparseDecoder(wiring.Component):
 
         def goto(state):
             m.next = state
-            m.d.sync += [tsel[t].eq(sizes_of.get(state) == t) for t in sizes]
-            m.d.sync += [nsel[t].eq(needs_of.get(state) == t) for t in sizes]
 
         def need(nbytes):
             """Condition 'nbytes are buffered' (and no bad beat). A state that waits for bytes
@@ -929,7 +954,7 @@ class SparseDecoder(wiring.Component):
                     check(exists & ~w_ok)
                 late_error()
             with m.State("END"):
-                with m.If(~left_zero | (bal == uneven) | lv[0] | beat_err):
+                with m.If(~left_zero | (bal == uneven) | have[1] | beat_err):
                     goto("ERROR")
                 # A check of the last word fails at the latest in the cycle its tile count
                 # is written, so ``lerr`` is final once the counts are.
@@ -941,7 +966,7 @@ class SparseDecoder(wiring.Component):
                 # Drain the rest of the stream up to its last beat.
                 m.d.comb += [drop.eq(1)]
                 m.d.sync += [self.error.eq(1), cnt_done.eq(1)]
-                with m.If(ended | (fire & beat.last)):
+                with m.If(ended | (self.cw.valid & beat.last)):   # ready here unless ended
                     m.d.sync += active.eq(0)
                     goto("DONE")
             with m.State("DONE"):
@@ -949,6 +974,11 @@ class SparseDecoder(wiring.Component):
                 goto("IDLE")
         # One-hot state register in synthesis: short next-state logic for this many states.
         fsm.state.attrs["fsm_encoding"] = "one-hot"
+        # Field sizes of the current state: ORs of state bits.
+        for t in sizes:
+            m.d.comb += [
+                tsel[t].eq(Cat(*[fsm.ongoing(st) for st, v in sizes_of.items() if v == t]).any()),
+                nsel[t].eq(Cat(*[fsm.ongoing(st) for st, v in needs_of.items() if v == t]).any())]
         hits = [trunc]
         for now, conds in checks:
             applied, failed = Signal(), Signal(len(conds))
