@@ -290,6 +290,10 @@ class Accelerator(wiring.Component):
                 with m.If(fe_take | fe_void | fe_flush):
                     m.next = "IDLE"
 
+        def dispatch():
+            # ``nxt`` becomes the running instruction; its unit sees ``start`` next cycle
+            return [ins.eq(nxt), unit_start.eq(1), pl_issued.eq(0), rpl_issued.eq(0)]
+
         unit_busy = 0
         for unit in self.units.values():
             unit_busy = unit_busy | unit.mem_busy
@@ -323,8 +327,7 @@ class Accelerator(wiring.Component):
                         m.d.sync += [self.done.eq(1), self.busy.eq(0)]
                         m.next = "IDLE"
                     with m.Else():
-                        m.d.sync += [ins.eq(nxt), unit_start.eq(1), pl_issued.eq(0),
-                                     rpl_issued.eq(0)]
+                        m.d.sync += dispatch()
                         m.next = "EXEC"
                 with m.Else():
                     m.d.comb += [fe_go.eq(fe_idle), fe_addr.eq(pc)]
@@ -347,16 +350,16 @@ class Accelerator(wiring.Component):
                 for op in self._UNIT_OPS["row"] + self._UNIT_OPS["token"]:
                     off_mem = off_mem | (ins.op == op)
                 nxt_bbuf = nxt.flags[Flag.B_BUF.bit_length() - 1]
-                with m.If(off_mem & ~unit_start & ~done & fe_ready & (nxt_code == 0)
-                          & (nxt.op == Op.GEMM) & ~nxt_bbuf & ~pl_issued):
+                # the next instruction is prefetched and clean, the running one goes on
+                nxt_clean = ~unit_start & ~done & fe_ready & (nxt_code == 0)
+                with m.If(off_mem & nxt_clean & (nxt.op == Op.GEMM) & ~nxt_bbuf & ~pl_issued):
                     m.d.sync += [pl_pulse.eq(1), pl_issued.eq(1)]
                 # Record preload: while a unit other than LOAD/STORE runs (the memory's read
                 # channels are free once the next instruction is prefetched), a checked
                 # GELU/LAYERNORM/ADD reads its parameter record (RowUnit.preload_ready: one of
                 # those opcodes, the reader is free and the running opcode is another one).
                 not_move = (ins.op != Op.LOAD) & (ins.op != Op.STORE)
-                with m.If(not_move & ~unit_start & ~done & fe_ready & (nxt_code == 0)
-                          & row.preload_ready & ~rpl_issued):
+                with m.If(not_move & nxt_clean & row.preload_ready & ~rpl_issued):
                     m.d.sync += [rpl_pulse.eq(1), rpl_issued.eq(1)]
                 with m.If(done):
                     m.d.sync += self.op.eq(0)
@@ -370,8 +373,7 @@ class Accelerator(wiring.Component):
                             # prefetched and clean: dispatched at once (its unit sees
                             # ``start`` in the next cycle)
                             m.d.comb += fe_take.eq(1)
-                            m.d.sync += [ins.eq(nxt), unit_start.eq(1), pl_issued.eq(0),
-                                         rpl_issued.eq(0)]
+                            m.d.sync += dispatch()
                         with m.Else():
                             m.next = "FETCH"
             with m.State("FAIL"):

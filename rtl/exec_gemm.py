@@ -65,6 +65,7 @@ from .ports import (
     exec_signature,
     instr_layout,
     mem_beat_bytes,
+    preload_members,
     word_bits,
 )
 
@@ -327,11 +328,7 @@ class GemmUnit(wiring.Component):
         with validating(self):
             check_config(cfg)
         self._cfg = cfg
-        super().__init__(dict(exec_signature(cfg).members) | {
-            "preload": In(1),
-            "preload_instr": In(instr_layout()),
-            "abort": In(1),
-        })
+        super().__init__(dict(exec_signature(cfg).members) | preload_members())
 
     @property
     def config(self) -> AccelConfig:

@@ -58,7 +58,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, fifo, memory, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import Out
 from amaranth.utils import ceil_log2
 
 from golden.config import AccelConfig
@@ -72,8 +72,8 @@ from .gelu import Gelu
 from .layernorm import LayerNorm, ln_output_cycles, reducer_cycles, stats_stages
 from .ports import (
     exec_signature,
-    instr_layout,
     mem_beat_bytes,
+    preload_members,
     word_bits,
 )
 from .softmax import Softmax, sm_output_cycles
@@ -170,11 +170,8 @@ class RowUnit(wiring.Component):
                 raise ValueError(f"RowUnit needs act_width at most {MAX_IN_BITS} (GELU), "
                                  f"not {cfg.act_width}")
         self.cfg = cfg
-        super().__init__(dict(exec_signature(cfg).members) | {
-            "preload": In(1),
-            "preload_instr": In(instr_layout()),
+        super().__init__(dict(exec_signature(cfg).members) | preload_members() | {
             "preload_ready": Out(1),
-            "abort": In(1),
             "preloaded": Out(1),
         })
 
@@ -233,6 +230,7 @@ class RowUnit(wiring.Component):
         r_n = Signal.like(n)
         r_addr = Signal.like(ins.addr)
         r_ge, r_ad, r_ln = Signal(), Signal(), Signal()
+        r_rec = r_ge | r_ad | r_ln      # the opcode has a record
         m.d.comb += [r_n.eq(Mux(self.start, ins.n, rins.n)),
                      r_addr.eq(Mux(self.start, ins.addr, rins.addr)),
                      r_ge.eq(r_op == Op.GELU), r_ad.eq(r_op == Op.ADD),
@@ -247,14 +245,12 @@ class RowUnit(wiring.Component):
         m.d.comb += rec_bytes.eq(Mux(r_ge, GELU_RECORD_BYTES,
                                      Mux(r_ad, ADD_RECORD_BYTES, LN_HEADER_BYTES + 6 * r_n)))
         rec_act = Signal()              # a record is being read or popped
-        m.d.comb += rec_act.eq(pre | (busy & (r_ge | r_ad | r_ln)))
+        m.d.comb += rec_act.eq(pre | (busy & r_rec))
         rec_in = Signal()               # the record's last beat has been taken
         m.d.comb += self.mem_busy.eq(rec_act & ~rec_in)
-        with m.If(self.start & ~pre):
-            m.d.sync += rec_in.eq(0)
         with m.If(self.mem.rdata.valid & self.mem.rdata.ready & self.mem.rdata.payload.last):
             m.d.sync += rec_in.eq(1)
-        with m.If((pre | (run & (r_ge | r_ad | r_ln))) & ~sent):
+        with m.If((pre | (run & r_rec)) & ~sent):
             m.d.comb += [self.mem.rcmd.valid.eq(1), self.mem.rcmd.payload.addr.eq(r_addr),
                          self.mem.rcmd.payload.bytes.eq(rec_bytes)]
             with m.If(self.mem.rcmd.ready):
@@ -280,10 +276,9 @@ class RowUnit(wiring.Component):
         rec_done = Signal()             # the record is read and popped to its end
         m.d.comb += rec_done.eq(sent & rec_in & (phase == PH_DONE))
         p_op = self.preload_instr.op
+        p_rec = (p_op == Op.GELU) | (p_op == Op.LAYERNORM) | (p_op == Op.ADD)
         m.d.comb += [self.preloaded.eq(pre),
-                     self.preload_ready.eq(~pre & (~busy | ~(r_ge | r_ad | r_ln) | rec_done)
-                                           & ((p_op == Op.GELU) | (p_op == Op.LAYERNORM)
-                                              | (p_op == Op.ADD))
+                     self.preload_ready.eq(~pre & (~busy | ~r_rec | rec_done) & p_rec
                                            & ~(busy & (p_op == ins.op)))]
         win = gb_data[:8 * HEADER_MAX]
         cnt1 = Signal(range(CAP + 1))
@@ -526,7 +521,7 @@ class RowUnit(wiring.Component):
             pi = self.preload_instr
             m.d.sync += [rins.op.eq(pi.op), rins.n.eq(pi.n), rins.addr.eq(pi.addr), pre.eq(1),
                          pre_err.eq(0)]
-            m.d.sync += reader_idle(keep_params=self.preload_instr.op != Op.LAYERNORM)
+            m.d.sync += reader_idle(keep_params=p_op != Op.LAYERNORM)
         with m.If(self.start & pre):
             # the preloaded instruction begins: its header's fields and check, if popped
             m.d.sync += [pre.eq(0), cmd_ok.eq((phase != PH_HDR) | hdr_pop),

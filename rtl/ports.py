@@ -34,6 +34,7 @@ from golden.isa import INSTR_BYTES, Buf, buffers
 __all__ = [
     "LANE_BITS", "NUM_BUFS", "buf_read_signature", "buf_write_signature", "exec_signature",
     "instr_layout", "mem_beat_bytes", "mem_port_signature", "operand_layout", "or_connect",
+    "preload_members",
     "row_bits", "row_words", "score_read_signature", "score_write_signature", "word_bits",
     "word_layout",
 ]
@@ -165,8 +166,8 @@ def exec_signature(cfg: AccelConfig) -> wiring.Signature:
     defect while running (e.g. a corrupt compressed weight stream). A unit never hangs on a
     well-formed instruction that the controller has validated.
 
-    ``mem_busy`` is high from the cycle after ``start`` (:class:`rtl.exec_gemm.GemmUnit`: after
-    its ``preload`` when preloaded) for as long as the unit may still issue a read command or
+    ``mem_busy`` is high from the cycle after ``start`` (a unit with :func:`preload_members`:
+    after its ``preload`` when preloaded) for as long as the unit may still issue a read command or
     take a read beat (``rdata.ready``) for the instruction; once it falls the unit leaves the
     memory's read channels alone until its next ``start`` (or ``preload``), so the controller
     may fetch the next instruction while the unit computes. It is 0 while idle.
@@ -184,6 +185,15 @@ def exec_signature(cfg: AccelConfig) -> wiring.Signature:
         "score_wr": Out(score_write_signature(cfg)),
         "score_rd": Out(score_read_signature(cfg)),
     })
+
+
+def preload_members() -> dict:
+    """The members an execution unit adds to :func:`exec_signature` to take its next
+    instruction early (:class:`rtl.exec_gemm.GemmUnit`, :class:`rtl.exec_row.RowUnit`):
+    ``preload`` pulses with the instruction on ``preload_instr`` while another instruction
+    may still hold the shared ``instr``; its ``start`` follows, or ``abort`` instead when the
+    program failed before its turn."""
+    return {"preload": In(1), "preload_instr": In(instr_layout()), "abort": In(1)}
 
 
 def or_connect(m, target, sources):

@@ -119,7 +119,8 @@ async def execute_on_unit(ctx, unit, ins, *, head: int = 0) -> tuple[bool, int]:
     """In a testbench: put ``ins`` on ``unit.instr``, pulse ``start`` and wait for ``done``;
     returns ``(error, cycles)``, ``cycles`` counted from ``start`` to ``done`` inclusive.
 
-    ``head > 0`` (a unit with ``preload``, :class:`rtl.exec_gemm.GemmUnit`): ``ins`` is first
+    ``head > 0`` (a unit with ``rtl.ports.preload_members``: :class:`rtl.exec_gemm.GemmUnit`,
+    :class:`rtl.exec_row.RowUnit`): ``ins`` is first
     given on ``preload_instr`` with a ``preload`` pulse, ``head`` cycles before ``start``;
     meanwhile ``instr`` holds another instruction (its bitwise complement, as the controller's
     shared register holds the running instruction), and the unit must keep its buffer ports
