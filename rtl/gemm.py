@@ -67,7 +67,10 @@ multiplier), then the decision.
 
 Errors: ``m``, ``k`` or ``n`` outside ``[1, max]``, a weight matrix larger than the weight
 buffer, or ``load_weights = 0`` without matching resident weights. The command is consumed and
-ignored (no data beats are taken) and ``error`` goes high until the next accepted command.
+ignored (no data beats are taken) and ``error`` goes high until the next accepted command: two
+cycles after the command is taken for the range and resident-weight checks (registered as the
+command is taken, decided in the next cycle), four for the capacity check; ``busy`` stays high
+until then.
 
 Sparse mode (``cmd.sparse = 1``, ``docs/sparse_gemm.md``)
 --------------------------------------------------------
@@ -326,6 +329,8 @@ class GemmEngine(wiring.Component):
         ck_is1 = Signal()          # k == 1: every dense tile is one step
         k_fit = Signal(range(cfg.weight_buffer_depth + 1))    # floor(depth / nt)
         too_big = Signal()
+        bad_dims = Signal()        # m, k or n out of range
+        bad_resident = Signal()    # no matching resident weights for load_weights = 0
         loaded_k = Signal.like(ck)
         loaded_n = Signal.like(cn)
         weights_valid = Signal()
@@ -353,21 +358,26 @@ class GemmEngine(wiring.Component):
                                  csparse.eq(p.sparse), cau.eq(p.a_unsigned), cout16.eq(p.out16),
                                  ck_m1.eq(p.k - 1), ck_is1.eq(p.k == 1),
                                  nt.eq(nt_in), nt_m1.eq(nt_in - 1)]
-                    bad = ((p.m == 0) | (p.m > cfg.max_tokens) | (p.k == 0) | (p.k > kmax)
-                           | (p.n == 0) | (p.n > kmax)
-                           | (~p.load_weights & (~weights_valid | (p.k != loaded_k)
-                                                  | (p.n != loaded_n)
-                                                  | (p.sparse != loaded_sparse))))
-                    with m.If(bad):
-                        m.d.sync += self.error.eq(1)
-                    with m.Else():
-                        m.next = "CHECK"
+                    # The checks on the taken command are registered (two flags, ORed in
+                    # CHECK): the command's payload drives no enable.
+                    m.d.sync += [
+                        bad_dims.eq((p.m == 0) | (p.m > cfg.max_tokens) | (p.k == 0)
+                                    | (p.k > kmax) | (p.n == 0) | (p.n > kmax)),
+                        bad_resident.eq(~p.load_weights
+                                        & (~weights_valid | (p.k != loaded_k)
+                                           | (p.n != loaded_n)
+                                           | (p.sparse != loaded_sparse)))]
+                    m.next = "CHECK"
             with m.State("CHECK"):
                 with m.Switch(nt):
                     for t in range(1, ntmax + 1):
                         with m.Case(t):
                             m.d.sync += k_fit.eq(min(cfg.weight_buffer_depth // t, kmax))
-                m.next = "CHECK2"
+                with m.If(bad_dims | bad_resident):
+                    m.d.sync += self.error.eq(1)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "CHECK2"
             with m.State("CHECK2"):
                 fits = csparse | (ck <= k_fit)
                 m.d.sync += [too_big.eq(~fits), go.eq(fits),
@@ -389,8 +399,9 @@ class GemmEngine(wiring.Component):
                 with m.If(abort):
                     m.d.sync += self.error.eq(1)
                     m.next = "IDLE"
-                with m.Elif((fed | feed_done) & ~loading):
-                    # Every tile issued and every weight taken (a sparse stream may still be
+                with m.Elif(fed & ~loading):
+                    # Every tile issued (``fed``, registered: the feeder's issue logic drives
+                    # no enable here) and every weight taken (a sparse stream may still be
                     # checked after its last word).
                     with m.If(cload):
                         m.d.sync += weights_valid.eq(1)

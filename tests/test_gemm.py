@@ -46,14 +46,14 @@ def test_golden_exact_for_extreme_long_dot_products(tiny):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(a=np.zeros((2, 3, 1), int), b=np.zeros((3, 2), int)), "a and b must be 2-D"),
-    (dict(a=np.zeros((2, 3), int), b=np.zeros((4, 2), int)), "inner dimensions differ"),
-    (dict(a=np.zeros((33, 3), int), b=np.zeros((3, 2), int)), r"m must be in the range \[1, 32\]"),
-    (dict(a=np.zeros((2, 97), int), b=np.zeros((97, 2), int)), r"k must be in the range \[1, 96\]"),
+    (dict(a=np.zeros((2, 3, 1), int), b=np.zeros((3, 1), int)), "a and b must be 2-D"),
+    (dict(a=np.zeros((2, 3), int), b=np.zeros((4, 1), int)), "inner dimensions differ"),
+    (dict(a=np.zeros((33, 3), int), b=np.zeros((3, 1), int)), r"m must be in the range \[1, 32\]"),
+    (dict(a=np.zeros((2, 97), int), b=np.zeros((97, 1), int)), r"k must be in the range \[1, 96\]"),
     (dict(a=np.zeros((2, 96), int), b=np.zeros((96, 96), int)),
      "need 2304 words of the weight buffer; weight_buffer_depth is 768"),
-    (dict(a=np.full((2, 3), 128), b=np.zeros((3, 2), int)), r"a values must be in the range"),
-    (dict(a=np.zeros((2, 3)), b=np.zeros((3, 2), int)), "a must be an integer array"),
+    (dict(a=np.full((2, 3), 128), b=np.zeros((3, 1), int)), r"a values must be in the range"),
+    (dict(a=np.zeros((2, 3)), b=np.zeros((3, 1), int)), "a must be an integer array"),
 ])
 def test_golden_rejects_bad_operands(tiny, kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
@@ -186,36 +186,41 @@ def test_latency_from_last_issue_to_first_output(tiny, rng, a_unsigned, out16):
 
 
 def _command_then(dut, cmds, data_streams=()):
-    """Send commands (waiting for each to finish) and record error/busy after each."""
+    """Send commands (waiting for each to finish) and record error/busy after each, with the
+    number of clock edges from the command's handshake to ``busy`` low."""
     seen = []
 
     async def bench(ctx):
         for cmd in cmds:
             await stream_send(ctx, dut.cmd, [cmd])
-            for _ in range(30):
+            cycles = 0                  # clock edges after the handshake's edge
+            while ctx.get(dut.busy) and cycles < 30:
                 await ctx.tick()
-                if not ctx.get(dut.busy):
-                    break
+                cycles += 1
             seen.append((ctx.get(dut.error), ctx.get(dut.busy), ctx.get(dut.w.ready),
-                         ctx.get(dut.a.ready)))
+                         ctx.get(dut.a.ready), cycles))
         return seen
 
     return run_simulation(dut, [bench], max_cycles=100 * len(cmds))[0]
 
 
-@pytest.mark.parametrize("cmd", [
-    {"m": 0, "k": 4, "n": 4, "load_weights": 1},
-    {"m": 33, "k": 4, "n": 4, "load_weights": 1},                 # m > max_tokens
-    {"m": 4, "k": 0, "n": 4, "load_weights": 1},
-    {"m": 4, "k": 97, "n": 4, "load_weights": 1},                 # k > max_gemm_dim
-    {"m": 4, "k": 4, "n": 0, "load_weights": 1},
-    {"m": 4, "k": 96, "n": 96, "load_weights": 1},                # weight buffer overflow
-    {"m": 4, "k": 4, "n": 4, "load_weights": 0},                  # no resident weights
+# (command, clock edges after its handshake until ``error`` with ``busy`` low): the range and
+# resident-weight checks are registered as the command is taken and decided at the next edge,
+# the capacity check two edges later.
+@pytest.mark.parametrize("cmd, cycles", [
+    ({"m": 0, "k": 4, "n": 4, "load_weights": 1}, 1),
+    ({"m": 33, "k": 4, "n": 4, "load_weights": 1}, 1),            # m > max_tokens
+    ({"m": 4, "k": 0, "n": 4, "load_weights": 1}, 1),
+    ({"m": 4, "k": 97, "n": 4, "load_weights": 1}, 1),            # k > max_gemm_dim
+    ({"m": 4, "k": 4, "n": 0, "load_weights": 1}, 1),
+    ({"m": 4, "k": 96, "n": 96, "load_weights": 1}, 3),           # weight buffer overflow
+    ({"m": 4, "k": 4, "n": 4, "load_weights": 0}, 1),             # no resident weights
 ])
-def test_bad_commands_raise_error_and_never_hang(tiny, cmd):
+def test_bad_commands_raise_error_and_never_hang(tiny, cmd, cycles):
     dut = GemmEngine(tiny)
-    ((error, busy, w_ready, a_ready),) = _command_then(dut, [cmd])
+    ((error, busy, w_ready, a_ready, seen_cycles),) = _command_then(dut, [cmd])
     assert (error, busy, w_ready, a_ready) == (1, 0, 0, 0)
+    assert seen_cycles == cycles
 
 
 def test_error_clears_on_next_good_command_and_engine_still_works(tiny, rng):
@@ -238,8 +243,9 @@ def test_mismatched_resident_shape_is_rejected(tiny, rng):
     dut = GemmEngine(tiny)
     run = run_gemm_jobs(tiny, [GemmJob(a, b, ep)], dut=dut)
     assert run.errors == [0]
-    ((error, busy, _, _),) = _command_then(dut, [{"m": 2, "k": 4, "n": 6, "load_weights": 0}])
-    assert (error, busy) == (1, 0)
+    ((error, busy, _, _, cycles),) = _command_then(
+        dut, [{"m": 2, "k": 4, "n": 6, "load_weights": 0}])
+    assert (error, busy, cycles) == (1, 0, 1)
 
 
 def test_non_config_argument_is_type_error():
