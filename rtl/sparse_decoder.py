@@ -70,19 +70,24 @@ the state (a plain entry is written from the index bytes, a hierarchical one fro
 and its write enable is one state bit (plain and hierarchical index lists are two states,
 ``INDEX`` and ``HINDEX``) and one flag.
 
-* Aligner: a beat taken from ``cw`` waits a cycle in an input register, so no path starts at
-  the stream's ``valid`` or payload but that register's load. ``ready`` depends on registers
-  only. The beat's bytes enter the buffer in the next cycle whether or not flow control counts
-  it in (the buffer is ``cols`` bytes larger than the ``BUF`` that flow control counts; a beat
-  refused for room lies on top, counted as held until the level without it has room), so the
-  buffer's next level and bytes do not depend on the room. The level is a thermometer register
-  (``lv``) and its low bits in binary (``lmb``), which place a beat's lanes: a buffer byte's
-  next value is a mux of the lanes by those flip-flops (a LUT and a PFUMX), the level bit's
-  mux, then the take mux; the level's is a one-hot shift of the thermometer by the beat's
-  bytes, then the take mux. The bytes taken this cycle are the state's field size (an OR of
-  one-hot state bits, so that no register waits for every transition's condition) when that
-  many bytes are buffered (a bit of ``lv``), encoded as the select of one mux per buffer
-  bit and level bit (``tcode``). Nothing resets the aligner but the drain of ``ERROR`` (it is
+* Aligner: a beat taken from ``cw`` waits a cycle in an input register, so no path starts at the
+  stream's ``valid`` or payload but that register's load (its bytes load every cycle, its byte
+  count is gated by the handshake: ``fire`` drives no enable or flip-flop reset). ``ready``
+  depends on registers only. The beat's bytes enter the buffer in the next cycle whether or not
+  flow control counts it in (the buffer is ``cols`` bytes larger than the ``BUF`` that flow
+  control counts; a beat refused for room lies on top, counted as held until the level without
+  it has room), so the buffer's next level and bytes do not depend on the room. The level is a
+  thermometer register (``lv``) and its low bits in binary (``lmb``), which place a beat's
+  lanes: a buffer byte's next value is a mux of the lanes by those flip-flops (a LUT and a
+  PFUMX), the level bit's mux, then the take mux; the level's is a one-hot shift of the
+  thermometer by the beat's bytes, then the take mux. The bytes taken this cycle are the state's
+  field size (``tsel``, a one-hot register loaded with every transition, as the state register
+  is) when that many bytes are buffered (a bit of ``lv``), encoded as the select of one mux per
+  buffer bit and level bit (``tcode``, one LUT from flip-flops). The select drives every buffer
+  bit, so it exists twice, each copy from its own ``tsel`` register (the second stored inverted,
+  so that synthesis keeps both) and driving half of the buffer; the state machine reads its own
+  copy of the level's low bits (``lvp_n``, inverted), so the aligner's level and the state's
+  conditions are placed apart. Nothing resets the aligner but the drain of ``ERROR`` (it is
   empty at ``IDLE``). The written word's data, address and ``k`` come from registers whatever
   the state; only ``w_en`` depends on it.
 * State transitions depend on registered flags: down-counters reaching 1, rooms kept with an
@@ -290,44 +295,62 @@ class SparseDecoder(wiring.Component):
             m.d.sync += [vheld.eq(~room), v_oh.eq(s_oh)]
         with m.Elif(room):
             m.d.sync += vheld.eq(0)
+        # The input register loads every cycle: its bytes whatever the handshake (they are
+        # placed above the level unless the register is valid), its byte count gated by the
+        # handshake (an AND, not a flip-flop reset: ``fire`` drives no enable or reset).
+        n_in = beat.n
+        f_in = Signal()                         # a beat enters the aligner
+        m.d.comb += f_in.eq(fire & ~drop)
+        m.d.sync += [s_valid.eq(f_in), s_data.eq(beat.data.as_value()),
+                     s_oh.eq(Cat(~f_in | (n_in == 0) | (n_in > W),
+                                 *[f_in & (n_in == k) for k in range(1, W + 1)])),
+                     s_nb.eq(Mux(n_in > W, 0, n_in) & f_in.replicate(lb))]
         with m.If(fire):
-            n_in = beat.n
-            m.d.sync += [s_valid.eq(1), s_data.eq(beat.data.as_value()),
-                         s_oh.eq(Cat(*[(n_in == k) | ((k == 0) & (n_in > W))
-                                       for k in range(W + 1)])),
-                         s_nb.eq(Mux(n_in > W, 0, n_in))]
             with m.If(n_in > W):
                 m.d.sync += beat_err.eq(1)
             with m.If(beat.last):
                 m.d.sync += ended.eq(1)
-        with m.Else():
-            m.d.sync += [s_valid.eq(0), s_oh.eq(1), s_nb.eq(0)]
         fin = Signal()                          # every byte of the stream is in the aligner
         m.d.comb += fin.eq(ended & ~held)
         lanes = [s_data[8 * i:8 * i + 8] for i in range(W)]
         # "t bytes are buffered", the held beat counted out: a held beat lies above at least
         # ``BUF - cols + 1 - max(sizes)`` bytes (it was refused above ``BUF - cols``, and at most
         # ``max(sizes)`` were taken since), so from ``cols = 4`` on a level bit is enough.
-        if BUF - W + 1 >= 2 * max(sizes):
-            have = {t: lv[t - 1] for t in sizes}
-        else:
-            have = {t: Mux(vheld, Cat(*[v_oh[k] & lv[t - 1 + k] for k in range(W + 1)]).any(),
-                           lv[t - 1]) for t in sizes}
-        # Bytes consumed this cycle: the parse state's field size (``tsel``, an OR of one-hot
-        # state bits) when that many bytes are buffered, encoded (``tcode``: 0 for none, else
-        # the size's rank) as the select of the muxes below.
-        tsel = {t: Signal(name=f"tsel{t}") for t in sizes}
-        tk = {t: Signal(name=f"take{t}") for t in sizes}
-        for t in sizes:
-            m.d.comb += tk[t].eq(tsel[t] & have[t])
-        tcode = Signal(range(len(sizes) + 1), attrs={"keep": 1})
-        for b in range(len(tcode)):
-            m.d.comb += tcode[b].eq(
-                Cat(*[tk[t] for r, t in enumerate(sizes) if ((r + 1) >> b) & 1]).any())
+        # The parse state machine reads its own copy of the level's low bits (``lvp_n``, stored
+        # inverted so that synthesis keeps both copies): the aligner's level drives the take
+        # muxes, the copy the state transitions and enables, placed apart.
+        NP = min(PB, max(sizes) + W)
+        lvp_n = Signal(NP, init=(1 << NP) - 1)
+
+        def have_of(level):
+            if BUF - W + 1 >= 2 * max(sizes):
+                return {t: level[t - 1] for t in sizes}
+            return {t: Mux(vheld, Cat(*[v_oh[k] & level[t - 1 + k] for k in range(W + 1)]).any(),
+                           level[t - 1]) for t in sizes}
+
+        have = have_of(lv)                      # the aligner's
+        have_p = have_of(~lvp_n)                # the parser's
+        # Bytes consumed this cycle: the parse state's field size (``tsel``, one-hot, a register
+        # set with every state transition) when that many bytes are buffered, encoded
+        # (``tcode``: 0 for none, else the size's rank; one LUT from flip-flops) as the select
+        # of the muxes below. The select drives every buffer bit: it exists twice, each copy
+        # driving half of the buffer, the second from a copy of ``tsel`` stored inverted (so
+        # that synthesis keeps both registers), to halve the select's fanout.
+        tsel = [{t: Signal(name=f"tsel{t}_{c}", init=c) for t in sizes} for c in range(2)]
+        tcodes = []
+        for c in range(2):
+            tcode = Signal(range(len(sizes) + 1), name=f"tcode{c}", attrs={"keep": 1})
+            tk = {t: (tsel[c][t] ^ c) & have[t] for t in sizes}
+            for b in range(len(tcode)):
+                m.d.comb += tcode[b].eq(
+                    Cat(*[tk[t] for r, t in enumerate(sizes) if ((r + 1) >> b) & 1]).any())
+            tcodes.append(tcode)
         offs = [0, *sizes]                      # bytes taken, by tcode
 
-        def by_take(values):
-            """``values[tcode]``: a binary mux tree (one LUT level on ECP5 for four values)."""
+        def by_take(values, copy):
+            """``values[tcode]`` (the select's copy ``copy``): a binary mux tree (one LUT level
+            on ECP5 for four values)."""
+            tcode = tcodes[copy]
             values = values + [values[-1]] * ((1 << len(tcode)) - len(values))
             for b in range(len(tcode)):
                 values = [Mux(tcode[b], values[i + 1], values[i])
@@ -358,14 +381,16 @@ class SparseDecoder(wiring.Component):
         m.d.comb += lmb_in.eq(lmb + s_nb)
         # The bytes load every cycle (no enable: a drop only clears the level).
         for i in range(PB):
-            m.d.sync += buf[8 * i:8 * i + 8].eq(by_take([merged[i + o] for o in offs]))
+            m.d.sync += buf[8 * i:8 * i + 8].eq(by_take([merged[i + o] for o in offs],
+                                                        2 * i // PB))
         with m.If(drop):
-            m.d.sync += [lv.eq(0), lmb.eq(0), s_valid.eq(0), s_oh.eq(1), s_nb.eq(0),
-                         vheld.eq(0)]
+            m.d.sync += [lv.eq(0), lvp_n.eq(lvp_n.init), lmb.eq(0), vheld.eq(0)]
         with m.Else():
             for i in range(PB):
-                m.d.sync += lv[i].eq(by_take([lv_in[i + o] for o in offs]))
-            m.d.sync += lmb.eq(by_take([(lmb_in - o)[:lb] for o in offs]))
+                m.d.sync += lv[i].eq(by_take([lv_in[i + o] for o in offs], 2 * i // PB))
+            for i in range(NP):
+                m.d.sync += lvp_n[i].eq(~by_take([lv_in[i + o] for o in offs], 2 * i // PB))
+            m.d.sync += lmb.eq(by_take([(lmb_in - o)[:lb] for o in offs], 0))
 
         u8, u16, u32 = buf[:8], buf[:16], buf[:32]
 
@@ -570,7 +595,7 @@ class SparseDecoder(wiring.Component):
 
         mask_bytes = Signal(range(MAX_MASK_BITS // 8 + 1))
 
-        # Field size consumed by each state (``tsel``, from the state bits after the FSM).
+        # Field size consumed by each state (``tsel``, loaded by ``goto``).
         sizes_of = {"MAGIC": 4, "VERSION": 2, "BR": 2, "BC": 2, "RESERVED": 2, "OUT": 4,
                     "IN": 4, "TOTAL": 4, "COUNT": 2, "INDEX": 2, "HINDEX": 2, "MASK": 1,
                     "COLUMN": W}
@@ -581,15 +606,17 @@ class SparseDecoder(wiring.Component):
 
         def goto(state):
             m.next = state
+            m.d.sync += [tsel[c][t].eq((sizes_of.get(state) == t) ^ c)
+                         for c in range(2) for t in sizes]
 
         def need(nbytes):
             """Condition 'nbytes are buffered' (and no bad beat). A state that waits for bytes
             after the stream's end (or after a bad beat) is truncated: ``trunc``, registered,
             sets ``lerr`` as a failed check does."""
-            return have[nbytes]
+            return have_p[nbytes]
 
         trunc = Signal()
-        waits = Cat(*[nsel[t] & ~have[t] for t in sizes]).any()
+        waits = Cat(*[nsel[t] & ~have_p[t] for t in sizes]).any()
         m.d.sync += trunc.eq((fin & waits) | beat_err)
 
         # Registered conditions: every state decides from flip-flops (or a compare of the
@@ -954,7 +981,7 @@ class SparseDecoder(wiring.Component):
                     check(exists & ~w_ok)
                 late_error()
             with m.State("END"):
-                with m.If(~left_zero | (bal == uneven) | have[1] | beat_err):
+                with m.If(~left_zero | (bal == uneven) | have_p[1] | beat_err):
                     goto("ERROR")
                 # A check of the last word fails at the latest in the cycle its tile count
                 # is written, so ``lerr`` is final once the counts are.
@@ -974,11 +1001,11 @@ class SparseDecoder(wiring.Component):
                 goto("IDLE")
         # One-hot state register in synthesis: short next-state logic for this many states.
         fsm.state.attrs["fsm_encoding"] = "one-hot"
-        # Field sizes of the current state: ORs of state bits.
+        # Field sizes the current state waits for: ORs of state bits (``tsel`` follows the
+        # transitions; the initial state, IDLE, takes nothing).
         for t in sizes:
-            m.d.comb += [
-                tsel[t].eq(Cat(*[fsm.ongoing(st) for st, v in sizes_of.items() if v == t]).any()),
-                nsel[t].eq(Cat(*[fsm.ongoing(st) for st, v in needs_of.items() if v == t]).any())]
+            m.d.comb += nsel[t].eq(
+                Cat(*[fsm.ongoing(st) for st, v in needs_of.items() if v == t]).any())
         hits = [trunc]
         for now, conds in checks:
             applied, failed = Signal(), Signal(len(conds))
