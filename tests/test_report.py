@@ -169,14 +169,19 @@ def test_cli_bad_seeds_and_jobs_exit_2(capsys, args, message):
     assert message in _one_line_error(capsys)
 
 
-def test_format_table_lists_every_seed():
+def _sweep_report(fmax, seeds, **more):
+    """A report of an ECP5 seed sweep whose best run is seed 1."""
     res = {"lut": 10, "ff": 20, "dsp": 1, "bram": 0, "lutram": 0}
-    rep = {"design": "mac", "config": "tiny", "macs": 1,
-           "dut_port_bits": {"in": 3, "out": 4},
-           "harness": {"in_pins": 1, "out_pins": 1, "ff": 7},
-           "ecp5": {"device": "LFE5U-85F-CABGA381", "dut": res, "total": res, "pnr": res,
-                    "fmax_mhz": 150.5, "timing_met": True, "target_mhz": 150.0, "seed": 1,
-                    "seeds": {"3": 140.0, "1": 150.5}}}
+    return {"design": "mac", "config": "tiny", "macs": 1,
+            "dut_port_bits": {"in": 3, "out": 4},
+            "harness": {"in_pins": 1, "out_pins": 1, "ff": 7},
+            "ecp5": {"device": "LFE5U-85F-CABGA381", "dut": res, "total": res, "pnr": res,
+                     "fmax_mhz": fmax, "timing_met": fmax >= 150, "target_mhz": 150.0,
+                     "seed": 1, "seeds": seeds, **more}}
+
+
+def test_format_table_lists_every_seed():
+    rep = _sweep_report(150.5, {"3": 140.0, "1": 150.5})
     text = report.format_table(rep)
     assert "ecp5 Fmax by seed (MHz): 3: 140.0, 1: 150.5; the placed row is seed 1's" in text
     assert "150.5 (met 150, seed 1)" in text
@@ -227,16 +232,10 @@ def test_seed_sweep_leaves_out_runs_past_the_time_limit(tmp_path):
 
 
 def test_format_table_lists_timed_out_seeds():
-    res = {"lut": 10, "ff": 20, "dsp": 1, "bram": 0, "lutram": 0}
-    rep = {"design": "mac", "config": "tiny", "macs": 1,
-           "dut_port_bits": {"in": 3, "out": 4},
-           "harness": {"in_pins": 1, "out_pins": 1, "ff": 7},
-           "ecp5": {"device": "LFE5U-85F-CABGA381", "dut": res, "total": res, "pnr": res,
-                    "fmax_mhz": 101.0, "timing_met": False, "target_mhz": 150.0, "seed": 1,
-                    "seeds": {"1": 101.0}, "timed_out": [2]}}
-    text = report.format_table(rep)
+    text = report.format_table(_sweep_report(101.0, {"1": 101.0}, timed_out=[2]))
     assert ("ecp5 Fmax by seed (MHz): 1: 101.0, 2: stopped at --pnr-timeout; the placed row "
             "is seed 1's") in text
+    assert "101.0 (MISSED 150, seed 1)" in text
 
 
 def test_real_place_and_route_over_several_seeds(tmp_path, capsys):
