@@ -60,6 +60,7 @@ __all__ = [
     "format_table",
     "main",
     "parse_nextpnr_report",
+    "parse_nextpnr_opts",
     "parse_seeds",
     "parse_stat",
     "run_flows",
@@ -75,6 +76,12 @@ XCUP_PART = "xczu9eg-ffvb1156-2-e (estimate)"
 FLOWS = ("ecp5", "xcup")
 DESIGNS = ("engine", "decoder", "accel", "mac", "mac-mult18")
 MAX_SEEDS = 64            # most nextpnr seeds one report places with
+# nextpnr-ecp5 options the flow sets itself (``--nextpnr-opts`` may not repeat them), and its
+# device-size options (``--25k``, ``--um5g-85k``, ...).
+_NEXTPNR_FLOW_OPTS = ("--json", "--textcfg", "--lpf", "--lpf-allow-unconstrained", "--freq",
+                      "--seed", "-r", "--randomize-seed", "--report", "-l", "--log",
+                      "--package", "--timing-allow-fail", "-q", "--quiet")
+_NEXTPNR_DEVICE_OPT = re.compile(r"--(?:um5g-|um-)?\d+k")
 # Wire delay per LUT level for the ECP5 LUT mapping (``abc9 -W``; Yosys' own script uses 300):
 # see :func:`_ecp5_synth` and docs/fpga_flow.md.
 ECP5_WIRE_DELAY_PS = 800
@@ -293,7 +300,8 @@ def _synthesize(yosys, rtlil_text, workdir, family, wire_delay_ps=None):
     return dut_cells, total_cells
 
 
-def _place_and_route(nextpnr, workdir, seed, freq, netlist="design.json", timeout=None):
+def _place_and_route(nextpnr, workdir, seed, freq, netlist="design.json", timeout=None,
+                     opts=()):
     lpf = (f'LOCATE COMP "clk" SITE "{ECP5_CLOCK_PIN}";\n'
            f'IOBUF PORT "clk" IO_TYPE=LVCMOS33;\n'
            f'FREQUENCY PORT "clk" {freq:g} MHZ;\n')
@@ -301,9 +309,28 @@ def _place_and_route(nextpnr, workdir, seed, freq, netlist="design.json", timeou
     args = ["--85k", "--package", ECP5_PACKAGE, "--json", netlist,
             "--textcfg", "design.config", "--lpf", "design.lpf", "--lpf-allow-unconstrained",
             "--freq", f"{freq:g}", "--seed", str(seed), "--timing-allow-fail",
-            "--report", "report.json", "-q", "-l", "nextpnr.log"]
+            "--report", "report.json", "-q", "-l", "nextpnr.log", *opts]
     _run(nextpnr, args, workdir, "nextpnr-ecp5", timeout)
     return parse_nextpnr_report((workdir / "report.json").read_text())
+
+
+def parse_nextpnr_opts(text):
+    """Extra nextpnr-ecp5 options of ``--nextpnr-opts`` (shell words), as a tuple.
+
+    Raises ``ValueError`` naming ``--nextpnr-opts`` for unbalanced quotes or an option that
+    the flow sets itself (device, package, netlist, constraints, seed, target, reports).
+    """
+    try:
+        words = tuple(shlex.split(str(text)))
+    except ValueError as exc:
+        raise ValueError(f"--nextpnr-opts must be shell words, not {text!r}: {exc}") from None
+    for word in words:
+        name = word.split("=", 1)[0]
+        if name in _NEXTPNR_FLOW_OPTS or _NEXTPNR_DEVICE_OPT.fullmatch(name):
+            raise ValueError(f"--nextpnr-opts must not contain {name}, which the flow sets "
+                             f"itself (device, package, files, reports, seed and target: use "
+                             f"--seed/--seeds and --freq)")
+    return words
 
 
 def parse_seeds(text):
@@ -329,7 +356,7 @@ def parse_seeds(text):
     return tuple(seeds)
 
 
-def _place_and_route_seeds(nextpnr, workdir, seeds, freq, jobs, timeout=None):
+def _place_and_route_seeds(nextpnr, workdir, seeds, freq, jobs, timeout=None, opts=()):
     """Place and route the netlist of ``workdir`` once per seed, ``jobs`` runs at a time.
 
     One seed runs in ``workdir`` itself; several run in ``workdir/seed<N>`` each, and the best
@@ -340,14 +367,14 @@ def _place_and_route_seeds(nextpnr, workdir, seeds, freq, jobs, timeout=None):
     """
     if len(seeds) == 1:
         return seeds[0], {seeds[0]: _place_and_route(nextpnr, workdir, seeds[0], freq,
-                                                     timeout=timeout)}
+                                                     timeout=timeout, opts=opts)}
 
     def one(seed):
         sub = workdir / f"seed{seed}"
         sub.mkdir(exist_ok=True)
         try:
             return _place_and_route(nextpnr, sub, seed, freq, netlist="../design.json",
-                                    timeout=timeout)
+                                    timeout=timeout, opts=opts)
         except FlowTimeout:
             return None
 
@@ -381,7 +408,8 @@ def _harness_rtlil(component, in_pins, out_pins, platform=None):
 
 
 def run_flows(component, *, flows=FLOWS, workdir, seed=1, freq=150.0, in_pins=1, out_pins=1,
-              macs=None, jobs=1, wire_delay_ps=ECP5_WIRE_DELAY_PS, pnr_timeout=None):
+              macs=None, jobs=1, wire_delay_ps=ECP5_WIRE_DELAY_PS, pnr_timeout=None,
+              nextpnr_opts=()):
     """Run the selected flows on ``component`` (wrapped in the harness) and return a report.
 
     Parameters
@@ -409,6 +437,9 @@ def run_flows(component, *, flows=FLOWS, workdir, seed=1, freq=150.0, in_pins=1,
     pnr_timeout : float, optional
         Seconds after which a nextpnr run is stopped: with several seeds the run is left
         out (listed in ``timed_out``), with one it is an error.
+    nextpnr_opts : sequence of str
+        Extra nextpnr-ecp5 options, checked by :func:`parse_nextpnr_opts` (e.g.
+        ``("--tmg-ripup",)``).
 
     Returns
     -------
@@ -418,7 +449,7 @@ def run_flows(component, *, flows=FLOWS, workdir, seed=1, freq=150.0, in_pins=1,
         ``dut_cells``; for ecp5 also ``pnr`` (nextpnr utilisation of dut+harness),
         ``fmax_mhz``, ``target_mhz``, ``timing_met``, ``seed`` (the best run's), ``seeds``
         (``{seed: Fmax}`` of every completed run) and ``timed_out`` (the seeds whose run was
-        stopped at ``pnr_timeout``).
+        stopped at ``pnr_timeout``), and ``nextpnr_opts``.
     """
     seeds = (seed,) if isinstance(seed, int) else tuple(seed)
     if not seeds or any(not isinstance(x, int) or x < 1 for x in seeds):
@@ -428,6 +459,10 @@ def run_flows(component, *, flows=FLOWS, workdir, seed=1, freq=150.0, in_pins=1,
                                         and pnr_timeout > 0):
         raise ValueError(f"pnr_timeout must be a positive number of seconds or None, "
                          f"not {pnr_timeout!r}")
+    if isinstance(nextpnr_opts, str):
+        raise TypeError(f"nextpnr_opts must be a sequence of option strings, not the string "
+                        f"{nextpnr_opts!r} (see parse_nextpnr_opts)")
+    nextpnr_opts = parse_nextpnr_opts(shlex.join(nextpnr_opts))
     for flow in flows:
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {', '.join(FLOWS)}, not {flow!r}")
@@ -454,12 +489,12 @@ def run_flows(component, *, flows=FLOWS, workdir, seed=1, freq=150.0, in_pins=1,
                  "dut_cells": dut_cells}
         if flow == "ecp5":
             best, runs = _place_and_route_seeds(nextpnr, workdir / flow, seeds, freq, jobs,
-                                                pnr_timeout)
+                                                pnr_timeout, nextpnr_opts)
             pnr = runs[best]
             util = pnr["utilization"]
             entry.update(
                 device=f"{ECP5_DEVICE}-{ECP5_PACKAGE}", seed=best, target_mhz=freq,
-                wire_delay_ps=wire_delay_ps,
+                wire_delay_ps=wire_delay_ps, nextpnr_opts=list(nextpnr_opts),
                 seeds={str(x): None if r["fmax_mhz"] is None else round(r["fmax_mhz"], 2)
                        for x, r in runs.items() if r is not None},
                 timed_out=[x for x, r in runs.items() if r is None],
@@ -498,7 +533,9 @@ def format_table(report):
         head.append(f"{flow}: {e['device']}; DSP = {dsp}, BRAM = {bram}"
                     + (f"; {e['dsp_per_mac']} DSP per MAC" if "dsp_per_mac" in e else "")
                     + (f"; LUT mapping wire delay {e['wire_delay_ps']} ps"
-                       if "wire_delay_ps" in e else ""))
+                       if "wire_delay_ps" in e else "")
+                    + (f"; nextpnr options: {shlex.join(e['nextpnr_opts'])}"
+                       if e.get("nextpnr_opts") else ""))
         scopes = [("dut", e["dut"], ""), ("dut+harness", e["total"], "")]
         if flow == "ecp5":
             fmax = "-" if e["fmax_mhz"] is None else f"{e['fmax_mhz']:.1f}"
@@ -566,6 +603,9 @@ def main(argv=None):
     parser.add_argument("--pnr-timeout", type=float, default=None, metavar="SEC",
                         help="stop a nextpnr run after SEC seconds; with --seeds the run is "
                              "left out of the sweep (default: no limit)")
+    parser.add_argument("--nextpnr-opts", metavar="OPTS", default="",
+                        help="extra nextpnr-ecp5 options, e.g. --nextpnr-opts=--tmg-ripup "
+                             "(not the device, files, seed or target, which the flow sets)")
     parser.add_argument("--freq", type=float, default=150.0,
                         help="nextpnr target frequency in MHz (default: 150)")
     parser.add_argument("--wire-delay", type=int, default=ECP5_WIRE_DELAY_PS, metavar="PS",
@@ -606,6 +646,11 @@ def main(argv=None):
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        nextpnr_opts = parse_nextpnr_opts(args.nextpnr_opts)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     jobs = args.jobs if args.jobs is not None else (os.cpu_count() or 1)
     if not 1 <= jobs <= 256:
         print(f"error: --jobs must be in the range [1, 256], not {jobs}", file=sys.stderr)
@@ -630,7 +675,8 @@ def main(argv=None):
         return run_flows(component, flows=flows, workdir=workdir, seed=seed,
                          freq=args.freq, in_pins=args.pins, out_pins=args.pins,
                          macs=None if args.design == "decoder" else cfg.pes, jobs=jobs,
-                         wire_delay_ps=args.wire_delay, pnr_timeout=args.pnr_timeout)
+                         wire_delay_ps=args.wire_delay, pnr_timeout=args.pnr_timeout,
+                         nextpnr_opts=nextpnr_opts)
 
     try:
         if args.keep_dir:

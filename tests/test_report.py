@@ -161,6 +161,7 @@ def test_parse_seeds():
     (["--seeds", "1-2", "--jobs", "0"], "--jobs must be in the range [1, 256], not 0"),
     (["--wire-delay", "-1"], "--wire-delay must be in the range [0, 10000], not -1"),
     (["--pnr-timeout", "0"], "--pnr-timeout must be in the range [1, 86400] seconds, not 0"),
+    (["--nextpnr-opts", "--seed 2"], "--nextpnr-opts must not contain --seed, which the flow"),
     (["--pnr-timeout", "nan"], "--pnr-timeout must be in the range [1, 86400] seconds"),
     (["--wire-delay", "10001"], "--wire-delay must be in the range [0, 10000], not 10001"),
 ])
@@ -189,11 +190,31 @@ def test_format_table_lists_every_seed():
     assert "by seed" not in report.format_table(rep)
 
 
+def test_parse_nextpnr_opts():
+    parse = report.parse_nextpnr_opts
+    assert parse("") == ()
+    assert parse("--tmg-ripup --placer-heap-beta 0.6") == ("--tmg-ripup",
+                                                          "--placer-heap-beta", "0.6")
+    assert parse("--placer static --speed 8") == ("--placer", "static", "--speed", "8")
+    for bad in ("--seed 3", "--freq=100", "--25k", "--um5g-85k", "-l x.log", "--json d.json",
+                "--package CABGA256", "-r", "--report r.json"):
+        name = bad.split()[0].split("=")[0]
+        with pytest.raises(ValueError, match=f"--nextpnr-opts must not contain {name}, which "
+                                             "the flow sets itself"):
+            parse(bad)
+    with pytest.raises(ValueError, match="--nextpnr-opts must be shell words"):
+        parse('--placer "static')
+
+
 def test_run_flows_rejects_bad_seed():
     with pytest.raises(ValueError, match="seed must be a positive integer"):
         report.run_flows(None, workdir=".", seed=())
     with pytest.raises(ValueError, match="pnr_timeout must be a positive number of seconds"):
         report.run_flows(None, workdir=".", pnr_timeout=0)
+    with pytest.raises(TypeError, match="nextpnr_opts must be a sequence of option strings"):
+        report.run_flows(None, workdir=".", nextpnr_opts="--tmg-ripup")
+    with pytest.raises(ValueError, match="--nextpnr-opts must not contain --seed"):
+        report.run_flows(None, workdir=".", nextpnr_opts=["--seed", "2"])
 
 
 # A stand-in for nextpnr-ecp5: writes the files of a run, Fmax 100 + seed; even seeds hang.
@@ -208,6 +229,7 @@ report = {"fmax": {"clk": {"achieved": 100.0 + seed, "constraint": 150.0}},
 open(args[args.index("--report") + 1], "w").write(json.dumps(report))
 open(args[args.index("-l") + 1], "w").write(f"seed {seed}")
 open(args[args.index("--textcfg") + 1], "w").write(f"config {seed}")
+open("argv.json", "w").write(json.dumps(args))
 """
 
 
@@ -218,11 +240,14 @@ def test_seed_sweep_leaves_out_runs_past_the_time_limit(tmp_path):
     work = tmp_path / "ecp5"
     work.mkdir()
     best, runs = report._place_and_route_seeds(nextpnr, work, (1, 2, 3), 150.0, jobs=3,
-                                               timeout=5)
+                                               timeout=5, opts=("--tmg-ripup",))
     assert best == 3 and runs[2] is None
     assert runs[1]["fmax_mhz"] == 101.0 and runs[3]["fmax_mhz"] == 103.0
     assert (work / "nextpnr.log").read_text() == "seed 3"
     assert (work / "design.config").read_text() == "config 3"
+    # Extra options follow the flow's own.
+    argv = json.loads((work / "seed3" / "argv.json").read_text())
+    assert argv[-1] == "--tmg-ripup" and argv[argv.index("--seed") + 1] == "3"
     # Every run stopped, or the only one: an error naming the limit.
     with pytest.raises(report.FlowTimeout, match=r"time limit \(2 s\) for every seed"):
         report._place_and_route_seeds(nextpnr, work, (2, 4), 150.0, jobs=2, timeout=2)
@@ -246,7 +271,8 @@ def test_real_place_and_route_over_several_seeds(tmp_path, capsys):
     cfg.write_text(json.dumps({"preset": "tiny", "rows": 1, "cols": 2}))
     work = tmp_path / "work"
     rc = report.main(["--config", str(cfg), "--design", "mac", "--flow", "ecp5", "--json",
-                      "--seeds", "3,1", "--jobs", "2", "--keep-dir", str(work)])
+                      "--seeds", "3,1", "--jobs", "2", "--keep-dir", str(work),
+                      "--nextpnr-opts=--placer-heap-beta 0.85"])
     out = capsys.readouterr().out
     assert rc == 0
     ecp5 = json.loads(out)["ecp5"]
@@ -258,6 +284,7 @@ def test_real_place_and_route_over_several_seeds(tmp_path, capsys):
     assert ecp5["seed"] == best and ecp5["fmax_mhz"] == round(runs[best], 2)
     # The LUT mapping ran with the default wire delay, within synth_ecp5's own steps.
     assert ecp5["wire_delay_ps"] == report.ECP5_WIRE_DELAY_PS
+    assert ecp5["nextpnr_opts"] == ["--placer-heap-beta", "0.85"]
     script = (work / "ecp5" / "synth.ys").read_text().splitlines()
     steps = [line for line in script if line.startswith(("synth_ecp5", "abc9"))]
     assert steps == ["synth_ecp5 -top top -run :map_luts",
