@@ -255,7 +255,7 @@ def _ecp5_synth(wire_delay_ps):
         # synth_ecp5's map_luts step, with the wire delay.
         "check -latchonly -assert",
         "techmap -map +/lattice/latches_map.v",
-        f"abc9 -W {int(wire_delay_ps)}",
+        f"abc9 -W {wire_delay_ps}",
         "clean",
         f"synth_ecp5 -top {_TOP} -run map_cells:",
     ])
@@ -271,7 +271,7 @@ def _yosys_script(synth, netlist):
         # Amaranth names both `x` and `x[0]`; abc9 reintegration of a non-top module then
         # creates a clashing wire name. Private names avoid it (ports keep their names).
         "rename -hide w:*[[]*",
-        synth if "\n" in synth else f"{synth} -top {_TOP}",
+        synth,
         "tee -q -o stat_hier.json stat -json",
         f"setattr -mod -unset keep_hierarchy {_DUT}",
         "flatten",
@@ -282,15 +282,13 @@ def _yosys_script(synth, netlist):
     return "\n".join(lines) + "\n"
 
 
-def _synthesize(yosys, rtlil_text, workdir, family, wire_delay_ps=None):
+def _synthesize(yosys, rtlil_text, workdir, family, wire_delay_ps):
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "design.il").write_text(rtlil_text)
     if family == "ecp5":
-        script = _yosys_script(_ecp5_synth(ECP5_WIRE_DELAY_PS if wire_delay_ps is None
-                                           else wire_delay_ps),
-                               "design.json")
+        script = _yosys_script(_ecp5_synth(wire_delay_ps), "design.json")
     else:
-        script = _yosys_script("synth_xilinx -family xcup", None)
+        script = _yosys_script(f"synth_xilinx -family xcup -top {_TOP}", None)
     (workdir / "synth.ys").write_text(script)
     _run(yosys, ["-q", "-l", "yosys.log", "synth.ys"], workdir, f"yosys ({family})")
     hier = json.loads((workdir / "stat_hier.json").read_text())
@@ -324,6 +322,13 @@ def parse_nextpnr_opts(text):
         words = tuple(shlex.split(str(text)))
     except ValueError as exc:
         raise ValueError(f"--nextpnr-opts must be shell words, not {text!r}: {exc}") from None
+    return _check_nextpnr_opts(words)
+
+
+def _check_nextpnr_opts(words):
+    """``words`` (a tuple of str) if none is an option the flow sets itself."""
+    if not all(isinstance(word, str) for word in words):
+        raise TypeError(f"nextpnr_opts must be a sequence of option strings, not {words!r}")
     for word in words:
         name = word.split("=", 1)[0]
         if name in _NEXTPNR_FLOW_OPTS or _NEXTPNR_DEVICE_OPT.fullmatch(name):
@@ -438,8 +443,8 @@ def run_flows(component, *, flows=FLOWS, workdir, seed=1, freq=150.0, in_pins=1,
         Seconds after which a nextpnr run is stopped: with several seeds the run is left
         out (listed in ``timed_out``), with one it is an error.
     nextpnr_opts : sequence of str
-        Extra nextpnr-ecp5 options, checked by :func:`parse_nextpnr_opts` (e.g.
-        ``("--tmg-ripup",)``).
+        Extra nextpnr-ecp5 options (e.g. ``("--tmg-ripup",)``), with the checks of
+        :func:`parse_nextpnr_opts`.
 
     Returns
     -------
@@ -462,7 +467,10 @@ def run_flows(component, *, flows=FLOWS, workdir, seed=1, freq=150.0, in_pins=1,
     if isinstance(nextpnr_opts, str):
         raise TypeError(f"nextpnr_opts must be a sequence of option strings, not the string "
                         f"{nextpnr_opts!r} (see parse_nextpnr_opts)")
-    nextpnr_opts = parse_nextpnr_opts(shlex.join(nextpnr_opts))
+    nextpnr_opts = _check_nextpnr_opts(tuple(nextpnr_opts))
+    if not (isinstance(wire_delay_ps, int) and 0 <= wire_delay_ps <= 10000):
+        raise ValueError(f"wire_delay_ps must be an integer in the range [0, 10000], "
+                         f"not {wire_delay_ps!r}")
     for flow in flows:
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {', '.join(FLOWS)}, not {flow!r}")

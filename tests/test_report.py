@@ -215,6 +215,12 @@ def test_run_flows_rejects_bad_seed():
         report.run_flows(None, workdir=".", nextpnr_opts="--tmg-ripup")
     with pytest.raises(ValueError, match="--nextpnr-opts must not contain --seed"):
         report.run_flows(None, workdir=".", nextpnr_opts=["--seed", "2"])
+    with pytest.raises(TypeError, match="nextpnr_opts must be a sequence of option strings"):
+        report.run_flows(None, workdir=".", nextpnr_opts=["--placer-heap-beta", 0.6])
+    for bad in (-1, 10001, 800.0):
+        with pytest.raises(ValueError, match=r"wire_delay_ps must be an integer in the range "
+                                             r"\[0, 10000\]"):
+            report.run_flows(None, workdir=".", wire_delay_ps=bad)
 
 
 # A stand-in for nextpnr-ecp5: writes the files of a run, Fmax 100 + seed; even seeds hang.
