@@ -46,14 +46,14 @@ def test_golden_exact_for_extreme_long_dot_products(tiny):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(a=np.zeros((2, 3, 1), int), b=np.zeros((3, 1), int)), "a and b must be 2-D"),
-    (dict(a=np.zeros((2, 3), int), b=np.zeros((4, 1), int)), "inner dimensions differ"),
-    (dict(a=np.zeros((33, 3), int), b=np.zeros((3, 1), int)), r"m must be in the range \[1, 32\]"),
-    (dict(a=np.zeros((2, 97), int), b=np.zeros((97, 1), int)), r"k must be in the range \[1, 96\]"),
+    (dict(a=np.zeros((2, 3, 1), int), b=np.zeros((3, 2), int)), "a and b must be 2-D"),
+    (dict(a=np.zeros((2, 3), int), b=np.zeros((4, 2), int)), "inner dimensions differ"),
+    (dict(a=np.zeros((33, 3), int), b=np.zeros((3, 2), int)), r"m must be in the range \[1, 32\]"),
+    (dict(a=np.zeros((2, 97), int), b=np.zeros((97, 2), int)), r"k must be in the range \[1, 96\]"),
     (dict(a=np.zeros((2, 96), int), b=np.zeros((96, 96), int)),
      "need 2304 words of the weight buffer; weight_buffer_depth is 768"),
-    (dict(a=np.full((2, 3), 128), b=np.zeros((3, 1), int)), r"a values must be in the range"),
-    (dict(a=np.zeros((2, 3)), b=np.zeros((3, 1), int)), "a must be an integer array"),
+    (dict(a=np.full((2, 3), 128), b=np.zeros((3, 2), int)), r"a values must be in the range"),
+    (dict(a=np.zeros((2, 3)), b=np.zeros((3, 2), int)), "a must be an integer array"),
 ])
 def test_golden_rejects_bad_operands(tiny, kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
